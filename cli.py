@@ -58,6 +58,141 @@ def _root(
 # ---- commands are registered below, one section per area ------------------------------------
 
 
+def _store_path(store: Optional[Path]) -> Path:
+    return store if store is not None else Path("embedstore.zarr")
+
+
+def _split_list(values: Optional[list[str]]) -> Optional[list[str]]:
+    """Options given as ``--x a,b --x c`` -> ``["a", "b", "c"]`` (None when absent)."""
+    if not values:
+        return None
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+# ---- datasets ----------------------------------------------------------------------------------
+
+
+@app.command()
+def datasets(
+    dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder (or a MusicCaps / manifest CSV).")],
+    dataset_type: Annotated[Optional[str], typer.Option("--type", help="gtzan, musiccaps, folder or manifest (default: detected).")] = None,
+    split_scheme: Annotated[str, typer.Option("--split-scheme", help="auto, fault-filtered, random, random-val, kfold, audioset-eval, manifest.")] = "auto",
+    split_dir: Annotated[Optional[Path], typer.Option(help="Folder with GTZAN's train/valid/test_filtered.txt lists.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of random splits.")] = 0,
+    folds: Annotated[int, typer.Option(help="Folds for --split-scheme kfold.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Show what a dataset folder holds: clips per label and split, and unreadable files."""
+    import json
+
+    from embedstore.extract.datasets import discover_dataset, format_dataset_summary, summarize_dataset
+
+    ds = discover_dataset(dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed, folds=folds)
+    typer.echo(json.dumps(summarize_dataset(ds), indent=2) if as_json else format_dataset_summary(ds))
+
+
+# ---- the store ---------------------------------------------------------------------------------
+
+
+@app.command()
+def info(
+    store_path: Annotated[Optional[Path], typer.Argument(help="Store to describe (default: --store, $EMBEDSTORE_STORE or ./embedstore.zarr).")] = None,
+    store: StoreOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the documented JSON form (stable keys).")] = False,
+) -> None:
+    """Describe a store: datasets, clips, models (layers x width), done/failed counts, size, metadata."""
+    import json
+
+    from embedstore.store import format_info
+    from embedstore.store import info as store_info
+
+    d = store_info(store_path or _store_path(store))
+    typer.echo(json.dumps(d, indent=2, default=str) if as_json else format_info(d))
+
+
+# ---- extraction --------------------------------------------------------------------------------
+
+
+@app.command()
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the encoder table as JSON.")] = False,
+) -> None:
+    """List the encoders: checkpoint, sample rate, layers x width, frame rate."""
+    from embedstore.extract.encoders import format_encoder_table, list_encoders
+
+    if as_json:
+        import json
+
+        typer.echo(json.dumps([spec.to_dict() for spec in list_encoders()], indent=2))
+    else:
+        typer.echo(format_encoder_table())
+
+
+
+@app.command()
+def extract(
+    dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder: GTZAN, MusicCaps (CSV + clips), class folders, or a manifest.csv's folder.")],
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Encoder name (see `embedstore models`); repeat to extract several in one decoding pass.")],
+    store: StoreOption = None,
+    checkpoint: Annotated[Optional[str], typer.Option(help="Hub id or local directory/file of the weights (default: the encoder's standard checkpoint).")] = None,
+    weights: Annotated[str, typer.Option(help="pretrained, or random: the same architecture, seeded random init (the probing control).")] = "pretrained",
+    as_name: Annotated[Optional[str], typer.Option("--as", help="Store key of the model entry (default: the encoder name, +random for random weights).")] = None,
+    dataset_type: Annotated[Optional[str], typer.Option(help="gtzan, musiccaps, folder or manifest (default: detected).")] = None,
+    dataset_name: Annotated[Optional[str], typer.Option(help="Dataset name inside the store (default: from the folder).")] = None,
+    split_scheme: Annotated[str, typer.Option("--split-scheme", help="auto, fault-filtered, random, kfold (GTZAN); random, audioset-eval (MusicCaps).")] = "auto",
+    split_dir: Annotated[Optional[Path], typer.Option(help="Folder with GTZAN's train/valid/test_filtered.txt lists.")] = None,
+    split: Annotated[Optional[list[str]], typer.Option(help="Only extract clips of these splits (e.g. train,test).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Windows per encoder call.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    dtype: Annotated[str, typer.Option(help="Compute dtype: auto (float32 on CPU, bfloat16/float16 autocast on GPU), float32, float16, bfloat16.")] = "auto",
+    pool: Annotated[str, typer.Option(help="Time pooling: mean or mean+std.")] = "mean",
+    frames: Annotated[Optional[float], typer.Option(help="Also store frame sequences at this hop in seconds (e.g. 0.5), for captioning.")] = None,
+    frame_layers: Annotated[Optional[list[str]], typer.Option(help="Layers whose frame sequences are stored (default: all), e.g. 6,12.")] = None,
+    window_seconds: Annotated[Optional[float], typer.Option(help="Window length for long clips (default: the encoder's, 10 s).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: CPUs - 1, at most 4; 0 = in process).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Extract at most N clips.")] = None,
+    storage_dtype: Annotated[str, typer.Option(help="float32 or float16 on disk.")] = "float32",
+    strict: Annotated[bool, typer.Option(help="Fail if any clip fails to decode.")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow running model code from the hub (off: MERT loads into transformers' own classes).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for random splits and random weights.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Progress bar on a terminal, log lines otherwise.")] = True,
+) -> None:
+    """Run encoders over a dataset and store the pooled embeddings of EVERY layer (resumable)."""
+    from embedstore.extract.pipeline import ExtractOptions, format_summary, run_extract
+
+    options = ExtractOptions(
+        batch_size=batch_size,
+        pooling=pool,
+        storage_dtype=storage_dtype,
+        frames_hop=frames,
+        frame_layers=[int(x) for x in _split_list(frame_layers)] if frame_layers else None,
+        workers=workers,
+        limit=limit,
+        split=_split_list(split),
+        strict=strict,
+        progress=progress,
+    )
+    summary = run_extract(
+        dataset_dir,
+        _split_list(model) or [],
+        _store_path(store),
+        checkpoint=checkpoint,
+        weights=weights,
+        model_name=as_name,
+        dataset_type=dataset_type,
+        dataset_name=dataset_name,
+        split_scheme=split_scheme,
+        split_dir=split_dir,
+        device=device,
+        dtype=dtype,
+        window_seconds=window_seconds,
+        trust_remote_code=trust_remote_code,
+        seed=seed,
+        options=options,
+    )
+    typer.echo(format_summary(summary))
+
+
 def main() -> None:
     """Console entry point: run the app, turning user errors into one line and exit code 2."""
     try:

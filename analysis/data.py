@@ -1,0 +1,262 @@
+"""Reading what the analyses need from a store: model entries, layers, labelled rows, probe results.
+
+All store access of :mod:`embedstore.analysis` goes through here, so the figure modules only see
+numpy arrays. Layers are always addressed by their non-negative index after :func:`resolve_layers`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedstore.errors import EmbedstoreError, ModelError, StoreError
+
+from .metrics import subsample_indices
+
+LayerSpec = int | str  # an index (negative counts from the end), a layer name, "all" or "best"
+
+
+@dataclass(frozen=True)
+class View:
+    """The rows of one model layer that an analysis uses.
+
+    Attributes:
+        X: ``[n, dim]`` float embeddings (after subsampling).
+        labels: ``[n]`` str labels, ``""`` where a track has none.
+        track_ids: ``[n]`` str track ids.
+        model, layer, layer_name: which entry and layer (index >= 0).
+        split: the split(s) asked for, or None for all rows.
+        n_total: rows available before subsampling.
+    """
+
+    X: np.ndarray
+    labels: np.ndarray
+    track_ids: np.ndarray
+    model: str
+    layer: int
+    layer_name: str
+    split: str | list[str] | None
+    n_total: int
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def subsampled(self) -> bool:
+        return self.n < self.n_total
+
+
+@contextmanager
+def open_for_reading(store_path: str | Path) -> Iterator[Any]:
+    """Context manager: the store at ``store_path`` opened read-only, in one consistent snapshot
+    (metadata read once); raises :class:`StoreError` if it is missing."""
+    from embedstore.store import open_store
+
+    if not Path(store_path).exists():
+        raise StoreError(f"{store_path}: no such store")
+    with open_store(store_path, mode="r") as store, store.snapshot():
+        yield store
+
+
+def resolve_dataset(store, dataset: str | None) -> str:
+    """``dataset`` checked against the store, or the store's only dataset when None."""
+    names = list(store.datasets())
+    if dataset is None:
+        if len(names) != 1:
+            raise StoreError(f"the store holds datasets {names}; choose one with --dataset")
+        return names[0]
+    if dataset not in names:
+        raise StoreError(f"dataset {dataset!r} is not in the store (it holds {names})")
+    return dataset
+
+
+def resolve_models(store, dataset: str, models: Sequence[str] | str | None) -> list[str]:
+    """The model entries to analyse: all of the dataset's entries when None, else those named."""
+    have = list(store.models(dataset))
+    if not have:
+        raise StoreError(f"dataset {dataset!r} has no model entries yet; run extract first")
+    if models is None:
+        return have
+    wanted = [models] if isinstance(models, str) else list(models)
+    missing = [m for m in wanted if m not in have]
+    if missing:
+        raise ModelError(f"model {missing[0]!r} is not in dataset {dataset!r} (it holds {have})")
+    return wanted
+
+
+def layer_names(store, dataset: str, model: str) -> list[str]:
+    """Names of the layers of one model entry, index order."""
+    attrs = store.model_attrs(dataset, model)
+    names = attrs.get("layer_names")
+    if names is None:
+        names = [f"layer{i}" for i in range(len(attrs["layer_widths"]))]
+    return [str(n) for n in names]
+
+
+def resolve_layers(names: Sequence[str], layer: LayerSpec, model: str) -> list[int]:
+    """Layer indices (>= 0) for ``layer``: an int (negative from the end), a name or ``"all"``.
+
+    ``"best"`` is not resolved here (it needs probe results or separability scores).
+    """
+    n = len(names)
+    if isinstance(layer, str):
+        if layer == "all":
+            return list(range(n))
+        if layer in names:
+            return [list(names).index(layer)]
+        if re.fullmatch(r"-?\d+", layer.strip()):
+            layer = int(layer)
+        else:
+            raise ModelError(f"layer {layer!r} of model {model!r}: not a number, name, 'all' or 'best' "
+                             f"(names: {', '.join(names)})")
+    if not -n <= int(layer) < n:
+        raise ModelError(f"layer {layer} is out of range for model {model!r} ({n} layers: 0..{n - 1})")
+    return [int(layer) % n]
+
+
+def _as_str_labels(labels: Any, n: int) -> np.ndarray:
+    if labels is None:
+        return np.full(n, "", dtype=object)
+    out = np.array(["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in labels],
+                   dtype=object)
+    return out
+
+
+def load_view(store, dataset: str, model: str, layer: int, split: str | list[str] | None,
+              max_points: int | None = None, seed: int = 0, names: Sequence[str] | None = None) -> View:
+    """One layer's rows ``[n, dim]`` with labels and ids; a seeded subsample of ``max_points`` rows.
+
+    The subsample depends only on the number of rows and ``seed``, so model entries that hold the
+    same tracks get the same tracks drawn.
+    """
+    from embedstore.store import load_embeddings
+
+    names = list(names) if names is not None else layer_names(store, dataset, model)
+    emb = load_embeddings(store, dataset=dataset, model=model, layer=int(layer), split=split)
+    X = np.asarray(emb.X)
+    if X.ndim != 2:
+        raise StoreError(f"expected [n, dim] embeddings for {model} layer {layer}, got shape {X.shape}")
+    n_total = X.shape[0]
+    if n_total == 0:
+        raise StoreError(f"model {model!r} of dataset {dataset!r} has no rows for split {split!r}")
+    idx = subsample_indices(n_total, max_points, seed)
+    return View(
+        X=X[idx],
+        labels=_as_str_labels(emb.labels, n_total)[idx],
+        track_ids=np.asarray(emb.track_ids).astype(str)[idx],
+        model=model,
+        layer=int(layer),
+        layer_name=names[int(layer)],
+        split=split,
+        n_total=int(n_total),
+    )
+
+
+def task_name(store, dataset: str) -> str:
+    """The name of the dataset's label task (e.g. "genre"), for legend titles; "label" if unknown."""
+    try:
+        tasks = store.dataset_attrs(dataset).get("tasks") or {}
+    except (KeyError, AttributeError, EmbedstoreError):
+        return "label"
+    labelled = [t for t in tasks if t != "caption"]
+    return str(labelled[0]) if labelled else "label"
+
+
+# ---- probe results -------------------------------------------------------------------------------
+
+
+def probe_results(store_path: str | Path, dataset: str | None = None, model: str | None = None,
+                  task: str | None = None) -> list[dict]:
+    """The stored probe results (see :mod:`embedstore.heads.results`), filtered; [] if there are none."""
+    try:
+        from embedstore.heads.results import load_results
+    except ImportError:
+        return []
+    rows = load_results(store_path, task=task) or []
+    return [r for r in rows
+            if (dataset is None or r.get("dataset") == dataset) and (model is None or r.get("model") == model)]
+
+
+def result_split(metrics: dict, preferred: Sequence[str] = ("test", "valid", "val")) -> str | None:
+    """The evaluation split of a result's metrics: the first of ``preferred`` present, else None."""
+    return next((s for s in preferred if s in metrics), None)
+
+
+def probe_accuracy_by_layer(results: list[dict], model: str) -> dict[int | str, float]:
+    """Best stored held-out accuracy (over heads and tasks) per layer of ``model``: integer layers,
+    plus string keys such as ``"weighted"`` for probes over a learned mix of layers."""
+    best: dict[int | str, float] = {}
+    for r in results:
+        layer = r.get("layer")
+        if r.get("model") != model or layer is None:
+            continue
+        split = result_split(r.get("metrics", {}))
+        acc = r["metrics"][split].get("accuracy") if split is not None else None
+        if acc is None:
+            continue
+        key = int(layer) if not isinstance(layer, str) or layer.lstrip("-").isdigit() else layer
+        best[key] = max(float(acc), best.get(key, -math.inf))
+    return best
+
+
+# ---- output --------------------------------------------------------------------------------------
+
+
+def default_out_dir(store_path: str | Path) -> Path:
+    """``<store>.analysis/`` next to the store (e.g. ``gtzan.zarr`` -> ``gtzan.zarr.analysis``)."""
+    p = Path(store_path)
+    return p.parent / f"{p.name}.analysis"
+
+
+def out_dir_for(store_path: str | Path, out: str | Path | None) -> Path:
+    d = Path(out) if out is not None else default_out_dir(store_path)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def file_stem(*parts: object) -> str:
+    """A file-name-safe stem from ``parts`` joined by ``_`` (None parts skipped)."""
+    text = "_".join(str(p) for p in parts if p is not None and p != "")
+    return re.sub(r"[^A-Za-z0-9._+=-]+", "-", text).strip("-")[:180]
+
+
+def layer_tag(layer: LayerSpec) -> str:
+    """``layer`` for a file name: ``layer-1``, ``layer3``, ``all``, ``best`` or the layer's name."""
+    return f"layer{layer}" if not isinstance(layer, str) or layer.lstrip("-").isdigit() else layer
+
+
+def split_tag(split: str | Sequence[str] | None) -> str:
+    if split is None:
+        return "all"
+    return split if isinstance(split, str) else "+".join(split)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    """Write ``payload`` as sorted, indented JSON (NaN/inf become null); returns ``path``."""
+    path.write_text(json.dumps(_jsonable(payload), indent=2, sort_keys=True) + "\n")
+    return path

@@ -1,0 +1,118 @@
+"""Benchmark of the probe heads on CPU: a logreg sweep over 13 layers of 1000 x 768 and the MLP
+head per layer, through a real store and :func:`embedstore.heads.probe.run_probe`.
+
+Baselines measured in the same run:
+- logreg: a plain per-layer loop, one ``StandardScaler + LogisticRegression()`` fit with sklearn's
+  default C (no C search, no bootstrap, no records).
+- MLP: the same head trained naively: torch's default threads, mini-batches of 64, a fixed 100
+  epochs, no validation or early stopping.
+
+Usage: ``python benchmarks/bench_probe.py [--tracks 1000] [--layers 13] [--dim 768] [--mlp-layers 13]``.
+Prints a small table; not a test (tests never assert on time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from embedstore.heads.mlp import MLPHead
+from embedstore.heads.probe import format_comparison, run_probe
+from embedstore.store import TrackTable, load_embeddings, open_store
+
+
+def make_store(path: Path, n: int, layers: int, dim: int, classes: int = 10, seed: int = 0) -> None:
+    """GTZAN-sized synthetic store: class signal grows then fades across layers (peak at 2/3 depth)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    centers = rng.normal(size=(classes, dim)).astype(np.float32)
+    peak = 2 * (layers - 1) / 3
+    strength = np.exp(-(((np.arange(layers) - peak) / (layers / 3)) ** 2)) * 0.6
+    X = rng.normal(size=(n, layers, dim)).astype(np.float32)
+    X += strength[None, :, None].astype(np.float32) * centers[y][:, None, :]
+    splits = rng.permutation(np.array(["train"] * int(0.6 * n) + ["valid"] * int(0.2 * n)
+                                      + ["test"] * (n - int(0.6 * n) - int(0.2 * n))))
+    ids = [f"clip{i:05d}" for i in range(n)]
+    table = TrackTable(ids=ids, paths=[f"{i}.wav" for i in ids], labels=[f"genre{c}" for c in y], splits=splits)
+    with open_store(path, "a") as st:
+        st.write_tracks("bench", table, {"kind": "folder", "tasks": {"genre": "label"}})
+        meta = {"model_name": "synthetic", "checkpoint": "synthetic", "layer_names": [f"layer_{i}" for i in range(layers)]}
+        with st.model_writer("bench", "enc", meta, [dim] * layers) as w:
+            w.write(np.arange(n), [X[:, i] for i in range(layers)])
+
+
+def baseline_logreg(store: Path, layers: int) -> float:
+    t = time.perf_counter()
+    for li in range(layers):
+        e = load_embeddings(store, "bench", "enc", li)
+        tr, te = e.splits == "train", e.splits == "test"
+        make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(e.X[tr], e.labels[tr]).score(e.X[te], e.labels[te])
+    return time.perf_counter() - t
+
+
+def baseline_mlp(store: Path, layer: int, epochs: int = 100, batch: int = 64) -> float:
+    e = load_embeddings(store, "bench", "enc", layer)
+    tr = e.splits == "train"
+    X = torch.as_tensor((e.X[tr] - e.X[tr].mean(0)) / e.X[tr].std(0))
+    classes = {c: i for i, c in enumerate(sorted(set(e.labels)))}
+    y = torch.as_tensor([classes[c] for c in e.labels[tr]])
+    torch.manual_seed(0)
+    model = MLPHead(X.shape[1], len(classes), dropout=0.25)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    t = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(X)).split(batch):
+            if len(idx) < 2:
+                continue
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
+            opt.step()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tracks", type=int, default=1000)
+    ap.add_argument("--layers", type=int, default=13)
+    ap.add_argument("--dim", type=int, default=768)
+    ap.add_argument("--mlp-layers", type=int, default=13, help="layers given to the MLP sweep")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "bench.zarr"
+        make_store(store, args.tracks, args.layers, args.dim)
+        t_base = baseline_logreg(store, args.layers)
+        t = time.perf_counter()
+        rep = run_probe(store, "genre", layer="all", head="logreg", progress=False)
+        t_lr = time.perf_counter() - t
+        print(format_comparison(rep))
+        print()
+        mlp_layers = list(range(args.mlp_layers)) if args.mlp_layers < args.layers else ["all"]
+        t = time.perf_counter()
+        recs = []
+        for li in mlp_layers:
+            recs += run_probe(store, "genre", layer=li, head="mlp", progress=False).records
+        t_mlp = time.perf_counter() - t
+        t_naive = baseline_mlp(store, rep.best_layers[("bench", "enc")])
+        epochs = [r["hparams"]["epochs"] for r in recs]
+        print(format_comparison(recs))
+        print()
+        n_mlp = len(recs)
+        print(f"data: {args.tracks} tracks x {args.layers} layers x {args.dim} dims, torch threads {torch.get_num_threads()}")
+        print(f"logreg sweep ({args.layers} layers, C grid of 6 + bootstrap + records): {t_lr:.1f} s "
+              f"({t_lr / args.layers:.2f} s/layer); plain single-C loop {t_base:.1f} s; ratio {t_lr / t_base:.1f}x")
+        print(f"mlp default ({n_mlp} layers, 2x2 grid, early stopping, median kept epoch {np.median(epochs):.0f}): "
+              f"{t_mlp:.1f} s ({t_mlp / n_mlp:.2f} s/layer); naive 100-epoch single fit {t_naive:.1f} s/layer; "
+              f"ratio {t_mlp / n_mlp / t_naive:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

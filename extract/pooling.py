@@ -1,0 +1,106 @@
+"""Time pooling of encoder hidden states, done on the encoder's device window by window.
+
+A clip may be fed to the encoder as several windows (see :mod:`embedstore.extract.windowing`). Each
+window contributes the count, mean and sum of squared deviations (M2) of its valid frames; windows are
+merged with Chan et al.'s parallel update, so the clip's mean and standard deviation equal those of the
+concatenated frames exactly, without ever holding the full sequence on the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+POOLINGS = ("mean", "mean+std")
+
+
+def frame_mask(n_frames: int, first: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """Boolean mask ``[batch, n_frames]`` that is true for frames ``first[b] <= t < end[b]``."""
+    t = torch.arange(n_frames, device=first.device)[None, :]
+    return (t >= first[:, None]) & (t < end[:, None])
+
+
+def window_moments(
+    hidden: torch.Tensor, first: torch.Tensor, end: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Count, mean and M2 of the frames ``first <= t < end`` of each window.
+
+    Args:
+        hidden: ``[batch, frames, dim]`` hidden states of one layer (any float dtype, any device).
+        first: ``[batch]`` first frame to count (frames before it repeat earlier audio).
+        end: ``[batch]`` one past the last valid frame.
+
+    Returns:
+        ``count [batch]``, ``mean [batch, dim]`` and ``m2 [batch, dim]`` as float64 numpy arrays.
+    """
+    h = hidden.float()
+    mask = frame_mask(h.shape[1], first, end).unsqueeze(-1).to(h.dtype)  # [B, F, 1]
+    count = mask.sum(dim=1)  # [B, 1]
+    safe = count.clamp_min(1.0)
+    mean = (h * mask).sum(dim=1) / safe
+    m2 = (((h - mean.unsqueeze(1)) * mask) ** 2).sum(dim=1)
+    return (
+        count.squeeze(-1).double().cpu().numpy(),
+        mean.double().cpu().numpy(),
+        m2.double().cpu().numpy(),
+    )
+
+
+@dataclass
+class RunningMoments:
+    """Running count, mean and M2 of one clip's frames for one layer (merged window by window)."""
+
+    count: float = 0.0
+    mean: np.ndarray | None = None
+    m2: np.ndarray | None = None
+
+    def merge(self, count: float, mean: np.ndarray, m2: np.ndarray) -> None:
+        """Merge the moments of another block of frames (Chan et al. parallel update)."""
+        if count <= 0:
+            return
+        if self.mean is None or self.count == 0:
+            self.count, self.mean, self.m2 = float(count), mean.copy(), m2.copy()
+            return
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (count / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * count / total)
+        self.count = total
+
+    def pooled(self, pooling: str) -> np.ndarray:
+        """The pooled vector: ``[dim]`` for ``mean``, ``[2 * dim]`` (mean then std) for ``mean+std``."""
+        if self.mean is None or self.count == 0:
+            raise ValueError("no frames were merged")
+        if pooling == "mean":
+            return self.mean
+        if pooling == "mean+std":
+            std = np.sqrt(np.maximum(self.m2 / self.count, 0.0))
+            return np.concatenate([self.mean, std])
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+
+
+def pooled_width(width: int, pooling: str) -> int:
+    """Width of a pooled vector of a layer of ``width`` features."""
+    return 2 * width if pooling == "mean+std" else width
+
+
+def bin_frames(frames: np.ndarray, frame_rate: float, hop_seconds: float) -> np.ndarray:
+    """Average consecutive frames into bins of ``hop_seconds`` (the coarse frame sequence).
+
+    Args:
+        frames: ``[n_frames, dim]`` at ``frame_rate`` frames per second.
+
+    Returns:
+        ``[ceil(n_frames / per_bin), dim]`` float32, the last bin averaging what remains.
+    """
+    per_bin = max(1, int(round(hop_seconds * frame_rate)))
+    n = frames.shape[0]
+    n_bins = -(-n // per_bin)
+    padded = np.zeros((n_bins * per_bin, frames.shape[1]), dtype=np.float64)
+    padded[:n] = frames
+    sums = padded.reshape(n_bins, per_bin, -1).sum(axis=1)
+    counts = np.full(n_bins, per_bin, dtype=np.float64)
+    counts[-1] = n - (n_bins - 1) * per_bin
+    return (sums / counts[:, None]).astype(np.float32)

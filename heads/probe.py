@@ -1,0 +1,275 @@
+"""Probe heads on frozen embeddings read from the store: the library entry point
+:func:`run_probe` and the comparison table :func:`format_comparison` (the study's Table 1).
+
+Layer modes: an int or a layer name (one probe), ``all`` (one probe per layer, every record kept),
+``best`` (the sweep, keeping only the layer with the best validation accuracy) and ``weighted``
+(the learnable softmax-weighted sum of all layers feeding the MLP).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedstore.errors import ModelError, StoreError
+from embedstore.heads.metrics import mcnemar_exact, paired_bootstrap
+from embedstore.heads.protocol import HEADS, ProbeResult, probe_arrays
+from embedstore.heads.results import build_record, save_result
+
+LAYER_MODES = ("all", "best", "weighted")
+CLASS_COLUMN = "label"
+
+
+@dataclass
+class ProbeReport:
+    """What :func:`run_probe` did.
+
+    Attributes:
+        store_path, task, head, preset: the request.
+        records: the saved JSON records (see :mod:`embedstore.heads.results`), in run order.
+        paths: the record files written, parallel to ``records``.
+        best_layers: ``{(dataset, model): layer}`` with the best validation accuracy among the
+            layers probed (single-layer and weighted runs give their own layer).
+    """
+
+    store_path: Path
+    task: str
+    head: str
+    preset: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+    best_layers: dict[tuple[str, str], int | str] = field(default_factory=dict)
+
+
+def _resolve_datasets(st: Any, task: str, dataset: str | None) -> list[str]:
+    tasks_of = {ds: dict(st.dataset_attrs(ds).get("tasks") or {}) for ds in st.datasets()}
+    have = "; ".join(f"{ds}: {', '.join(t) or 'none'}" for ds, t in tasks_of.items()) or "no datasets"
+    if dataset is not None:
+        if dataset not in tasks_of:
+            raise StoreError(f"--dataset {dataset!r}: not in the store (datasets and tasks: {have})")
+        if task not in tasks_of[dataset]:
+            raise StoreError(f"--task {task!r}: dataset {dataset!r} has no such labels (datasets and tasks: {have})")
+        names = [dataset]
+    else:
+        names = list(st.find_datasets(task))
+        if not names:
+            raise StoreError(f"--task {task!r}: no dataset in the store has these labels (datasets and tasks: {have})")
+    for ds in names:
+        column = tasks_of[ds][task]
+        if column != CLASS_COLUMN:
+            raise StoreError(f"--task {task!r}: dataset {ds!r} stores it in column {column!r}, "
+                             f"not class labels; probes need a {CLASS_COLUMN!r} task")
+    return names
+
+
+def _resolve_layers(layer: int | str, layer_names: list[str], model: str, widths: list[int]) -> list[int]:
+    """Indices of the layers to probe one by one (``all``/``best``) or to stack (``weighted``)."""
+    n = len(layer_names)
+    if layer in ("all", "best"):
+        return list(range(n))
+    if layer == "weighted":
+        if len(set(widths)) > 1:
+            raise ModelError(f"--layer weighted: model {model!r} has layers of different widths {sorted(set(widths))}; "
+                             "probe single layers instead")
+        return list(range(n))
+    if isinstance(layer, str) and not layer.lstrip("-").isdigit():
+        if layer not in layer_names:
+            raise ModelError(f"--layer {layer!r}: model {model!r} has no such layer (names: {', '.join(layer_names)}; "
+                             f"or one of {', '.join(LAYER_MODES)})")
+        return [layer_names.index(layer)]
+    idx = int(layer)
+    if not 0 <= idx < n:
+        raise ModelError(f"--layer {idx}: model {model!r} has {n} layers (0..{n - 1})")
+    return [idx]
+
+
+def run_probe(
+    store_path: str | Path,
+    task: str = "genre",
+    *,
+    models: list[str] | None = None,
+    dataset: str | None = None,
+    layer: int | str = "all",
+    head: str = "mlp",
+    preset: str = "default",
+    seeds: int = 1,
+    device: str = "auto",
+    progress: bool = True,
+) -> ProbeReport:
+    """Train probe heads on stored embeddings and save one result record per probe.
+
+    Args:
+        store_path: the store (Zarr directory or ``.h5``).
+        task: a label task of the datasets (``genre``, ``label``, ...).
+        models: model entries to probe; None = every model of each dataset.
+        dataset: one dataset; None = every dataset that has ``task``.
+        layer: an index or layer name, ``all`` (sweep), ``best`` (sweep, keep the best on
+            validation) or ``weighted`` (softmax-weighted layer sum, MLP only).
+        head: ``mlp`` or ``logreg``. preset: ``default`` (converging protocol) or ``paper``.
+        seeds: repeats with seeds 0..seeds-1 (mean and std reported).
+        device: torch device for the MLP (``auto`` = cuda when available).
+        progress: show a tqdm bar over layers.
+
+    Returns:
+        A :class:`ProbeReport`; the records are also saved with
+        :func:`~embedstore.heads.results.save_result` (a re-run replaces them).
+
+    Raises:
+        StoreError: missing store/dataset/model, or a task no dataset has (the message lists which
+            datasets have which tasks). ModelError: bad layer, head, preset or seeds.
+    """
+    from tqdm.auto import tqdm
+
+    from embedstore.heads.mlp import mlp_config, resolve_device
+    from embedstore.store import load_embeddings, open_store
+
+    if head not in HEADS:
+        raise ModelError(f"--head {head!r}: unknown; choose one of {', '.join(HEADS)}")
+    mlp_config(preset)  # validates the preset name
+    if seeds < 1:
+        raise ModelError(f"--seeds {seeds}: must be at least 1")
+    if layer == "weighted" and head != "mlp":
+        raise ModelError("--layer weighted: needs --head mlp (the learned layer weights feed the MLP)")
+    dev = str(resolve_device(device))
+    report = ProbeReport(Path(store_path), task, head, preset)
+    with open_store(store_path, mode="r") as st:
+        for ds in _resolve_datasets(st, task, dataset):
+            available = list(st.models(ds))
+            chosen = available if models is None else list(models)
+            unknown = [m for m in chosen if m not in available]
+            if unknown:
+                raise StoreError(f"--model {', '.join(unknown)}: not in dataset {ds!r} "
+                                 f"(models: {', '.join(available) or 'none'})")
+            for model in chosen:
+                attrs = st.model_attrs(ds, model)
+                names = [str(n) for n in attrs["layer_names"]]
+                layers = _resolve_layers(layer, names, model, [int(w) for w in attrs.get("layer_widths", [])])
+                common = dict(task=task, dataset=ds, model=model, head=head, preset=preset,
+                              checkpoint=attrs.get("checkpoint"))
+
+                def probe(emb_layer: int | str) -> ProbeResult:
+                    emb = load_embeddings(st, dataset=ds, model=model, layer=emb_layer)
+                    return probe_arrays(emb.X, emb.labels, emb.splits, head=head, preset=preset, seeds=seeds,
+                                        device=dev, track_ids=emb.track_ids)
+
+                if layer == "weighted":
+                    res = probe("all")
+                    recs = [build_record(res, layer="weighted", layer_name="weighted", layers=layers, **common)]
+                else:
+                    recs = []
+                    for li in tqdm(layers, desc=f"{ds}/{model} {head}", unit="layer", disable=not progress):
+                        res = probe(li)
+                        recs.append(build_record(res, layer=li, layer_name=names[li], layers=[li], **common))
+                best = max(recs, key=lambda r: -np.inf if r["selection_score"] is None else r["selection_score"])
+                report.best_layers[(ds, model)] = best["layer"]
+                if layer == "best":
+                    best["layer_selection"] = {
+                        "by": "validation accuracy",
+                        "scores": {str(r["layer"]): r["selection_score"] for r in recs},
+                    }
+                    recs = [best]
+                for rec in recs:
+                    report.records.append(rec)
+                    report.paths.append(save_result(store_path, rec))
+    return report
+
+
+# ---- comparison table --------------------------------------------------------------------------
+
+
+def _paired_p(a: dict[str, Any], b: dict[str, Any]) -> tuple[float | None, str]:
+    """p-value of ``a`` vs ``b`` on their common test clips: exact McNemar for single-seed records,
+    paired bootstrap of the seed-mean accuracy otherwise. ``(None, "")`` when not comparable."""
+    if (a["task"], a["dataset"]) != (b["task"], b["dataset"]):
+        return None, ""
+    pa, pb = a.get("predictions", {}).get("test"), b.get("predictions", {}).get("test")
+    if not pa or not pb:
+        return None, ""
+    la, lb = a["metrics"]["test"]["labels"], b["metrics"]["test"]["labels"]
+    pos_b = {t: i for i, t in enumerate(pb["track_ids"])}
+    common = [(i, pos_b[t]) for i, t in enumerate(pa["track_ids"]) if t in pos_b]
+    if not common:
+        return None, ""
+    ia, ib = np.array(common).T
+    # decode to label values so records with different label lists still compare
+    y = np.asarray(la, dtype=object)[np.asarray(pa["y_true"])[ia]]
+    ya = np.asarray(la, dtype=object)[np.asarray(pa["y_pred"])[:, ia]]
+    yb = np.asarray(lb, dtype=object)[np.asarray(pb["y_pred"])[:, ib]]
+    if ya.shape[0] == 1 and yb.shape[0] == 1:
+        return mcnemar_exact(ya[0] == y, yb[0] == y)["p_value"], "McNemar"
+    return paired_bootstrap(y.astype(str), ya.astype(str), yb.astype(str))["p_value"], "paired bootstrap"
+
+
+def compare_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per record with test accuracy/macro-F1, CIs, chosen hparams and the p-value of a
+    paired test against the best row (highest test accuracy) of the same task and dataset.
+
+    Returns rows ``{"record", "best", "p_value", "test"}`` in the records' order.
+    """
+    best_of: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in records:
+        k = (r["task"], r["dataset"])
+        if k not in best_of or r["metrics"]["test"]["accuracy"] > best_of[k]["metrics"]["test"]["accuracy"]:
+            best_of[k] = r
+    rows = []
+    for r in records:
+        best = best_of[(r["task"], r["dataset"])]
+        p, test = (None, "") if r is best else _paired_p(r, best)
+        rows.append({"record": r, "best": r is best, "p_value": p, "test": test})
+    return rows
+
+
+def _fmt_hparams(hp: dict[str, Any]) -> str:
+    short = {"weight_decay": "wd", "dropout": "do", "epochs": "ep"}
+    parts = []
+    for k, v in hp.items():
+        if k in ("selected_by", "batch_size"):
+            continue
+        parts.append(f"{short.get(k, k)}={v:g}" if isinstance(v, (int, float)) else f"{short.get(k, k)}={v}")
+    return " ".join(parts)
+
+
+def format_comparison(report_or_records: ProbeReport | list[dict[str, Any]]) -> str:
+    """Render one comparison table across models and layers (rows model/layer; columns test
+    accuracy with its bootstrap 95% CI, macro-F1, chosen hyper-parameters, p-value vs the best row),
+    followed by the learned layer weights of weighted probes."""
+    records = report_or_records.records if isinstance(report_or_records, ProbeReport) else list(report_or_records)
+    if not records:
+        return "no probe results"
+    multi = len({(r["task"], r["dataset"]) for r in records}) > 1
+    header = (["task/dataset"] if multi else []) + ["model", "layer", "head", "test acc % [95% CI]",
+                                                    "macro-F1 %", "hparams", "p vs best"]
+    table, tests = [], set()
+    for row in compare_records(records):
+        r = row["record"]
+        m = r["metrics"]["test"]
+        lo, hi = m["ci95"]["accuracy"]
+        acc = f"{100 * m['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+        if len(r.get("seeds", [])) > 1:
+            acc += f" sd {100 * m['accuracy_std']:.1f}"
+        layer = str(r["layer"])
+        if r.get("layer_name") not in (None, layer, "weighted"):
+            layer += f" ({r['layer_name']})"
+        head = r["head"] + ("" if r.get("preset", "default") == "default" else f"/{r['preset']}")
+        p = "best" if row["best"] else ("-" if row["p_value"] is None else f"{row['p_value']:.3g}")
+        tests.add(row["test"])
+        cells = ([f"{r['task']}/{r['dataset']}"] if multi else []) + [
+            r["model"], layer, head, acc, f"{100 * m['macro_f1']:.1f}", _fmt_hparams(r.get("hparams", {})), p]
+        table.append(cells)
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *table)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    out = []
+    if not multi:
+        out.append(f"task {records[0]['task']!r}, dataset {records[0]['dataset']!r}")
+    out += [line(header), line(["-" * w for w in widths]), *map(line, table)]
+    tests.discard("")
+    if tests:
+        out.append(f"p vs best: {' / '.join(sorted(tests))} on the same test clips")
+    for r in records:
+        if r.get("layer_weights"):
+            w = " ".join(f"{x:.3f}" for x in r["layer_weights"])
+            out.append(f"layer weights {r['model']} ({r['dataset']}): {w}")
+    return "\n".join(out)

@@ -1,0 +1,276 @@
+"""The probing protocol on plain arrays: splits or k-fold, train-only standardisation, seeds,
+hyper-parameter choice on validation, metrics with bootstrap CIs.
+
+:func:`probe_arrays` is the store-free core that :func:`embedstore.heads.probe.run_probe` calls once
+per (model, layer); tests call it directly on synthetic arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from embedstore.errors import DatasetError, ModelError
+from embedstore.heads.base import FittedHead
+from embedstore.heads.metrics import bootstrap_ci, classification_metrics
+
+HEADS = ("mlp", "logreg")
+_FOLD = re.compile(r"^fold(\d+)$")
+INNER_VALID_FRACTION = 0.15
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Row indices of one train/valid/test partition (``valid`` is None when there is none)."""
+
+    name: str
+    train: np.ndarray
+    valid: np.ndarray | None
+    test: np.ndarray
+
+
+def make_folds(splits: Sequence[Any]) -> list[Fold]:
+    """Partitions implied by a split column ``[n]``.
+
+    - ``fold0..foldK-1``: K-fold cross-validation; fold i is the test set, fold (i+1) mod K the
+      validation set, the rest train (needs K >= 3).
+    - ``train``/``valid``/``test``: one partition (``valid`` optional); other values are ignored.
+
+    Raises:
+        DatasetError: no usable partition (no train or no test rows, or fewer than 3 folds).
+    """
+    s = np.array(["" if v is None else str(v) for v in splits], dtype=object)
+    fold_ids = sorted({int(m.group(1)) for v in set(s) if (m := _FOLD.match(v))})
+    if fold_ids:
+        if len(fold_ids) < 3:
+            raise DatasetError(f"splits: k-fold needs at least 3 folds, found {len(fold_ids)}")
+        masks = [np.flatnonzero(s == f"fold{k}") for k in fold_ids]
+        out = []
+        for i, k in enumerate(fold_ids):
+            j = (i + 1) % len(fold_ids)
+            train = np.sort(np.concatenate([m for n_, m in enumerate(masks) if n_ not in (i, j)]))
+            out.append(Fold(f"fold{k}", train, masks[j], masks[i]))
+        return out
+    train, valid, test = (np.flatnonzero(s == name) for name in ("train", "valid", "test"))
+    found = sorted(set(s) - {""})
+    if not len(train) or not len(test):
+        raise DatasetError(f"splits: need 'train' and 'test' rows (or fold0..foldK-1), found {found or 'none'}")
+    return [Fold("split", train, valid if len(valid) else None, test)]
+
+
+def standardise(X_train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """Z-score every array with the mean and std of ``X_train`` along axis 0 (per feature, and per
+    layer for ``[n, layers, dim]``); constant features get std 1. Returns float32 arrays in order
+    ``[train, *others]``."""
+    mean = X_train.mean(axis=0, dtype=np.float64)
+    std = X_train.std(axis=0, dtype=np.float64)
+    std[std == 0] = 1.0
+    return [((x - mean) / std).astype(np.float32) for x in (X_train, *others)]
+
+
+@dataclass
+class ProbeResult:
+    """Outcome of one probe (one model, one layer or the weighted stack, one head).
+
+    Attributes:
+        labels: class values in code order.
+        metrics: per split (``train``, ``valid`` when present, ``test``) the dict of
+            :func:`~embedstore.heads.metrics.classification_metrics` with, over seeds,
+            ``accuracy``/``macro_f1``/``per_class_recall`` averaged, ``confusion`` summed, plus
+            ``accuracy_std``, ``macro_f1_std`` (sample std over seeds, 0 for one seed),
+            ``per_seed`` and ``ci95`` (bootstrap over clips of the seed-mean statistic).
+        hparams: the most frequent choice over seeds and folds (``epochs`` as the median).
+        runs: one entry per (seed, fold): seed, fold, chosen hparams, validation search, layer weights.
+        selection_score: mean validation accuracy of the chosen candidates (used by ``layer="best"``).
+        layer_weights: mean learned softmax layer weights ``[layers]`` (weighted head), else None.
+        folds: per fold ``{"fold", "n_test", "test_accuracy"}`` when k-fold, else None.
+        protocol: how splits, validation and standardisation were done.
+        predictions: test ``{"track_ids", "y_true" [n] codes, "y_pred" [seeds, n] codes}``.
+    """
+
+    labels: list[Any]
+    metrics: dict[str, dict[str, Any]]
+    hparams: dict[str, Any]
+    runs: list[dict[str, Any]]
+    seeds: list[int]
+    selection_score: float
+    layer_weights: list[float] | None = None
+    folds: list[dict[str, Any]] | None = None
+    protocol: dict[str, Any] = field(default_factory=dict)
+    predictions: dict[str, Any] = field(default_factory=dict)
+
+
+def _fit(head: str, preset: str, Xtr, ytr, Xva, yva, n_classes: int, seed: int, device: str) -> FittedHead:
+    if head == "logreg":
+        from embedstore.heads.logreg import fit_logreg
+
+        return fit_logreg(Xtr, ytr, Xva, yva, seed=seed)
+    from embedstore.heads.mlp import fit_mlp, mlp_config
+
+    Xtr, Xva = standardise(Xtr, Xva)
+    return fit_mlp(Xtr, ytr, Xva, yva, n_classes, config=mlp_config(preset), seed=seed, device=device)
+
+
+def _summarise_hparams(chosen: list[dict[str, Any]]) -> dict[str, Any]:
+    fixed = [{k: v for k, v in h.items() if k != "epochs"} for h in chosen]
+    mode = json.loads(Counter(json.dumps(h, sort_keys=True) for h in fixed).most_common(1)[0][0])
+    if any("epochs" in h for h in chosen):
+        mode["epochs"] = float(np.median([h["epochs"] for h in chosen]))
+    return mode
+
+
+def _split_metrics(y_true: np.ndarray, preds: np.ndarray, labels: list[Any], n_boot: int, seed: int) -> dict:
+    """Metrics of ``preds [seeds, n]`` (codes) against ``y_true [n]`` (codes), aggregated over seeds."""
+    codes = list(range(len(labels)))
+    per = [classification_metrics(y_true, p, codes) for p in preds]
+    ddof = 1 if len(per) > 1 else 0
+    out = {
+        "accuracy": float(np.mean([m["accuracy"] for m in per])),
+        "macro_f1": float(np.mean([m["macro_f1"] for m in per])),
+        "per_class_recall": np.mean([m["per_class_recall"] for m in per], axis=0).tolist(),
+        "confusion": np.sum([m["confusion"] for m in per], axis=0).astype(int).tolist(),
+        "labels": list(labels),
+        "n": int(len(y_true)),
+        "accuracy_std": float(np.std([m["accuracy"] for m in per], ddof=ddof)),
+        "macro_f1_std": float(np.std([m["macro_f1"] for m in per], ddof=ddof)),
+        "per_seed": {k: [m[k] for m in per] for k in ("accuracy", "macro_f1")},
+        "ci95": bootstrap_ci(y_true, preds, n_boot=n_boot, seed=seed),
+    }
+    return out
+
+
+def probe_arrays(
+    X: np.ndarray,
+    labels: Sequence[Any],
+    splits: Sequence[Any],
+    *,
+    head: str = "mlp",
+    preset: str = "default",
+    seeds: int = 1,
+    seed: int = 0,
+    device: str = "cpu",
+    track_ids: Sequence[Any] | None = None,
+    n_boot: int = 1000,
+) -> ProbeResult:
+    """Train and evaluate one probe on in-memory features.
+
+    Args:
+        X: features ``[n, dim]`` (one layer) or ``[n, layers, dim]`` (the weighted-layer MLP).
+        labels: class value per row ``[n]``; rows whose label is None or "" are dropped.
+        splits: split per row ``[n]`` (``train``/``valid``/``test`` or ``fold0..foldK-1``).
+        head: ``mlp`` or ``logreg``. preset: MLP preset (``default`` | ``paper``).
+        seeds: number of repeats with seeds ``seed, seed+1, ...``.
+        device: torch device for the MLP. track_ids: row ids ``[n]`` kept with the test predictions.
+        n_boot: bootstrap resamples for the CIs.
+
+    Features are standardised with train-split statistics only (inside the sklearn pipeline for
+    logreg). With no validation split, the MLP holds out a stratified 15% of train (fixed by
+    ``seed``, the same for every repeat) and logreg picks C by stratified 3-fold CV on train.
+
+    Raises:
+        ModelError: unknown head, or ``logreg`` on ``[n, layers, dim]``.
+        DatasetError: no labelled rows or no usable splits.
+    """
+    if head not in HEADS:
+        raise ModelError(f"--head {head!r}: unknown; choose one of {', '.join(HEADS)}")
+    X = np.asarray(X)
+    if X.dtype != np.float64:
+        X = X.astype(np.float32, copy=False)  # float16 stores are probed in float32
+    if X.ndim == 3 and head != "mlp":
+        raise ModelError("--layer weighted: needs --head mlp (the learned layer weights feed the MLP)")
+    lab = np.array([None if v is None or v == "" else v for v in labels], dtype=object)
+    keep = np.flatnonzero(lab != None)  # noqa: E711 - elementwise comparison on an object array
+    if not len(keep):
+        raise DatasetError("labels: no labelled rows to probe")
+    X = X[keep]
+    lab = lab[keep]
+    ids = np.asarray(track_ids, dtype=object)[keep] if track_ids is not None else keep
+    classes = sorted(set(lab.tolist()), key=str)
+    code_of = {c: i for i, c in enumerate(classes)}
+    y = np.array([code_of[v] for v in lab], dtype=np.int64)
+    folds = make_folds(np.asarray(list(splits), dtype=object)[keep])
+
+    roles: dict[str, list[np.ndarray]] = {"train": [], "valid": [], "test": []}
+    valid_source = "split"
+    for f in folds:
+        train, valid = f.train, f.valid
+        if valid is None and head == "mlp":
+            valid_source = "inner"
+            counts = np.bincount(y[train])
+            strat = y[train] if counts[counts > 0].min() >= 2 else None
+            train, valid = train_test_split(train, test_size=INNER_VALID_FRACTION, random_state=seed, stratify=strat)
+            train, valid = np.sort(train), np.sort(valid)
+        elif valid is None:
+            valid_source = "inner_cv"
+        roles["train"].append(train)
+        roles["valid"].append(valid if valid is not None else np.empty(0, dtype=int))
+        roles["test"].append(f.test)
+
+    seed_list = [seed + s for s in range(seeds)]
+    preds = {r: np.zeros((seeds, sum(len(i) for i in idx)), dtype=np.int64) for r, idx in roles.items()}
+    runs: list[dict[str, Any]] = []
+    fold_acc = np.zeros((seeds, len(folds)))
+    for si, s in enumerate(seed_list):
+        offsets = dict.fromkeys(roles, 0)
+        for fi, f in enumerate(folds):
+            idx = {r: roles[r][fi] for r in roles}
+            va = idx["valid"] if len(idx["valid"]) else None
+            fitted = _fit(head, preset, X[idx["train"]], y[idx["train"]],
+                          None if va is None else X[va], None if va is None else y[va], len(classes), s, device)
+            feats = {r: X[i] for r, i in idx.items()}
+            if head == "mlp":  # the MLP sees standardised features; logreg's pipeline scales itself
+                feats = dict(zip(feats, standardise(feats["train"], *feats.values())[1:]))
+            for role, rows in idx.items():
+                if len(rows):
+                    preds[role][si, offsets[role] : offsets[role] + len(rows)] = fitted.predict(feats[role])
+                    offsets[role] += len(rows)
+            fold_acc[si, fi] = np.mean(preds["test"][si, offsets["test"] - len(f.test) : offsets["test"]] == y[f.test])
+            runs.append({"seed": s, "fold": f.name, "hparams": fitted.hparams, "search": fitted.search,
+                         "valid_accuracy": fitted.valid_score, "layer_weights": fitted.layer_weights})
+
+    metrics = {}
+    for role, idx in roles.items():
+        rows = np.concatenate(idx)
+        if len(rows):
+            metrics[role] = _split_metrics(y[rows], preds[role], classes, n_boot, seed)
+    test_rows = np.concatenate(roles["test"])
+    weights = None
+    if runs[0]["layer_weights"] is not None:
+        weights = np.mean([r["layer_weights"] for r in runs], axis=0).tolist()
+    scores = [r["valid_accuracy"] for r in runs]
+    return ProbeResult(
+        labels=classes,
+        metrics=metrics,
+        hparams=_summarise_hparams([r["hparams"] for r in runs]),
+        runs=runs,
+        seeds=seed_list,
+        selection_score=float(np.nanmean(scores)) if not np.all(np.isnan(scores)) else float("nan"),
+        layer_weights=weights,
+        folds=[{"fold": f.name, "n_test": int(len(f.test)), "test_accuracy": float(fold_acc[:, i].mean())}
+               for i, f in enumerate(folds)] if len(folds) > 1 else None,
+        protocol={
+            "splits": "kfold" if len(folds) > 1 else "train/valid/test",
+            "n_folds": len(folds) if len(folds) > 1 else None,
+            "valid_source": valid_source,
+            "standardise": "train-split mean/std",
+            "test_on_valid_fold": "(i+1) mod K" if len(folds) > 1 else None,
+            "confusion": "counts summed over seeds",
+            "n_boot": n_boot,
+        },
+        predictions={
+            "track_ids": [_plain(v) for v in ids[test_rows]],
+            "y_true": y[test_rows].tolist(),
+            "y_pred": preds["test"].tolist(),
+        },
+    )
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v

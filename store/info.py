@@ -1,0 +1,87 @@
+"""``embedstore info``: what a store holds, as a JSON-able dict and as readable text."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from embedstore.store.schema import model_node
+from embedstore.store.store import Store, open_store
+
+_MAX_FAILURES_SHOWN = 10
+
+
+def info(path: str | Path | Store) -> dict:
+    """Describe a store. Returns a JSON-able dict::
+
+        {"path", "backend", "schema_version", "embedstore_version", "size_bytes",
+         "datasets": [{"name", "tracks", "splits": {split: count}, "attrs",
+                       "models": [{"name", "layers", "layer_names", "layer_widths", "storage_dtype",
+                                   "frame_layers", "max_frames", "done", "failed",
+                                   "failures": [[row, track_id, reason], ...], "size_bytes",
+                                   "metadata"}]}]}
+    """
+    st = path if isinstance(path, Store) else open_store(path, "r")
+    with st.snapshot():
+        return _describe(st)
+
+
+def _describe(st: Store) -> dict:
+    root = st.root_attrs()
+    out = {"path": str(st.path), "backend": st.kind, "schema_version": root.get("schema_version"),
+           "embedstore_version": root.get("embedstore_version"), "size_bytes": st.backend.size_bytes(),
+           "datasets": []}
+    for dataset in st.datasets():
+        table = st.tracks(dataset)
+        attrs = st.dataset_attrs(dataset)
+        entry = {"name": dataset, "tracks": len(table),
+                 "splits": dict(sorted(Counter(s or "(none)" for s in table.splits.tolist()).items())),
+                 "attrs": {k: v for k, v in attrs.items() if k not in ("models", "n_tracks")}, "models": []}
+        for model in st.models(dataset):
+            meta = st.model_attrs(dataset, model)
+            failures = st.failures(dataset, model)
+            entry["models"].append({
+                "name": model, "layers": len(meta["layer_widths"]), "layer_names": meta["layer_names"],
+                "layer_widths": meta["layer_widths"], "storage_dtype": meta["storage_dtype"],
+                "frame_layers": meta.get("frame_layers", []), "max_frames": meta.get("max_frames", 0),
+                "done": int(st.done(dataset, model).sum()), "failed": len(failures),
+                "failures": [list(f) for f in failures],
+                "size_bytes": st.backend.size_bytes(model_node(dataset, model)), "metadata": meta})
+        out["datasets"].append(entry)
+    return out
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _layers(widths: list[int]) -> str:
+    return f"{len(widths)} x {widths[0]}" if len(set(widths)) == 1 else f"{len(widths)} layers, widths {widths}"
+
+
+def format_info(d: dict) -> str:
+    """Readable text of :func:`info`'s dict, a few lines per dataset and model."""
+    lines = [f"{d['path']}  ({d['backend']}, schema {d['schema_version']}, embedstore "
+             f"{d['embedstore_version']}, {_size(d['size_bytes'])})"]
+    if not d["datasets"]:
+        lines.append("  no datasets")
+    for ds in d["datasets"]:
+        splits = ", ".join(f"{k} {v}" for k, v in ds["splits"].items())
+        tasks = ", ".join(ds["attrs"].get("tasks", {})) or "none"
+        lines.append(f"  dataset {ds['name']}: {ds['tracks']} tracks ({splits}); tasks: {tasks}")
+        for m in ds["models"]:
+            meta = m["metadata"]
+            source = meta.get("checkpoint") or meta.get("model_name") or "?"
+            lines.append(f"    model {m['name']}: {_layers(m['layer_widths'])} {m['storage_dtype']}, "
+                         f"done {m['done']}/{ds['tracks']}, failed {m['failed']}, {_size(m['size_bytes'])}; "
+                         f"from {source}" + (f", frames of layers {m['frame_layers']} (max {m['max_frames']})"
+                                             if m["frame_layers"] else ""))
+            for row, track, reason in m["failures"][:_MAX_FAILURES_SHOWN]:
+                lines.append(f"      failed row {row} ({track}): {reason}")
+            if m["failed"] > _MAX_FAILURES_SHOWN:
+                lines.append(f"      ... and {m['failed'] - _MAX_FAILURES_SHOWN} more")
+    return "\n".join(lines)

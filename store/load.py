@@ -1,0 +1,145 @@
+"""Reading embeddings for heads and analyses: one layer (or all), one split, only finished rows."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from embedstore.errors import StoreError
+from embedstore.store.store import Store, open_store
+
+
+@dataclass
+class Embeddings:
+    """Embeddings of some rows of a dataset, with their track metadata.
+
+    ``X`` is ``[n, dim]`` for one layer, ``[n, layers, dim]`` for ``layer="all"`` and
+    ``[n, max_frames, dim]`` from :func:`load_frames`; every other array is ``[n]``. ``rows`` index the
+    dataset's track table; ``X`` keeps the stored dtype (float32 or float16).
+    """
+
+    X: np.ndarray
+    track_ids: np.ndarray
+    labels: np.ndarray
+    splits: np.ndarray
+    rows: np.ndarray
+    layer_names: list[str]
+    model: str
+    dataset: str
+    captions: np.ndarray
+    layers: list[int]
+    frame_counts: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@contextmanager
+def _opened(store: str | Path | Store) -> Iterator[Store]:
+    if isinstance(store, Store):
+        with store.snapshot():
+            yield store
+        return
+    with open_store(store, "r") as st, st.snapshot():
+        yield st
+
+
+def resolve(st: Store, dataset: str | None, model: str | None) -> tuple[str, str]:
+    """Fill in ``dataset`` (the only one, or the only one holding ``model``) and ``model`` (the
+    dataset's only model); raises :class:`StoreError` naming the choices when ambiguous."""
+    datasets = st.datasets()
+    if not datasets:
+        raise StoreError(f"{st.path}: the store holds no dataset yet")
+    if dataset is None:
+        candidates = datasets if model is None else [d for d in datasets if model in st.models(d)]
+        if len(candidates) != 1:
+            what = "datasets" if model is None else f"datasets with model {model!r}"
+            raise StoreError(f"{st.path}: choose a dataset ({what}: {', '.join(candidates) or 'none'}; "
+                             f"all datasets: {', '.join(datasets)})")
+        dataset = candidates[0]
+    models = st.models(dataset)
+    if model is None:
+        if len(models) != 1:
+            raise StoreError(f"{st.path}: choose a model of dataset {dataset!r} (models: {', '.join(models) or 'none'})")
+        model = models[0]
+    elif model not in models:
+        raise StoreError(f"{st.path}: dataset {dataset!r} has no model {model!r} (models: {', '.join(models) or 'none'})")
+    return dataset, model
+
+
+def select_rows(st: Store, dataset: str, model: str, split: str | list[str] | None = None,
+                only_done: bool = True, rows: np.ndarray | None = None) -> np.ndarray:
+    """``[n]`` rows of the track table in ``split`` (one name or several) and, with ``only_done``,
+    written; ``rows`` (optional) restricts to those rows, keeping their order."""
+    table = st.tracks(dataset)
+    keep = np.ones(len(table), dtype=bool)
+    if split is not None:
+        wanted = [split] if isinstance(split, str) else list(split)
+        present = sorted(set(table.splits.tolist()) - {""})
+        unknown = [s for s in wanted if s not in present]
+        if unknown:
+            raise StoreError(f"{st.path}: dataset {dataset!r} has no split {', '.join(map(repr, unknown))} "
+                             f"(splits: {', '.join(present) or 'none'})")
+        keep &= np.isin(table.splits, wanted)
+    if only_done:
+        keep &= st.done(dataset, model)
+    if rows is None:
+        return np.flatnonzero(keep)
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if rows.size and (rows.min() < 0 or rows.max() >= len(table)):
+        raise StoreError(f"{st.path}: rows must lie in 0..{len(table) - 1}")
+    return rows[keep[rows]]
+
+
+def _embeddings(st: Store, dataset: str, model: str, X: np.ndarray, rows: np.ndarray, layers: list[int]) -> Embeddings:
+    table = st.tracks(dataset)
+    names = st.model_attrs(dataset, model)["layer_names"]
+    return Embeddings(X=X, track_ids=table.ids[rows], labels=table.labels[rows], splits=table.splits[rows],
+                      rows=rows, layer_names=[names[i] for i in layers], model=model, dataset=dataset,
+                      captions=table.captions[rows], layers=layers)
+
+
+def load_embeddings(store: str | Path | Store, dataset: str | None = None, model: str | None = None,
+                    layer: int | str = -1, split: str | list[str] | None = None, only_done: bool = True,
+                    rows: np.ndarray | None = None) -> Embeddings:
+    """Pooled embeddings of one layer (index, negative index or name; ``X`` ``[n, dim]``) or of
+    ``layer="all"`` (``X`` ``[n, layers, dim]``, only when every layer has the same width).
+
+    ``dataset=None`` picks the only dataset (or the only one holding ``model``); ``model=None`` the
+    dataset's only model. ``split`` filters by split name(s); ``only_done`` drops rows not written yet;
+    ``rows`` restricts to given track-table rows. Reads only the asked layer arrays and rows.
+    """
+    with _opened(store) as st:
+        dataset, model = resolve(st, dataset, model)
+        picked = select_rows(st, dataset, model, split, only_done, rows)
+        if isinstance(layer, str) and layer == "all":
+            widths = st.model_attrs(dataset, model)["layer_widths"]
+            if len(set(widths)) != 1:
+                raise StoreError(f"{st.path}: layers of model {model!r} differ in width ({widths}); "
+                                 "load them one at a time instead of layer='all'")
+            layers = list(range(len(widths)))
+            X = np.stack([st.read_layer(dataset, model, i, picked) for i in layers], axis=1)
+        else:
+            layers = [st.layer_index(dataset, model, layer)]
+            X = st.read_layer(dataset, model, layers[0], picked)
+        return _embeddings(st, dataset, model, X, picked, layers)
+
+
+def load_frames(store: str | Path | Store, dataset: str | None = None, model: str | None = None,
+                layer: int | str = -1, split: str | list[str] | None = None,
+                only_done: bool = True) -> tuple[np.ndarray, np.ndarray, Embeddings]:
+    """Frame sequences of one layer stored with frames: ``(values [n, max_frames, dim],
+    counts [n], meta)`` where ``meta`` is an :class:`Embeddings` whose ``X`` is ``values`` and whose
+    ``frame_counts`` is ``counts``; frames past ``counts[i]`` are padding."""
+    with _opened(store) as st:
+        dataset, model = resolve(st, dataset, model)
+        picked = select_rows(st, dataset, model, split, only_done)
+        index = st.layer_index(dataset, model, layer)
+        values, counts = st.read_frames(dataset, model, index, picked)
+        meta = _embeddings(st, dataset, model, values, picked, [index])
+        meta.frame_counts = counts
+        return values, counts, meta

@@ -1,0 +1,414 @@
+"""Tests of embedstore.analysis: numbers against independent computations, figures, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import ortho_group
+
+from embedstore.analysis import metrics
+
+# ---- numeric core --------------------------------------------------------------------------------
+
+
+def _clusters(n_per: int = 30, dim: int = 12, classes: int = 3, spread: float = 4.0, seed: int = 0,
+              offset: float = 0.0):
+    """Gaussian class clusters: ``X [n, dim]``, ``labels [n]`` (str)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=spread, size=(classes, dim)) + offset
+    X = np.concatenate([c + rng.normal(size=(n_per, dim)) for c in centers])
+    labels = np.repeat([f"class{k}" for k in range(classes)], n_per).astype(object)
+    return X, labels
+
+
+def test_pca_matches_sklearn():
+    from sklearn.decomposition import PCA
+
+    X, _ = _clusters(dim=20)
+    p = metrics.pca_project(X, 2)
+    ref = PCA(n_components=2, svd_solver="full").fit(X)
+    np.testing.assert_allclose(p.explained_variance_ratio, ref.explained_variance_ratio_, rtol=1e-10)
+    # same scores up to the sign of each axis
+    Z = ref.transform(X)
+    for k in range(2):
+        s = np.sign(Z[:, k] @ p.coords[:, k])
+        np.testing.assert_allclose(p.coords[:, k], s * Z[:, k], atol=1e-8)
+    assert p.coords.shape == (X.shape[0], 2)
+
+
+def _direct_cosines(X):
+    U = X / np.linalg.norm(X, axis=1, keepdims=True)
+    S = U @ U.T
+    off = ~np.eye(len(X), dtype=bool)
+    return S, off
+
+
+def test_cosine_stats_match_direct_numpy():
+    X, labels = _clusters(offset=5.0)  # a shared offset: strongly anisotropic, like CLAP
+    st = metrics.cosine_stats(X, labels)
+    S, off = _direct_cosines(X)
+    same = labels[:, None] == labels[None, :]
+    assert st.mean == pytest.approx(S[off].mean(), abs=1e-12)
+    assert st.within == pytest.approx(S[off & same].mean(), abs=1e-12)
+    assert st.between == pytest.approx(S[~same].mean(), abs=1e-12)
+    Sc, _ = _direct_cosines(X - X.mean(axis=0))
+    assert st.mean_centered == pytest.approx(Sc[off].mean(), abs=1e-12)
+    assert st.within_centered == pytest.approx(Sc[off & same].mean(), abs=1e-12)
+    assert st.between_centered == pytest.approx(Sc[~same].mean(), abs=1e-12)
+    # centring removes the anisotropy; classes stay more similar within than between
+    assert st.mean > 0.5 and abs(st.mean_centered) < 0.05
+    assert st.within_centered > st.between_centered
+    vals = metrics.pairwise_cosine_values(X)
+    assert vals.shape == (len(X) * (len(X) - 1) // 2,)
+    assert vals.mean() == pytest.approx(st.mean, abs=1e-12)
+
+
+def test_cosine_ignores_unlabelled_rows_for_class_means():
+    X, labels = _clusters()
+    labels = labels.copy()
+    labels[:5] = ""
+    w, b = metrics.class_cosines(X, labels)
+    w2, b2 = metrics.class_cosines(X[5:], labels[5:])
+    assert (w, b) == pytest.approx((w2, b2))
+
+
+def _cka_direct(X, Y):
+    """CKA through the HSIC formula with the centring matrix H (Kornblith et al., eq. 3)."""
+    n = X.shape[0]
+    H = np.eye(n) - np.ones((n, n)) / n
+    K, L = X @ X.T, Y @ Y.T
+    hsic = lambda A, B: np.trace(A @ H @ B @ H)  # noqa: E731
+    return hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L))
+
+
+@pytest.mark.parametrize("n,d1,d2", [(40, 8, 5), (10, 30, 25)])  # feature-space and Gram paths
+def test_linear_cka_properties(n, d1, d2):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(n, d1))
+    Y = X[:, : min(d1, d2)] @ rng.normal(size=(min(d1, d2), d2)) + 0.5 * rng.normal(size=(n, d2))
+    assert metrics.linear_cka(X, X) == pytest.approx(1.0)
+    assert metrics.linear_cka(X, Y) == pytest.approx(_cka_direct(X, Y), rel=1e-10)
+    Q = ortho_group.rvs(d1, random_state=3)
+    assert metrics.linear_cka(X @ Q * 7.5, Y) == pytest.approx(metrics.linear_cka(X, Y), rel=1e-10)
+    assert metrics.linear_cka(X + 3.0, Y) == pytest.approx(metrics.linear_cka(X, Y), rel=1e-10)
+    assert 0.0 <= metrics.linear_cka(X, rng.normal(size=(n, d2))) < metrics.linear_cka(X, Y)
+
+
+def test_cka_matrix_against_pairwise():
+    rng = np.random.default_rng(2)
+    A = [rng.normal(size=(25, d)) for d in (4, 6, 9)]
+    B = [A[0] @ ortho_group.rvs(4, random_state=0), rng.normal(size=(25, 3))]
+    M = metrics.cka_matrix(A)
+    assert M.shape == (3, 3)
+    np.testing.assert_allclose(np.diag(M), 1.0)
+    np.testing.assert_allclose(M, M.T)
+    C = metrics.cka_matrix(A, B)
+    assert C.shape == (3, 2)
+    for i in range(3):
+        for j in range(2):
+            assert C[i, j] == pytest.approx(_cka_direct(A[i], B[j]), rel=1e-10)
+    assert C[0, 0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same rows"):
+        metrics.cka_matrix(A, [rng.normal(size=(24, 3))])
+
+
+def test_subsample_is_seeded_sorted_and_unique():
+    a = metrics.subsample_indices(1000, 100, seed=5)
+    assert np.array_equal(a, metrics.subsample_indices(1000, 100, seed=5))
+    assert not np.array_equal(a, metrics.subsample_indices(1000, 100, seed=6))
+    assert a.size == 100 and np.all(np.diff(a) > 0) and a.max() < 1000
+    assert np.array_equal(metrics.subsample_indices(50, 100), np.arange(50))
+    assert np.array_equal(metrics.subsample_indices(50, None), np.arange(50))
+
+
+def test_separability_orders_clean_above_noisy_and_matches_sklearn():
+    from sklearn.metrics import silhouette_score
+    from sklearn.preprocessing import StandardScaler
+
+    X, labels = _clusters(spread=4.0)
+    noisy, _ = _clusters(spread=0.2, seed=1)
+    for method in metrics.SEPARABILITY_METHODS:
+        assert metrics.separability(X, labels, method) > metrics.separability(noisy, labels, method)
+    ref = silhouette_score(StandardScaler().fit_transform(X), labels, metric="euclidean")
+    assert metrics.separability(X, labels, "silhouette", "euclidean", max_points=None) == pytest.approx(ref)
+    one_class = np.full(len(X), "a", dtype=object)
+    assert np.isnan(metrics.separability(X, one_class))
+    with pytest.raises(ValueError, match="unknown separability"):
+        metrics.separability(X, labels, "nope")
+
+
+def test_fisher_ratio_direct():
+    X, labels = _clusters(dim=3)
+    mu = X.mean(0)
+    sb = sum((labels == c).sum() * np.sum((X[labels == c].mean(0) - mu) ** 2) for c in set(labels))
+    sw = sum(np.sum((X[labels == c] - X[labels == c].mean(0)) ** 2) for c in set(labels))
+    assert metrics.fisher_ratio(X, labels) == pytest.approx(sb / sw)
+
+
+# ---- the commands, on a small store --------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+import embedstore.analysis as analysis  # noqa: E402
+from embedstore.errors import EmbedstoreError, ModelError, StoreError  # noqa: E402
+from embedstore.heads.results import save_result  # noqa: E402
+from embedstore.store import TrackTable, open_store  # noqa: E402
+
+N_PER, CLASSES = 30, ("blues", "jazz", "rock")
+FT_MISSING = 9  # rows the second model entry has not written
+
+
+def _build_store(path: Path) -> Path:
+    """Dataset "toy" (90 tracks, 3 genres, train/test) with two entries:
+
+    - "enc": 3 layers of width 8 whose class separability grows with depth (layer 0 is noise), all
+      with a shared offset (anisotropic, like CLAP);
+    - "enc+ft": layer 0 noise of width 5, layer 1 an orthogonal rotation of enc's layer 2, written
+      for all but ``FT_MISSING`` tracks.
+    """
+    rng = np.random.default_rng(0)
+    n = N_PER * len(CLASSES)
+    lab_idx = np.repeat(np.arange(len(CLASSES)), N_PER)
+    centers = rng.normal(size=(len(CLASSES), 8))
+    layers = [(rng.normal(size=(n, 8)) + s * centers[lab_idx] + 3.0).astype(np.float32) for s in (0.0, 1.5, 6.0)]
+    table = TrackTable(ids=[f"t{i:03d}" for i in range(n)], paths=[f"{i}.wav" for i in range(n)],
+                       labels=[CLASSES[k] for k in lab_idx],
+                       splits=["test" if i % 3 == 0 else "train" for i in range(n)])
+    rows = np.arange(n)
+    ft_rows = np.sort(rng.permutation(n)[: n - FT_MISSING])
+    Q = ortho_group.rvs(8, random_state=1).astype(np.float32)
+    with open_store(path, "a") as st:
+        st.write_tracks("toy", table, {"kind": "folder", "tasks": {"genre": "label"}})
+        with st.model_writer("toy", "enc", {"model_name": "enc", "layer_names": ["conv", "block1", "block2"]},
+                             [8, 8, 8]) as w:
+            w.write(rows, layers)
+        with st.model_writer("toy", "enc+ft", {"model_name": "enc+ft"}, [5, 8]) as w:
+            w.write(ft_rows, [rng.normal(size=(ft_rows.size, 5)).astype(np.float32), layers[2][ft_rows] @ Q])
+    return path
+
+
+@pytest.fixture(scope="module")
+def built_store(tmp_path_factory):
+    return _build_store(tmp_path_factory.mktemp("store") / "toy.zarr")
+
+
+@pytest.fixture
+def store_path(built_store, tmp_path):
+    """The module's store, without probe results (results live beside the store, so copy it)."""
+    import shutil
+
+    dst = tmp_path / "toy.zarr"
+    shutil.copytree(built_store, dst)
+    return dst
+
+
+PROBE_RESULTS = [
+    {"task": "genre", "dataset": "toy", "model": "enc", "layer": k, "head": "logreg",
+     "metrics": {"test": {"accuracy": acc, "macro_f1": acc - 0.01}}}
+    for k, acc in enumerate((0.40, 0.90, 0.70))
+] + [{"task": "genre", "dataset": "toy", "model": "enc", "layer": "weighted", "head": "mlp",
+      "metrics": {"test": {"accuracy": 0.8, "macro_f1": 0.78, "labels": list(CLASSES),
+                           "confusion": [[9, 1, 0], [2, 7, 1], [0, 0, 10]]}}}]
+
+
+@pytest.fixture
+def with_results(store_path):
+    for rec in PROBE_RESULTS:
+        save_result(store_path, rec)
+    return PROBE_RESULTS
+
+
+@pytest.fixture
+def no_results():
+    return None
+
+
+def _load(store_path, model, layer, split=None):
+    from embedstore.store import load_embeddings
+
+    emb = load_embeddings(store_path, dataset="toy", model=model, layer=layer, split=split)
+    emb.X = emb.X.astype(np.float64)  # the store keeps float32; references are computed in float64
+    return emb
+
+
+def _assert_png(path: Path):
+    from PIL import Image
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as im:
+        w, h = im.size
+    assert w > 300 and h > 200
+
+
+def test_pca_numbers_figures_and_determinism(store_path, no_results, tmp_path):
+    from sklearn.decomposition import PCA
+
+    formats = ("png", "svg", "pdf")
+    res = analysis.pca(store_path, models=["enc", "enc+ft"], layer=-1, out=tmp_path / "a", formats=formats)
+    assert [(p.model, p.layer, p.layer_name) for p in res.panels] == [("enc", 2, "block2"), ("enc+ft", 1, "layer_1")]
+    for p in res.panels:
+        emb = _load(store_path, p.model, p.layer, "train")
+        ref = PCA(n_components=2).fit(emb.X)
+        np.testing.assert_allclose(p.explained_variance_ratio, ref.explained_variance_ratio_, rtol=1e-8)
+        assert p.n == p.n_total == len(emb.X)
+        assert set(p.labels) == set(CLASSES)
+    assert [f.suffix for f in res.figures] == [".png", ".svg", ".pdf"]
+    _assert_png(res.figures[0])
+    assert res.figures[2].read_bytes()[:5] == b"%PDF-"
+    saved = json.loads(res.json_path.read_text())
+    assert saved["panels"][0]["explained_variance_ratio"] == pytest.approx(res.panels[0].explained_variance_ratio)
+    again = analysis.pca(store_path, models=["enc", "enc+ft"], layer=-1, out=tmp_path / "b", formats=formats)
+    for f1, f2 in zip([*res.figures, res.json_path], [*again.figures, again.json_path]):
+        assert f1.name == f2.name and f1.read_bytes() == f2.read_bytes(), f1.suffix
+    assert "enc+ft" in analysis.format_projection(res)
+
+
+def test_pca_default_out_dir_all_layers_and_best(store_path, no_results):
+    res = analysis.pca(store_path, models="enc", layer="all", split=None)
+    assert [p.layer for p in res.panels] == [0, 1, 2]
+    assert res.figures[0].parent == store_path.parent / "toy.zarr.analysis"
+    best = analysis.pca(store_path, models="enc", layer="best")
+    assert best.panels[0].layer == 2 and best.panels[0].layer_choice == "silhouette"
+
+
+def test_pca_best_layer_uses_probe_results(store_path, with_results):
+    best = analysis.pca(store_path, models="enc", layer="best")
+    assert best.panels[0].layer == 1 and best.panels[0].layer_choice == "probe accuracy"
+
+
+def test_subsampling_is_seeded(store_path, no_results, tmp_path):
+    a = analysis.pca(store_path, models="enc", max_points=25, seed=3, out=tmp_path)
+    b = analysis.pca(store_path, models="enc", max_points=25, seed=3, out=tmp_path)
+    c = analysis.pca(store_path, models="enc", max_points=25, seed=4, out=tmp_path)
+    pa = a.panels[0]
+    assert pa.n == 25 and pa.n_total == 60
+    assert np.array_equal(pa.track_ids, b.panels[0].track_ids)
+    assert not np.array_equal(pa.track_ids, c.panels[0].track_ids)
+    np.testing.assert_array_equal(pa.coords, b.panels[0].coords)
+
+
+@pytest.mark.slow  # umap-learn's numba compilation takes ~40 s on first use
+def test_umap_is_seeded(store_path, no_results, tmp_path):
+    a = analysis.umap(store_path, models="enc", layer=2, out=tmp_path / "a", n_neighbors=10)
+    b = analysis.umap(store_path, models="enc", layer=2, out=tmp_path / "b", n_neighbors=10)
+    assert a.panels[0].coords.shape == (60, 2)
+    np.testing.assert_array_equal(a.panels[0].coords, b.panels[0].coords)
+    assert a.figures[0].read_bytes() == b.figures[0].read_bytes()
+    _assert_png(a.figures[0])
+
+
+def test_cosine_matches_direct_computation(store_path, tmp_path):
+    res = analysis.cosine(store_path, models=["enc", "enc+ft"], layer="all", out=tmp_path)
+    assert [(r.model, r.layer) for r in res.rows] == [("enc", 0), ("enc", 1), ("enc", 2), ("enc+ft", 0), ("enc+ft", 1)]
+    for r in res.rows:
+        emb = _load(store_path, r.model, r.layer)
+        X = emb.X
+        S, off = _direct_cosines(X)
+        Sc, _ = _direct_cosines(X - X.mean(0))
+        same = emb.labels[:, None] == emb.labels[None, :]
+        assert r.mean == pytest.approx(S[off].mean(), abs=1e-10)
+        assert r.mean_centered == pytest.approx(Sc[off].mean(), abs=1e-10)
+        assert r.within_centered == pytest.approx(Sc[off & same].mean(), abs=1e-10)
+        assert r.between == pytest.approx(S[~same].mean(), abs=1e-10)
+    h = res.histograms[0]
+    assert (h.model, h.layer) == ("enc", 2) and h.raw.sum() == h.centered.sum() == 90 * 89 // 2
+    assert len(res.figures) == 2
+    for f in res.figures:
+        _assert_png(f)
+    saved = json.loads(res.json_path.read_text())
+    assert saved["rows"][0]["mean"] == pytest.approx(res.rows[0].mean)
+    table = analysis.format_cosine(res)
+    assert "enc+ft" in table and f"{res.rows[0].mean:.3f}" in table
+
+
+def test_layers_curves_and_best(store_path, with_results, tmp_path):
+    res = analysis.layers(store_path, models=["enc", "enc+ft"], out=tmp_path)
+    enc, ft = res.curves
+    assert len(enc.separability) == 3 and len(ft.separability) == 2
+    assert enc.separability[0] < enc.separability[1] < enc.separability[2]
+    assert enc.probe_accuracy == {0: 0.40, 1: 0.90, 2: 0.70}
+    assert enc.mixed_probe_accuracy == {"weighted": 0.8}
+    assert (enc.best_layer, enc.best_by) == (1, "probe accuracy")
+    assert (ft.best_layer, ft.best_by) == (1, "silhouette")
+    emb = _load(store_path, "enc", 2, "train")
+    assert enc.separability[2] == pytest.approx(metrics.separability(emb.X, emb.labels, max_points=None))
+    _assert_png(res.figures[0])
+    assert "<- best" in analysis.format_layers(res)
+    fisher = analysis.layers(store_path, models="enc", method="fisher", out=tmp_path)
+    assert fisher.curves[0].separability[2] > fisher.curves[0].separability[0]
+
+
+def test_cka_one_model_and_two_models(store_path, tmp_path):
+    res = analysis.cka(store_path, "enc", out=tmp_path)
+    assert res.matrix.shape == (3, 3)
+    np.testing.assert_allclose(np.diag(res.matrix), 1.0)
+    np.testing.assert_allclose(res.matrix, res.matrix.T)
+    emb = [_load(store_path, "enc", i).X for i in range(3)]
+    assert res.matrix[0, 2] == pytest.approx(_cka_direct(emb[0], emb[2]), rel=1e-8)
+    _assert_png(res.figures[0])
+    # the fine-tuned entry holds a rotated copy of layer 2 on a shuffled subset of the tracks
+    both = analysis.cka(store_path, "enc", "enc+ft", out=tmp_path)
+    assert both.matrix.shape == (3, 2) and both.n == 81
+    assert both.matrix[2, 1] == pytest.approx(1.0)
+    assert both.matrix[0, 1] < 0.9
+    assert "enc+ft" in analysis.format_cka(both)
+
+
+def test_confusion_figure(store_path, with_results, tmp_path):
+    res = analysis.confusion(store_path, "genre", "enc", "weighted", "mlp", out=tmp_path)
+    assert res.labels == list(CLASSES)
+    np.testing.assert_array_equal(res.confusion, [[9, 1, 0], [2, 7, 1], [0, 0, 10]])
+    np.testing.assert_allclose(res.row_normalized.sum(1), 1.0)
+    _assert_png(res.figures[0])
+    assert "0.700" in analysis.format_confusion(res)  # recall of jazz
+    with pytest.raises(EmbedstoreError, match="no stored probe result") as err:
+        analysis.confusion(store_path, "genre", "enc", 1, "mlp", out=tmp_path)
+    assert "\n" not in str(err.value)
+    with pytest.raises(EmbedstoreError, match="no confusion matrix"):
+        analysis.confusion(store_path, "genre", "enc", 1, "logreg", out=tmp_path)
+
+
+def test_bad_options_raise_clear_errors(store_path, no_results, tmp_path):
+    with pytest.raises(ModelError, match="'nope' is not in dataset"):
+        analysis.pca(store_path, models=["nope"], out=tmp_path)
+    with pytest.raises(ModelError, match="out of range"):
+        analysis.pca(store_path, models="enc", layer=7, out=tmp_path)
+    with pytest.raises(ModelError, match="not a number"):
+        analysis.cosine(store_path, models="enc", layer="middle", out=tmp_path)
+    with pytest.raises(StoreError, match="no such store"):
+        analysis.cosine(tmp_path / "missing.zarr")
+    with pytest.raises(StoreError, match="dataset 'x'"):
+        analysis.layers(store_path, dataset="x")
+
+
+def test_hdf5_store_gives_the_same_numbers(store_path, tmp_path):
+    h5 = _build_store(tmp_path / "toy.h5")
+    a = analysis.cosine(store_path, models="enc", layer=-1, out=tmp_path / "z")
+    b = analysis.cosine(h5, models="enc", layer=-1, out=tmp_path / "h")
+    assert a.rows == b.rows
+    assert b.figures[0].parent == tmp_path / "h"
+
+
+def test_unlabelled_dataset(tmp_path):
+    """A caption-only dataset: projections still work (grey, "no label"); label scores are undefined."""
+    path = tmp_path / "caps.zarr"
+    rng = np.random.default_rng(0)
+    n = 20
+    with open_store(path, "a") as st:
+        st.write_tracks("caps", TrackTable(ids=[f"c{i}" for i in range(n)], paths=[f"{i}.wav" for i in range(n)],
+                                           captions=["a song"] * n), {"kind": "musiccaps", "tasks": ["caption"]})
+        with st.model_writer("caps", "m", {"model_name": "m"}, [6, 6]) as w:
+            w.write(np.arange(n), [rng.normal(size=(n, 6)).astype(np.float32) for _ in range(2)])
+    res = analysis.pca(path, split=None, out=tmp_path / "o")
+    assert set(res.panels[0].labels) == {""}
+    _assert_png(res.figures[0])
+    curves = analysis.layers(path, split=None, out=tmp_path / "o")
+    assert np.isnan(curves.curves[0].separability).all() and curves.curves[0].best_layer == -1
+    assert "no best layer" in analysis.format_layers(curves)
+    with pytest.raises(EmbedstoreError, match="cannot choose a best layer"):
+        analysis.pca(path, layer="best", split=None, out=tmp_path / "o")
+    cos = analysis.cosine(path, out=tmp_path / "o")
+    assert np.isnan(cos.rows[0].within) and np.isfinite(cos.rows[0].mean)
