@@ -193,6 +193,163 @@ def extract(
     typer.echo(format_summary(summary))
 
 
+# ---- analysis ----------------------------------------------------------------------------------
+
+analyze_app = typer.Typer(
+    help="Figures and numbers from the store: pca, umap, cosine, layers, cka, confusion.",
+    no_args_is_help=True,
+)
+app.add_typer(analyze_app, name="analyze")
+
+ModelsOption = Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Model entries (repeat or comma-separate; default: all).")]
+DatasetOption = Annotated[Optional[str], typer.Option(help="Dataset in the store (default: the only one, or the one holding the models).")]
+OutOption = Annotated[Optional[Path], typer.Option(help="Output folder (default: <store>.analysis/ next to the store).")]
+FormatOption = Annotated[Optional[list[str]], typer.Option("--format", help="Figure formats: png, svg, pdf (repeatable; default png).")]
+SeedOption = Annotated[int, typer.Option(help="Seed of subsampling and UMAP.")]
+MaxPointsOption = Annotated[int, typer.Option(help="Subsample (seeded) to at most this many clips for plots.")]
+
+
+def _split_or_none(split: str) -> Optional[str]:
+    return None if split in ("all", "") else split
+
+
+def _layer_arg(layer: str):
+    """A --layer value: an int index, or a name / 'all' / 'best' / 'weighted'."""
+    try:
+        return int(layer)
+    except ValueError:
+        return layer
+
+
+def _show(result, formatter) -> None:
+    typer.echo(formatter(result))
+
+
+@analyze_app.command("pca")
+def analyze_pca(
+    store: StoreOption = None,
+    model: ModelsOption = None,
+    layer: Annotated[str, typer.Option(help="Layer index, name, 'best' (from probe results) or 'all' (a grid).")] = "-1",
+    split: Annotated[str, typer.Option(help="Split to draw ('all' for every clip).")] = "train",
+    task: Annotated[Optional[str], typer.Option(help="Label column to colour by (default: the dataset's first task).")] = None,
+    dataset: DatasetOption = None,
+    out: OutOption = None,
+    fmt: FormatOption = None,
+    max_points: MaxPointsOption = 2000,
+    seed: SeedOption = 0,
+) -> None:
+    """2-D PCA scatter per model (and layer), coloured by label, explained variance on the axes."""
+    from embedstore.analysis import format_projection, pca
+
+    _show(pca(_store_path(store), models=_split_list(model), layer=_layer_arg(layer), split=_split_or_none(split),
+              dataset=dataset, out=out, formats=tuple(_split_list(fmt) or ["png"]), max_points=max_points,
+              seed=seed, task=task), format_projection)
+
+
+@analyze_app.command("umap")
+def analyze_umap(
+    store: StoreOption = None,
+    model: ModelsOption = None,
+    layer: Annotated[str, typer.Option(help="Layer index, name, 'best' or 'all'.")] = "-1",
+    split: Annotated[str, typer.Option(help="Split to draw ('all' for every clip).")] = "train",
+    task: Annotated[Optional[str], typer.Option(help="Label column to colour by.")] = None,
+    dataset: DatasetOption = None,
+    out: OutOption = None,
+    fmt: FormatOption = None,
+    max_points: MaxPointsOption = 2000,
+    seed: SeedOption = 0,
+    n_neighbors: Annotated[int, typer.Option(help="UMAP n_neighbors.")] = 15,
+    min_dist: Annotated[float, typer.Option(help="UMAP min_dist.")] = 0.1,
+    metric: Annotated[str, typer.Option(help="UMAP metric.")] = "cosine",
+) -> None:
+    """2-D UMAP scatter per model (seeded), coloured by label."""
+    from embedstore.analysis import format_projection, umap
+
+    _show(umap(_store_path(store), models=_split_list(model), layer=_layer_arg(layer), split=_split_or_none(split),
+               dataset=dataset, out=out, formats=tuple(_split_list(fmt) or ["png"]), max_points=max_points,
+               seed=seed, task=task, n_neighbors=n_neighbors, min_dist=min_dist, metric=metric), format_projection)
+
+
+@analyze_app.command("cosine")
+def analyze_cosine(
+    store: StoreOption = None,
+    model: ModelsOption = None,
+    layer: Annotated[str, typer.Option(help="Layer index, name or 'all'.")] = "all",
+    split: Annotated[str, typer.Option(help="Split ('all' for every clip).")] = "all",
+    dataset: DatasetOption = None,
+    out: OutOption = None,
+    fmt: FormatOption = None,
+    max_points: MaxPointsOption = 2000,
+    seed: SeedOption = 0,
+) -> None:
+    """Average pairwise cosine similarity per model and layer, raw and mean-centred, within vs between class."""
+    from embedstore.analysis import cosine, format_cosine
+
+    _show(cosine(_store_path(store), models=_split_list(model), layer=_layer_arg(layer), split=_split_or_none(split),
+                 dataset=dataset, out=out, formats=tuple(_split_list(fmt) or ["png"]), max_points=max_points,
+                 seed=seed), format_cosine)
+
+
+@analyze_app.command("layers")
+def analyze_layers(
+    store: StoreOption = None,
+    model: ModelsOption = None,
+    split: Annotated[str, typer.Option(help="Split for the separability score ('all' for every clip).")] = "train",
+    task: Annotated[Optional[str], typer.Option(help="Task whose labels and probe results to use.")] = None,
+    method: Annotated[str, typer.Option(help="Training-free score: silhouette or fisher.")] = "silhouette",
+    metric: Annotated[str, typer.Option(help="Distance for silhouette: cosine or euclidean.")] = "cosine",
+    dataset: DatasetOption = None,
+    out: OutOption = None,
+    fmt: FormatOption = None,
+    max_points: MaxPointsOption = 2000,
+    seed: SeedOption = 0,
+) -> None:
+    """Per-layer curves per model: stored probe accuracy and a training-free separability score."""
+    from embedstore.analysis import format_layers, layers
+
+    _show(layers(_store_path(store), models=_split_list(model), split=_split_or_none(split), dataset=dataset,
+                 task=task, method=method, metric=metric, out=out, formats=tuple(_split_list(fmt) or ["png"]),
+                 max_points=max_points, seed=seed), format_layers)
+
+
+@analyze_app.command("cka")
+def analyze_cka(
+    model: Annotated[str, typer.Argument(help="Model entry.")],
+    other_model: Annotated[Optional[str], typer.Argument(help="Second model entry (e.g. its fine-tuned version); default: the model with itself.")] = None,
+    store: StoreOption = None,
+    split: Annotated[str, typer.Option(help="Split ('all' for every clip).")] = "all",
+    dataset: DatasetOption = None,
+    out: OutOption = None,
+    fmt: FormatOption = None,
+    max_points: MaxPointsOption = 1000,
+    seed: SeedOption = 0,
+) -> None:
+    """Linear CKA between every pair of layers (of one model, or across two), as a heat map."""
+    from embedstore.analysis import cka, format_cka
+
+    _show(cka(_store_path(store), model, other_model, split=_split_or_none(split), dataset=dataset, out=out,
+              formats=tuple(_split_list(fmt) or ["png"]), max_points=max_points, seed=seed), format_cka)
+
+
+@analyze_app.command("confusion")
+def analyze_confusion(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model entry of the probe result.")],
+    layer: Annotated[str, typer.Option(help="Layer of the probe result (index or 'weighted').")],
+    store: StoreOption = None,
+    task: Annotated[str, typer.Option(help="Task of the probe result.")] = "genre",
+    head: Annotated[str, typer.Option(help="Head of the probe result (mlp, logreg, finetune).")] = "mlp",
+    split: Annotated[str, typer.Option(help="Split of the confusion matrix.")] = "test",
+    dataset: DatasetOption = None,
+    out: OutOption = None,
+    fmt: FormatOption = None,
+) -> None:
+    """The confusion matrix of a stored probe result, as a figure."""
+    from embedstore.analysis import confusion, format_confusion
+
+    _show(confusion(_store_path(store), task, model, _layer_arg(layer), head, split=split, dataset=dataset, out=out,
+                    formats=tuple(_split_list(fmt) or ["png"])), format_confusion)
+
+
 def main() -> None:
     """Console entry point: run the app, turning user errors into one line and exit code 2."""
     try:

@@ -269,9 +269,10 @@ def cka(
 
 def _cka_figure(res: CKAResult):
     La, Lb = res.matrix.shape
-    side = float(np.clip(0.35 * max(La, Lb) + 2.0, 4.5, 11.0))
-    fig, (ax,) = new_figure(1, ncols=1, panel_size=(side + 1.0, side))
-    im = ax.imshow(res.matrix, vmin=0.0, vmax=1.0, cmap="magma", origin="lower", interpolation="nearest")
+    size = (float(np.clip(0.4 * Lb + 3.0, 4.5, 12.0)), float(np.clip(0.4 * La + 2.0, 3.5, 11.0)))
+    fig, (ax,) = new_figure(1, ncols=1, panel_size=size)
+    im = ax.imshow(res.matrix, vmin=0.0, vmax=1.0, cmap="magma", origin="lower", interpolation="nearest",
+                   aspect="auto")
     fig.colorbar(im, ax=ax, shrink=0.8, label="linear CKA")
     if max(La, Lb) <= 16:
         fs = 9 if max(La, Lb) <= 6 else 7 if max(La, Lb) <= 12 else 5

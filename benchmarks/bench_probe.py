@@ -35,7 +35,7 @@ def make_store(path: Path, n: int, layers: int, dim: int, classes: int = 10, see
     y = np.arange(n) % classes
     centers = rng.normal(size=(classes, dim)).astype(np.float32)
     peak = 2 * (layers - 1) / 3
-    strength = np.exp(-(((np.arange(layers) - peak) / (layers / 3)) ** 2)) * 0.6
+    strength = np.exp(-(((np.arange(layers) - peak) / (layers / 3)) ** 2)) * 0.07
     X = rng.normal(size=(n, layers, dim)).astype(np.float32)
     X += strength[None, :, None].astype(np.float32) * centers[y][:, None, :]
     splits = rng.permutation(np.array(["train"] * int(0.6 * n) + ["valid"] * int(0.2 * n)

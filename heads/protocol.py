@@ -107,15 +107,46 @@ class ProbeResult:
     predictions: dict[str, Any] = field(default_factory=dict)
 
 
-def _fit(head: str, preset: str, Xtr, ytr, Xva, yva, n_classes: int, seed: int, device: str) -> FittedHead:
-    if head == "logreg":
+def _run_fold(head: str, preset: str, X: np.ndarray, y: np.ndarray, idx: dict[str, np.ndarray],
+              n_classes: int, seed: int, device: str) -> tuple[FittedHead, dict[str, np.ndarray]]:
+    """Fit one head on ``idx["train"]`` (choosing hparams on ``idx["valid"]``, which may be empty)
+    and predict every role's rows. Returns ``(fitted, {role: class codes [len(idx[role])]})``."""
+    feats = {role: X[rows] for role, rows in idx.items()}
+    has_valid = len(idx["valid"]) > 0
+    if head == "logreg":  # the sklearn pipeline standardises with train statistics itself
         from embedstore.heads.logreg import fit_logreg
 
-        return fit_logreg(Xtr, ytr, Xva, yva, seed=seed)
-    from embedstore.heads.mlp import fit_mlp, mlp_config
+        fitted = fit_logreg(feats["train"], y[idx["train"]], feats["valid"] if has_valid else None,
+                            y[idx["valid"]] if has_valid else None, seed=seed)
+    else:
+        from embedstore.heads.mlp import fit_mlp, mlp_config
 
-    Xtr, Xva = standardise(Xtr, Xva)
-    return fit_mlp(Xtr, ytr, Xva, yva, n_classes, config=mlp_config(preset), seed=seed, device=device)
+        feats = dict(zip(feats, standardise(feats["train"], *feats.values())[1:]))
+        fitted = fit_mlp(feats["train"], y[idx["train"]], feats["valid"], y[idx["valid"]], n_classes,
+                         config=mlp_config(preset), seed=seed, device=device)
+    return fitted, {role: fitted.predict(f) if len(f) else np.empty(0, np.int64) for role, f in feats.items()}
+
+
+def _partition(folds: list[Fold], y: np.ndarray, head: str, seed: int) -> tuple[dict[str, list[np.ndarray]], str]:
+    """Per fold the train/valid/test rows actually used: without a validation split the MLP holds
+    out a stratified share of train (seeded) and logreg gets an empty valid (inner CV). Returns
+    ``({role: [rows per fold]}, valid_source)``."""
+    roles: dict[str, list[np.ndarray]] = {"train": [], "valid": [], "test": []}
+    source = "split"
+    for f in folds:
+        train, valid = f.train, f.valid
+        if valid is None and head == "mlp":
+            source = "inner"
+            counts = np.bincount(y[train])
+            strat = y[train] if counts[counts > 0].min() >= 2 else None
+            train, valid = train_test_split(train, test_size=INNER_VALID_FRACTION, random_state=seed, stratify=strat)
+            train, valid = np.sort(train), np.sort(valid)
+        elif valid is None:
+            source, valid = "inner_cv", np.empty(0, dtype=np.int64)
+        roles["train"].append(train)
+        roles["valid"].append(valid)
+        roles["test"].append(f.test)
+    return roles, source
 
 
 def _summarise_hparams(chosen: list[dict[str, Any]]) -> dict[str, Any]:
@@ -197,41 +228,20 @@ def probe_arrays(
     y = np.array([code_of[v] for v in lab], dtype=np.int64)
     folds = make_folds(np.asarray(list(splits), dtype=object)[keep])
 
-    roles: dict[str, list[np.ndarray]] = {"train": [], "valid": [], "test": []}
-    valid_source = "split"
-    for f in folds:
-        train, valid = f.train, f.valid
-        if valid is None and head == "mlp":
-            valid_source = "inner"
-            counts = np.bincount(y[train])
-            strat = y[train] if counts[counts > 0].min() >= 2 else None
-            train, valid = train_test_split(train, test_size=INNER_VALID_FRACTION, random_state=seed, stratify=strat)
-            train, valid = np.sort(train), np.sort(valid)
-        elif valid is None:
-            valid_source = "inner_cv"
-        roles["train"].append(train)
-        roles["valid"].append(valid if valid is not None else np.empty(0, dtype=int))
-        roles["test"].append(f.test)
-
+    roles, valid_source = _partition(folds, y, head, seed)
     seed_list = [seed + s for s in range(seeds)]
-    preds = {r: np.zeros((seeds, sum(len(i) for i in idx)), dtype=np.int64) for r, idx in roles.items()}
+    preds = {role: np.zeros((seeds, sum(map(len, rows))), dtype=np.int64) for role, rows in roles.items()}
     runs: list[dict[str, Any]] = []
     fold_acc = np.zeros((seeds, len(folds)))
     for si, s in enumerate(seed_list):
         offsets = dict.fromkeys(roles, 0)
         for fi, f in enumerate(folds):
-            idx = {r: roles[r][fi] for r in roles}
-            va = idx["valid"] if len(idx["valid"]) else None
-            fitted = _fit(head, preset, X[idx["train"]], y[idx["train"]],
-                          None if va is None else X[va], None if va is None else y[va], len(classes), s, device)
-            feats = {r: X[i] for r, i in idx.items()}
-            if head == "mlp":  # the MLP sees standardised features; logreg's pipeline scales itself
-                feats = dict(zip(feats, standardise(feats["train"], *feats.values())[1:]))
-            for role, rows in idx.items():
-                if len(rows):
-                    preds[role][si, offsets[role] : offsets[role] + len(rows)] = fitted.predict(feats[role])
-                    offsets[role] += len(rows)
-            fold_acc[si, fi] = np.mean(preds["test"][si, offsets["test"] - len(f.test) : offsets["test"]] == y[f.test])
+            idx = {role: rows[fi] for role, rows in roles.items()}
+            fitted, fold_preds = _run_fold(head, preset, X, y, idx, len(classes), s, device)
+            for role, p in fold_preds.items():
+                preds[role][si, offsets[role] : offsets[role] + len(p)] = p
+                offsets[role] += len(p)
+            fold_acc[si, fi] = np.mean(fold_preds["test"] == y[idx["test"]])
             runs.append({"seed": s, "fold": f.name, "hparams": fitted.hparams, "search": fitted.search,
                          "valid_accuracy": fitted.valid_score, "layer_weights": fitted.layer_weights})
 

@@ -71,6 +71,12 @@ IDENTITY_KEYS: tuple[str, ...] = (
     "window_rule",
     "frame_hop",
     "preprocessing",
+    # the names extract/pipeline.py writes
+    "encoder",
+    "encoder_widths",
+    "windowing",
+    "frames_hop_seconds",
+    "audio_preprocessing",
 )
 
 STORAGE_DTYPES = ("float32", "float16")

@@ -423,7 +423,7 @@ def test_mfcc_values_match_librosa(encoders: dict) -> None:
     import librosa
 
     encoder = encoders["mfcc"]
-    assert encoder.layer_names == ("mfcc", "delta", "chroma", "spectral", "all")
+    assert encoder.layer_names == ("mfcc", "delta", "chroma", "spectral", "combined")
     assert encoder.layer_widths == (20, 20, 12, 13, 65)
     waveforms, lengths = _audio(22_050, [1.5, 0.8], seed=8)
     out = encoder(waveforms, lengths)

@@ -9,7 +9,7 @@ frames for ``n`` samples, librosa's centred framing, n_fft 2048, Hann window):
 * ``chroma`` (12): ``librosa.feature.chroma_stft`` of the power spectrogram;
 * ``spectral`` (13): spectral contrast (7 bands), centroid, bandwidth, roll-off (85 %), flatness,
   zero-crossing rate, RMS (time-domain frames of 2048);
-* ``all`` (65): the concatenation of the four above, last.
+* ``combined`` (65): the concatenation of the four above, last.
 
 Each clip is computed on its own valid samples (batching is exact). The encoder does no pooling;
 the pipeline pools. The spectrogram is computed once per clip and shared, which gives the same
@@ -45,7 +45,7 @@ def mfcc_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> dict[str, np.ndarray]
 
     Returns:
         ``{"mfcc": [frames, 20], "delta": [frames, 20], "chroma": [frames, 12],
-        "spectral": [frames, 13], "all": [frames, 65]}`` float32.
+        "spectral": [frames, 13], "combined": [frames, 65]}`` float32.
     """
     import librosa
 
@@ -76,12 +76,12 @@ def mfcc_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> dict[str, np.ndarray]
         )
     groups = {"mfcc": mfcc, "delta": delta, "chroma": chroma, "spectral": spectral}
     out = {name: np.ascontiguousarray(v.T, dtype=np.float32) for name, v in groups.items()}
-    out["all"] = np.concatenate([out[name] for name, _ in LAYERS], axis=1)
+    out["combined"] = np.concatenate([out[name] for name, _ in LAYERS], axis=1)
     return out
 
 
 class MfccEncoder(Encoder):
-    """librosa feature baseline; layers ``mfcc``, ``delta``, ``chroma``, ``spectral``, ``all``."""
+    """librosa feature baseline; layers ``mfcc``, ``delta``, ``chroma``, ``spectral``, ``combined``."""
 
     padding_exact = True
 
@@ -90,7 +90,7 @@ class MfccEncoder(Encoder):
         super().__init__(
             name=name,
             sample_rate=SAMPLE_RATE,
-            layer_names=[n for n, _ in LAYERS] + ["all"],
+            layer_names=[n for n, _ in LAYERS] + ["combined"],
             layer_widths=widths + [sum(widths)],
             frame_rate=SAMPLE_RATE / HOP_LENGTH,
             window_seconds=window_seconds,

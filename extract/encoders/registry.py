@@ -84,7 +84,7 @@ ENCODERS: dict[str, EncoderSpec] = {
         EncoderSpec(
             name="mfcc", default_checkpoint=None, sample_rate=22_050, num_layers=5, width=65,
             frame_rate=22_050 / 512, window_seconds=600.0, module="mfcc",
-            description="weight-free baseline: mfcc 20, delta 20, chroma 12, spectral 13, all 65",
+            description="weight-free baseline: mfcc 20, delta 20, chroma 12, spectral 13, combined 65",
         ),
     )
 }

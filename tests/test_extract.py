@@ -1,0 +1,237 @@
+"""End-to-end extraction: dataset folder -> encoders -> store, checked against direct computations."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from embedstore.errors import EmbedstoreError
+from embedstore.extract.audio import load_audio
+from embedstore.extract.datasets import discover_dataset
+from embedstore.extract.encoders import load_encoder
+from embedstore.extract.pipeline import ExtractOptions, extract_dataset, run_extract
+from embedstore.extract.synthetic import make_gtzan_like
+from embedstore.store import load_embeddings, load_frames, open_store
+from tiny_models import save_tiny_wav2vec2
+
+BACKENDS = ["zarr", "h5"]
+
+
+def store_path(tmp_path: Path, backend: str) -> Path:
+    return tmp_path / ("s.zarr" if backend == "zarr" else "s.h5")
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory) -> Path:
+    """4 genres x 3 clips of 2 s, every file readable, mixed formats and rates."""
+    return make_gtzan_like(tmp_path_factory.mktemp("small"), n_per_class=3, seconds=2.0, broken=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_w2v(tmp_path_factory) -> Path:
+    return save_tiny_wav2vec2(tmp_path_factory.mktemp("w2v"))
+
+
+def direct_mean(encoder, wave: np.ndarray) -> list[np.ndarray]:
+    """Per-layer mean over time computed independently: each window run alone, frames joined by hand."""
+    w = int(round(encoder.window_seconds * encoder.sample_rate))
+    n = wave.shape[0]
+    if n <= w:
+        pieces, overlap = [wave], 0.0
+    else:
+        starts = list(range(0, n - w + 1, w))
+        if starts[-1] + w < n:
+            overlap = (starts[-1] + w - (n - w)) / w
+            starts.append(n - w)
+        else:
+            overlap = 0.0
+        pieces = [wave[s : s + w] for s in starts]
+    per_layer: list[list[np.ndarray]] = [[] for _ in range(encoder.num_layers)]
+    with torch.inference_mode():
+        for k, piece in enumerate(pieces):
+            out = encoder(torch.from_numpy(piece[None].copy()), torch.tensor([piece.shape[0]]))
+            for layer, h in enumerate(out.hidden_states):
+                frames = h[0, : int(out.lengths(layer)[0])].numpy()
+                if k == len(pieces) - 1 and overlap > 0:
+                    frames = frames[int(round(overlap * frames.shape[0])) :]
+                per_layer[layer].append(frames)
+    return [np.concatenate(f).mean(axis=0) for f in per_layer]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mfcc_rows_equal_direct_computation(small_dir, tmp_path, backend):
+    path = store_path(tmp_path, backend)
+    summary = run_extract(small_dir, ["mfcc"], path, options=ExtractOptions(workers=0, progress=False))
+    assert summary.models[0].written == 12 and not summary.failures
+    enc = load_encoder("mfcc")
+    ds = discover_dataset(small_dir)
+    with open_store(path) as st:
+        ids = list(st.tracks("gtzan").ids)
+        assert sorted(ids) == sorted(t.id for t in ds.tracks)
+    for layer, name in enumerate(enc.layer_names):
+        emb = load_embeddings(path, model="mfcc", layer=name)
+        assert emb.X.shape == (12, enc.layer_widths[layer])
+        for track in ds.tracks[:3]:
+            row = list(emb.track_ids).index(track.id)
+            expect = direct_mean(enc, load_audio(ds.root / track.path, enc.sample_rate))[layer]
+            np.testing.assert_allclose(emb.X[row], expect, rtol=1e-4, atol=1e-4)
+
+
+def test_windowed_encoder_rows_equal_direct_computation(small_dir, tiny_w2v, tmp_path):
+    # 0.75 s windows on 2 s clips: windows at 0, 0.75 and an end-aligned one at 1.25 s (overlap 1/3)
+    enc = load_encoder("wav2vec2", str(tiny_w2v), window_seconds=0.75)
+    ds = discover_dataset(small_dir)
+    path = tmp_path / "w.zarr"
+    extract_dataset(ds, [("tiny", enc)], path, ExtractOptions(workers=0, progress=False, batch_size=4))
+    emb = load_embeddings(path, model="tiny", layer="all")
+    assert emb.X.shape == (12, enc.num_layers, enc.layer_widths[0])
+    for track in ds.tracks[::4]:
+        row = list(emb.track_ids).index(track.id)
+        expect = direct_mean(enc, load_audio(ds.root / track.path, enc.sample_rate))
+        np.testing.assert_allclose(emb.X[row], np.stack(expect), rtol=1e-4, atol=1e-5)
+    meta = open_store(path).model_attrs("gtzan", "tiny")
+    assert meta["windowing"]["window_seconds"] == 0.75
+    assert meta["layer_names"] == list(enc.layer_names)
+
+
+def test_mean_std_pooling_and_float16(small_dir, tiny_w2v, tmp_path):
+    enc = load_encoder("wav2vec2", str(tiny_w2v), window_seconds=0.75)
+    ds = discover_dataset(small_dir)
+    path = tmp_path / "p.zarr"
+    opts = ExtractOptions(workers=0, progress=False, pooling="mean+std", storage_dtype="float16", limit=3)
+    extract_dataset(ds, [("tiny", enc)], path, opts)
+    emb = load_embeddings(path, model="tiny", layer=-1)
+    assert emb.X.dtype == np.float16 and emb.X.shape == (3, 2 * enc.layer_widths[-1])
+    # the std half equals the std of the joined frames computed directly
+    track = next(t for t in ds.tracks if t.id == emb.track_ids[0])
+    wave = load_audio(ds.root / track.path, enc.sample_rate)
+    w = enc.window_samples
+    starts = [0, w, wave.shape[0] - w]
+    frames = []
+    with torch.inference_mode():
+        for k, s in enumerate(starts):
+            out = enc(torch.from_numpy(wave[None, s : s + w].copy()))
+            h = out.hidden_states[-1][0].numpy()
+            if k == 2:
+                h = h[int(round(h.shape[0] * ((2 * w - (wave.shape[0] - w)) / w))) :]
+            frames.append(h)
+    joined = np.concatenate(frames)
+    d = enc.layer_widths[-1]
+    np.testing.assert_allclose(emb.X[0, :d].astype(np.float32), joined.mean(0), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(emb.X[0, d:].astype(np.float32), joined.std(0), rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_after_interrupted_run_equals_uninterrupted(small_dir, tiny_w2v, tmp_path, backend, monkeypatch):
+    ds = discover_dataset(small_dir)
+    enc = load_encoder("wav2vec2", str(tiny_w2v), window_seconds=1.0)
+    opts = ExtractOptions(workers=0, progress=False, batch_size=2)
+    ref = tmp_path / ("ref.zarr" if backend == "zarr" else "ref.h5")
+    extract_dataset(ds, [("tiny", enc)], ref, opts)
+
+    path = store_path(tmp_path, backend)
+    calls = {"n": 0}
+    real_forward = type(enc).forward
+
+    def flaky_forward(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # what Ctrl-C does in the middle of a run
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(enc), "forward", flaky_forward)
+    with pytest.raises(KeyboardInterrupt):
+        extract_dataset(ds, [("tiny", enc)], path, opts)
+    monkeypatch.setattr(type(enc), "forward", real_forward)
+    partial = load_embeddings(path, model="tiny", layer=0)
+    assert 0 < len(partial.track_ids) < 12  # some rows were kept, the rest is missing
+
+    summary = extract_dataset(ds, [("tiny", enc)], path, opts)
+    assert summary.models[0].already_done == len(partial.track_ids)
+    assert summary.models[0].written == 12 - len(partial.track_ids)
+    a = load_embeddings(path, model="tiny", layer="all")
+    b = load_embeddings(ref, model="tiny", layer="all")
+    order_a, order_b = np.argsort(a.track_ids), np.argsort(b.track_ids)
+    np.testing.assert_array_equal(a.track_ids[order_a], b.track_ids[order_b])
+    np.testing.assert_allclose(a.X[order_a], b.X[order_b], rtol=1e-5, atol=1e-6)
+    # a third run has nothing left to do
+    again = extract_dataset(ds, [("tiny", enc)], path, opts)
+    assert again.models[0].written == 0 and again.models[0].already_done == 12
+
+
+def test_bad_files_are_recorded_and_the_run_goes_on(tmp_path, capsys):
+    root = make_gtzan_like(tmp_path / "ds", n_per_class=2, seconds=1.0, broken=True)
+    genre_dir = next((root / "genres_original").iterdir())
+    # readable header, unusable samples: discovery keeps it, decoding fails
+    nan_file = genre_dir / f"{genre_dir.name}.00077.wav"
+    sf.write(nan_file, np.full(2205, np.nan, dtype=np.float32), 22050, subtype="FLOAT")
+    silent = genre_dir / f"{genre_dir.name}.00078.wav"
+    sf.write(silent, np.zeros(22050, dtype=np.float32), 22050)
+    path = tmp_path / "s.zarr"
+    summary = run_extract(root, ["mfcc"], path, options=ExtractOptions(workers=0, progress=True))
+    err = capsys.readouterr().err
+    assert summary.models[0].written == 9  # 8 clips + the silent one
+    assert summary.failed == 5  # 4 unreadable at discovery + the NaN file while decoding
+    assert f"{nan_file.stem}.wav" in err
+    assert "silent" in err
+    with open_store(path) as st:
+        failures = st.failures("gtzan", "mfcc")
+        assert [f[1] for f in failures] == [nan_file.stem]
+        assert len(st.dataset_attrs("gtzan")["skipped"]) == 4
+    emb = load_embeddings(path, model="mfcc", layer="mfcc")
+    assert nan_file.stem not in set(emb.track_ids) and silent.stem in set(emb.track_ids)
+    assert np.isfinite(emb.X).all()
+    with pytest.raises(EmbedstoreError, match="strict"):
+        run_extract(root, ["mfcc"], tmp_path / "strict.zarr", options=ExtractOptions(workers=0, progress=False, strict=True))
+
+
+def test_two_models_share_one_track_table_and_limit(small_dir, tiny_w2v, tmp_path):
+    ds = discover_dataset(small_dir)
+    w2v = load_encoder("wav2vec2", str(tiny_w2v))
+    mfcc = load_encoder("mfcc")
+    path = tmp_path / "two.h5"
+    summary = extract_dataset(ds, [("tiny", w2v), ("mfcc", mfcc)], path, ExtractOptions(workers=1, progress=False, limit=5))
+    assert [m.written for m in summary.models] == [5, 5]
+    with open_store(path) as st:
+        assert st.datasets() == ["gtzan"]
+        assert sorted(st.models("gtzan")) == ["mfcc", "tiny"]
+        assert len(st.tracks("gtzan")) == 5
+    a = load_embeddings(path, model="tiny", layer=0)
+    b = load_embeddings(path, model="mfcc", layer=0)
+    np.testing.assert_array_equal(a.track_ids, b.track_ids)
+    np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_frame_sequences_at_a_coarse_hop(small_dir, tmp_path):
+    path = tmp_path / "f.zarr"
+    run_extract(small_dir, ["mfcc"], path, options=ExtractOptions(workers=0, progress=False, frames_hop=0.5, frame_layers=[0, -1], limit=2))
+    values, counts, meta = load_frames(path, model="mfcc", layer=0)
+    assert values.shape[:2] == (2, 4) and list(counts) == [4, 4]  # 2 s at 0.5 s per frame
+    enc = load_encoder("mfcc")
+    track_path = next(t.path for t in discover_dataset(small_dir).tracks if t.id == meta.track_ids[0])
+    wave = load_audio(small_dir / track_path, enc.sample_rate)
+    with torch.inference_mode():
+        h = enc(torch.from_numpy(wave[None])).hidden_states[0][0].numpy()
+    per_bin = int(round(0.5 * enc.frame_rate))
+    np.testing.assert_allclose(values[0, 0], h[:per_bin].mean(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(values[0, 3], h[3 * per_bin :].mean(0), rtol=1e-4, atol=1e-4)
+
+
+def test_bad_options_are_one_line_errors(small_dir, tmp_path):
+    with pytest.raises(EmbedstoreError, match="unknown|known"):
+        run_extract(small_dir, ["not-a-model"], tmp_path / "x.zarr")
+    with pytest.raises(EmbedstoreError, match="--frame-layers 99"):
+        run_extract(small_dir, ["mfcc"], tmp_path / "x.zarr", options=ExtractOptions(workers=0, frames_hop=0.5, frame_layers=[99]))
+    with pytest.raises(EmbedstoreError, match="--batch-size"):
+        ExtractOptions(batch_size=0)
+    copy = tmp_path / "copy"
+    shutil.copytree(small_dir, copy)
+    run_extract(copy, ["mfcc"], tmp_path / "y.zarr", options=ExtractOptions(workers=0, progress=False, limit=2))
+    # the same store entry refuses a different checkpoint
+    with pytest.raises(EmbedstoreError):
+        run_extract(copy, ["wav2vec2"], tmp_path / "y.zarr", checkpoint=str(small_dir), model_name="mfcc")
