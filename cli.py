@@ -36,6 +36,13 @@ StoreOption = Annotated[
     ),
 ]
 
+ModelsOption = Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Model entries (repeat or comma-separate; default: all).")]
+DatasetOption = Annotated[Optional[str], typer.Option(help="Dataset in the store (default: the only one, or the one holding the models).")]
+OutOption = Annotated[Optional[Path], typer.Option(help="Output folder (default: <store>.analysis/ next to the store).")]
+FormatOption = Annotated[Optional[list[str]], typer.Option("--format", help="Figure formats: png, svg, pdf (repeatable; default png).")]
+SeedOption = Annotated[int, typer.Option(help="Seed of subsampling and UMAP.")]
+MaxPointsOption = Annotated[int, typer.Option(help="Subsample (seeded) to at most this many clips for plots.")]
+
 
 def _version_callback(value: bool) -> None:
     if value:
@@ -69,6 +76,18 @@ def _split_list(values: Optional[list[str]]) -> Optional[list[str]]:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
+def _split_or_none(split: str) -> Optional[str]:
+    return None if split in ("all", "") else split
+
+
+def _layer_arg(layer: str):
+    """A --layer value: an int index, or a name / 'all' / 'best' / 'weighted'."""
+    try:
+        return int(layer)
+    except ValueError:
+        return layer
+
+
 # ---- datasets ----------------------------------------------------------------------------------
 
 
@@ -89,6 +108,23 @@ def datasets(
 
     ds = discover_dataset(dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed, folds=folds)
     typer.echo(json.dumps(summarize_dataset(ds), indent=2) if as_json else format_dataset_summary(ds))
+
+
+# ---- demo --------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the generated audio, the store, results and figures.")] = Path("embedstore-demo"),
+    clips_per_genre: Annotated[int, typer.Option(help="Generated clips per genre (10 genres).")] = 6,
+    seconds: Annotated[float, typer.Option(help="Length of each generated clip in seconds.")] = 3.0,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: CPUs - 1, at most 4).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Offline demo, nothing downloaded: generate audio, extract mfcc + random wav2vec2, probe, plot."""
+    from embedstore.demo import run_demo
+
+    run_demo(out, clips_per_genre=clips_per_genre, seconds=seconds, workers=workers, progress=progress)
 
 
 # ---- the store ---------------------------------------------------------------------------------
@@ -193,6 +229,65 @@ def extract(
     typer.echo(format_summary(summary))
 
 
+# ---- probing -----------------------------------------------------------------------------------
+
+
+@app.command()
+def probe(
+    store: StoreOption = None,
+    task: Annotated[str, typer.Option(help="Label column to predict (genre for GTZAN), or 'caption' for the T5 captioner.")] = "genre",
+    model: ModelsOption = None,
+    dataset: DatasetOption = None,
+    layer: Annotated[str, typer.Option(help="Layer index or name, 'all' (one probe per layer), 'best' or 'weighted' (learned softmax sum of layers).")] = "all",
+    head: Annotated[str, typer.Option(help="mlp (the study's Linear-512-ReLU-BatchNorm-Linear) or logreg.")] = "mlp",
+    preset: Annotated[str, typer.Option(help="default (hyper-parameters chosen on validation, early stopping) or paper (lr 1e-5, 10 epochs, as the study).")] = "default",
+    seeds: Annotated[int, typer.Option(help="Repeat training with this many seeds; report mean and std.")] = 1,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result records as JSON.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    t5: Annotated[str, typer.Option(help="caption: T5 checkpoint id or local directory.")] = "t5-small",
+    bert: Annotated[str, typer.Option(help="caption: BERT checkpoint for the BERT-similarity metric.")] = "bert-base-uncased",
+    layer_mix: Annotated[str, typer.Option(help="caption: softmax (learned weights) or conv1x1 (the study's Conv1d).")] = "softmax",
+    epochs: Annotated[int, typer.Option(help="caption: maximum training epochs.")] = 30,
+    batch_size: Annotated[int, typer.Option(help="caption: batch size.")] = 16,
+    lr: Annotated[float, typer.Option(help="caption: AdamW learning rate (the study's 1e-4).")] = 1e-4,
+    num_beams: Annotated[int, typer.Option(help="caption: beam width.")] = 4,
+    no_repeat_ngram: Annotated[int, typer.Option(help="caption: block repeated n-grams of this size (0: off).")] = 3,
+    repetition_penalty: Annotated[float, typer.Option(help="caption: repetition penalty (1: off).")] = 1.2,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+) -> None:
+    """Train heads on the stored, frozen embeddings and print one comparison table across models and layers."""
+    import json
+
+    if task == "caption":
+        from embedstore.heads.caption_probe import format_caption_report, run_caption_probe
+        from embedstore.heads.captioner import GenerationSettings
+
+        names = _split_list(model)
+        if not names or len(names) != 1:
+            raise EmbedstoreError("--task caption trains one captioner: give exactly one --model")
+        report = run_caption_probe(
+            _store_path(store), model=names[0], dataset=dataset, layers=_layer_arg(layer), t5=t5, bert=bert,
+            layer_mix=layer_mix, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+            generation=GenerationSettings(num_beams=num_beams, no_repeat_ngram_size=no_repeat_ngram,
+                                          repetition_penalty=repetition_penalty),
+            progress=progress,
+        )
+        typer.echo(json.dumps(report.record, indent=2, default=str) if as_json else format_caption_report(report))
+        return
+
+    from embedstore.heads.probe import format_comparison, run_probe
+
+    report = run_probe(_store_path(store), task, models=_split_list(model), dataset=dataset, layer=_layer_arg(layer),
+                       head=head, preset=preset, seeds=seeds, device=device, progress=progress)
+    if as_json:
+        typer.echo(json.dumps(report.records, indent=2, default=str))
+    else:
+        typer.echo(format_comparison(report))
+        if report.paths:
+            typer.echo(f"results: {Path(report.paths[0]).parent}")
+
+
 # ---- analysis ----------------------------------------------------------------------------------
 
 analyze_app = typer.Typer(
@@ -200,25 +295,6 @@ analyze_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(analyze_app, name="analyze")
-
-ModelsOption = Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Model entries (repeat or comma-separate; default: all).")]
-DatasetOption = Annotated[Optional[str], typer.Option(help="Dataset in the store (default: the only one, or the one holding the models).")]
-OutOption = Annotated[Optional[Path], typer.Option(help="Output folder (default: <store>.analysis/ next to the store).")]
-FormatOption = Annotated[Optional[list[str]], typer.Option("--format", help="Figure formats: png, svg, pdf (repeatable; default png).")]
-SeedOption = Annotated[int, typer.Option(help="Seed of subsampling and UMAP.")]
-MaxPointsOption = Annotated[int, typer.Option(help="Subsample (seeded) to at most this many clips for plots.")]
-
-
-def _split_or_none(split: str) -> Optional[str]:
-    return None if split in ("all", "") else split
-
-
-def _layer_arg(layer: str):
-    """A --layer value: an int index, or a name / 'all' / 'best' / 'weighted'."""
-    try:
-        return int(layer)
-    except ValueError:
-        return layer
 
 
 def _show(result, formatter) -> None:

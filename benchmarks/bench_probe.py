@@ -35,7 +35,7 @@ def make_store(path: Path, n: int, layers: int, dim: int, classes: int = 10, see
     y = np.arange(n) % classes
     centers = rng.normal(size=(classes, dim)).astype(np.float32)
     peak = 2 * (layers - 1) / 3
-    strength = np.exp(-(((np.arange(layers) - peak) / (layers / 3)) ** 2)) * 0.07
+    strength = np.exp(-(((np.arange(layers) - peak) / (layers / 3)) ** 2)) * 0.12
     X = rng.normal(size=(n, layers, dim)).astype(np.float32)
     X += strength[None, :, None].astype(np.float32) * centers[y][:, None, :]
     splits = rng.permutation(np.array(["train"] * int(0.6 * n) + ["valid"] * int(0.2 * n)
@@ -44,7 +44,8 @@ def make_store(path: Path, n: int, layers: int, dim: int, classes: int = 10, see
     table = TrackTable(ids=ids, paths=[f"{i}.wav" for i in ids], labels=[f"genre{c}" for c in y], splits=splits)
     with open_store(path, "a") as st:
         st.write_tracks("bench", table, {"kind": "folder", "tasks": {"genre": "label"}})
-        meta = {"model_name": "synthetic", "checkpoint": "synthetic", "layer_names": [f"layer_{i}" for i in range(layers)]}
+        meta = {"model_name": "synthetic", "checkpoint": "synthetic",
+                "layer_names": [f"layer_{i}" for i in range(layers)]}
         with st.model_writer("bench", "enc", meta, [dim] * layers) as w:
             w.write(np.arange(n), [X[:, i] for i in range(layers)])
 
@@ -54,7 +55,8 @@ def baseline_logreg(store: Path, layers: int) -> float:
     for li in range(layers):
         e = load_embeddings(store, "bench", "enc", li)
         tr, te = e.splits == "train", e.splits == "test"
-        make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(e.X[tr], e.labels[tr]).score(e.X[te], e.labels[te])
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(e.X[tr], e.labels[tr])
+        model.score(e.X[te], e.labels[te])
     return time.perf_counter() - t
 
 
@@ -106,7 +108,8 @@ def main() -> None:
         print(format_comparison(recs))
         print()
         n_mlp = len(recs)
-        print(f"data: {args.tracks} tracks x {args.layers} layers x {args.dim} dims, torch threads {torch.get_num_threads()}")
+        print(f"data: {args.tracks} tracks x {args.layers} layers x {args.dim} dims, "
+              f"torch threads {torch.get_num_threads()}")
         print(f"logreg sweep ({args.layers} layers, C grid of 6 + bootstrap + records): {t_lr:.1f} s "
               f"({t_lr / args.layers:.2f} s/layer); plain single-C loop {t_base:.1f} s; ratio {t_lr / t_base:.1f}x")
         print(f"mlp default ({n_mlp} layers, 2x2 grid, early stopping, median kept epoch {np.median(epochs):.0f}): "

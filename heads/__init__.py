@@ -1,1 +1,38 @@
-"""heads"""
+"""Heads trained on frozen embeddings from the store.
+
+- :mod:`~embedstore.heads.probe`: :func:`run_probe` (layer sweeps, best layer, weighted layers) and
+  :func:`format_comparison` (one table across models and layers).
+- :mod:`~embedstore.heads.protocol`: :func:`probe_arrays`, the store-free core.
+- :mod:`~embedstore.heads.mlp` (``MLPHead``), :mod:`~embedstore.heads.logreg`,
+  :mod:`~embedstore.heads.metrics` (metrics, bootstrap CIs, McNemar), :mod:`~embedstore.heads.results`
+  (JSON records beside the store).
+
+Names are imported lazily so that ``import embedstore.heads`` does not import torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_LAZY = {
+    "run_probe": "embedstore.heads.probe",
+    "format_comparison": "embedstore.heads.probe",
+    "ProbeReport": "embedstore.heads.probe",
+    "probe_arrays": "embedstore.heads.protocol",
+    "ProbeResult": "embedstore.heads.protocol",
+    "MLPHead": "embedstore.heads.mlp",
+    "classification_metrics": "embedstore.heads.metrics",
+    "bootstrap_ci": "embedstore.heads.metrics",
+    "load_results": "embedstore.heads.results",
+    "save_result": "embedstore.heads.results",
+    "results_dir": "embedstore.heads.results",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'embedstore.heads' has no attribute {name!r}")

@@ -81,9 +81,9 @@ def _resolve_layers(layer: int | str, layer_names: list[str], model: str, widths
                              f"or one of {', '.join(LAYER_MODES)})")
         return [layer_names.index(layer)]
     idx = int(layer)
-    if not 0 <= idx < n:
-        raise ModelError(f"--layer {idx}: model {model!r} has {n} layers (0..{n - 1})")
-    return [idx]
+    if not -n <= idx < n:
+        raise ModelError(f"--layer {idx}: model {model!r} has {n} layers (0..{n - 1}, or negative from the end)")
+    return [idx % n]
 
 
 def run_probe(
@@ -203,12 +203,19 @@ def _paired_p(a: dict[str, Any], b: dict[str, Any]) -> tuple[float | None, str]:
     return paired_bootstrap(y.astype(str), ya.astype(str), yb.astype(str))["p_value"], "paired bootstrap"
 
 
-def compare_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per record with test accuracy/macro-F1, CIs, chosen hparams and the p-value of a
-    paired test against the best row (highest test accuracy) of the same task and dataset.
+def _is_classification(record: dict[str, Any]) -> bool:
+    """True for records with classification test metrics (caption records share the folder)."""
+    return "accuracy" in record.get("metrics", {}).get("test", {})
 
-    Returns rows ``{"record", "best", "p_value", "test"}`` in the records' order.
+
+def compare_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per classification record (caption records are skipped) with the p-value of a paired
+    test against the best row (highest test accuracy) of the same task and dataset.
+
+    Returns rows ``{"record", "best": bool, "p_value": float | None, "test": test name}`` in the
+    records' order.
     """
+    records = [r for r in records if _is_classification(r)]
     best_of: dict[tuple[str, str], dict[str, Any]] = {}
     for r in records:
         k = (r["task"], r["dataset"])
@@ -237,8 +244,9 @@ def format_comparison(report_or_records: ProbeReport | list[dict[str, Any]]) -> 
     accuracy with its bootstrap 95% CI, macro-F1, chosen hyper-parameters, p-value vs the best row),
     followed by the learned layer weights of weighted probes."""
     records = report_or_records.records if isinstance(report_or_records, ProbeReport) else list(report_or_records)
+    records = [r for r in records if _is_classification(r)]
     if not records:
-        return "no probe results"
+        return "no classification probe results"
     multi = len({(r["task"], r["dataset"]) for r in records}) > 1
     header = (["task/dataset"] if multi else []) + ["model", "layer", "head", "test acc % [95% CI]",
                                                     "macro-F1 %", "hparams", "p vs best"]

@@ -290,7 +290,8 @@ def test_format_comparison_pvalues_match_mcnemar():
     yt = np.array(best["y_true"])
     want = mcnemar_exact(np.array(other["y_pred"][0]) == yt, np.array(best["y_pred"][0]) == yt)["p_value"]
     assert rows[0]["p_value"] == pytest.approx(want) and want < 0.01
-    text = format_comparison(recs)
+    caption_like = dict(recs[0], head="t5", metrics={"test": {"bleu": 0.1}})  # shares the results folder
+    text = format_comparison([*recs, caption_like])
     lines = text.splitlines()
     assert sum(line.startswith("m ") for line in lines) == 4
     assert "best" in text and "McNemar" in text and "C=" in text
@@ -342,6 +343,8 @@ def test_run_probe_sweep_through_store(probe_store):
 def test_run_probe_best_and_weighted(probe_store):
     from embedstore.heads.probe import run_probe
 
+    last = run_probe(probe_store, "genre", models=["enc_a"], layer=-1, head="logreg", progress=False)
+    assert [r["layer"] for r in last.records] == [3]
     best = run_probe(probe_store, "genre", models=["enc_a"], layer="best", head="logreg", progress=False)
     assert len(best.records) == 1 and best.records[0]["layer"] == 2
     assert set(best.records[0]["layer_selection"]["scores"]) == {"0", "1", "2", "3"}

@@ -205,11 +205,6 @@ class Encoder(torch.nn.Module):
             "frame_rate": self.frame_rate,
             "layer_frame_rates": list(self.layer_frame_rates),
             "window_seconds": self.window_seconds,
-            "window_rule": (
-                f"clips longer than {self.window_seconds:g} s are cut into consecutive windows of "
-                f"{self.window_seconds:g} s ({self.window_samples} samples at {self.sample_rate} Hz); "
-                "each window is encoded on its own"
-            ),
             "autocast_dtype": self.autocast_dtype,
             "batching": "padded batch" if self.padding_exact else "equal-length groups (no padding)",
         }

@@ -1,0 +1,196 @@
+"""Audio for fine-tuning: random training crops and full evaluation clips, decoded in DataLoader workers.
+
+- :class:`CropDataset` yields one random crop of ``crop_seconds`` per training clip. The crop's start
+  is drawn from ``numpy.random.default_rng((seed, epoch, index))``, so an epoch's crops are the same
+  whatever the worker count and whether the run was resumed. Only the crop is decoded
+  (``load_audio`` with ``offset``/``duration``); it is peak-normalised on its own, which the
+  wav2vec2/MERT feature extractors' per-input standardisation makes irrelevant.
+- :class:`ClipDataset` yields full clips (the track's own segment) for evaluation.
+- :func:`task_splits` picks the labelled tracks of a task and their train/valid/test split, holding
+  out a stratified share of train as validation when the dataset has no valid split.
+
+A clip that fails to decode is dropped from its batch (and reported), never stopping the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from embedstore.errors import AudioError, DatasetError
+from embedstore.extract.audio import audio_duration, load_audio
+from embedstore.extract.datasets import Dataset, Track
+from embedstore.heads.protocol import INNER_VALID_FRACTION
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class TaskSplits:
+    """The tracks of one classification task, per split, and the class order.
+
+    Attributes:
+        tracks: ``{"train"|"valid"|"test": [Track, ...]}``.
+        labels: class values; a track's class code is its label's index here.
+        valid_source: ``"split"`` (the dataset's own) or ``"inner"`` (held out from train).
+    """
+
+    tracks: dict[str, list[Track]]
+    labels: list[str]
+    valid_source: str
+
+    def codes(self, split: str) -> np.ndarray:
+        """Class codes ``[n]`` (int64) of ``split``'s tracks."""
+        index = {c: i for i, c in enumerate(self.labels)}
+        return np.array([index[t.label] for t in self.tracks[split]], dtype=np.int64)
+
+
+def task_splits(dataset: Dataset, task: str, seed: int = 0) -> TaskSplits:
+    """Labelled train/valid/test tracks of ``task`` (a class-label task of ``dataset``).
+
+    Classes are sorted as the probes sort them. Without a ``valid`` split, a stratified
+    :data:`~embedstore.heads.protocol.INNER_VALID_FRACTION` of train (seeded) becomes validation.
+
+    Raises:
+        DatasetError: unknown or non-class task, k-fold splits, or no train/test clips.
+    """
+    from sklearn.model_selection import train_test_split
+
+    column = dataset.tasks.get(task)
+    have = ", ".join(dataset.tasks) or "none"
+    if column is None:
+        raise DatasetError(f"--task {task!r}: dataset {dataset.name!r} has no such labels (tasks: {have})")
+    if column != "label":
+        raise DatasetError(f"--task {task!r}: dataset {dataset.name!r} stores it in column {column!r}, "
+                           "not class labels; fine-tuning needs a class-label task")
+    labelled = [t for t in dataset.tracks if t.label]
+    found = sorted({t.split for t in labelled if t.split})
+    if any(s.startswith("fold") for s in found):
+        raise DatasetError(f"dataset {dataset.name!r} uses k-fold splits ({', '.join(found)}); fine-tuning "
+                           "needs train/valid/test (use --split random-val or fault-filtered)")
+    tracks = {s: [t for t in labelled if t.split == s] for s in SPLITS}
+    if not tracks["train"] or not tracks["test"]:
+        raise DatasetError(f"dataset {dataset.name!r}: fine-tuning needs labelled 'train' and 'test' clips, "
+                           f"found splits {found or 'none'}")
+    valid_source = "split"
+    if not tracks["valid"]:
+        valid_source = "inner"
+        train = tracks["train"]
+        if len(train) < 2:
+            raise DatasetError(f"dataset {dataset.name!r}: too few train clips to hold out a validation set")
+        y = [t.label for t in train]
+        counts = np.unique(y, return_counts=True)[1]
+        n_valid = max(1, int(np.ceil(INNER_VALID_FRACTION * len(train))))
+        strat = y if counts.min() >= 2 and n_valid >= len(counts) else None
+        keep, valid = train_test_split(list(range(len(train))), test_size=n_valid, random_state=seed, stratify=strat)
+        tracks["train"] = [train[i] for i in sorted(keep)]
+        tracks["valid"] = [train[i] for i in sorted(valid)]
+    labels = sorted({t.label for t in labelled}, key=str)
+    return TaskSplits(tracks, labels, valid_source)
+
+
+@dataclass
+class Item:
+    """One decoded clip or crop: ``index`` into the dataset, ``wave`` float32 ``[samples]`` (None on
+    failure), class ``code``, and the decoding ``error``."""
+
+    index: int
+    wave: np.ndarray | None
+    code: int
+    error: str | None = None
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Random crops of training clips (map-style; call :meth:`set_epoch` before each epoch).
+
+    Args:
+        root: dataset root; tracks: the clips; codes: class code per track ``[n]``.
+        sample_rate: the encoder's rate. crop_seconds: crop length (a shorter clip is used whole).
+        seed: seed of the crop positions.
+    """
+
+    def __init__(self, root: Path, tracks: Sequence[Track], codes: Sequence[int], sample_rate: int,
+                 crop_seconds: float, seed: int = 0) -> None:
+        self.root, self.tracks, self.codes = Path(root), list(tracks), [int(c) for c in codes]
+        self.sample_rate, self.crop_seconds, self.seed = int(sample_rate), float(crop_seconds), int(seed)
+        self.epoch = 0
+        self.available = [self._available(t) for t in self.tracks]
+
+    def _available(self, track: Track) -> float:
+        """Seconds of audio in the track's segment (header read; 0 when unreadable)."""
+        try:
+            total = audio_duration(self.root / track.path) - track.offset
+        except AudioError:
+            return 0.0
+        return max(0.0, total if track.duration is None else min(track.duration, total))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the crops of ``epoch`` (deterministic per seed, epoch and clip)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def __getitem__(self, i: int) -> Item:
+        track = self.tracks[i]
+        span = self.available[i]
+        crop = min(self.crop_seconds, span) if span > 0 else self.crop_seconds
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        start = float(rng.uniform(0.0, span - crop)) if span > crop else 0.0
+        try:
+            wave = load_audio(self.root / track.path, self.sample_rate, offset=track.offset + start, duration=crop)
+        except AudioError as exc:
+            return Item(i, None, self.codes[i], exc.reason)
+        return Item(i, wave[: int(round(self.crop_seconds * self.sample_rate))], self.codes[i])
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Full clips (each track's own segment) at ``sample_rate``, for evaluation and export checks."""
+
+    def __init__(self, root: Path, tracks: Sequence[Track], codes: Sequence[int], sample_rate: int) -> None:
+        self.root, self.tracks, self.codes, self.sample_rate = Path(root), list(tracks), list(codes), int(sample_rate)
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def __getitem__(self, i: int) -> Item:
+        track = self.tracks[i]
+        try:
+            wave = load_audio(self.root / track.path, self.sample_rate, offset=track.offset, duration=track.duration)
+        except AudioError as exc:
+            return Item(i, None, int(self.codes[i]), exc.reason)
+        return Item(i, wave, int(self.codes[i]))
+
+
+def collate_items(items: list[Item]) -> list[Item]:
+    """Keep a batch as a list of :class:`Item` (clips differ in length)."""
+    return items
+
+
+def pad_batch(items: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Zero-padded ``waveforms [B, max samples]`` float32, ``lengths [B]`` and ``codes [B]`` (int64)
+    of decoded items (failed items must be dropped first)."""
+    lengths = torch.tensor([len(it.wave) for it in items], dtype=torch.long)
+    waves = torch.zeros(len(items), int(lengths.max()))
+    for j, it in enumerate(items):
+        waves[j, : len(it.wave)] = torch.from_numpy(it.wave)
+    return waves, lengths, torch.tensor([it.code for it in items], dtype=torch.long)
+
+
+def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int, *, shuffle: bool = False,
+                generator: torch.Generator | None = None, drop_last: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader of :class:`Item` lists, decoding in ``workers`` processes (0: in this process)."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=workers,
+        collate_fn=collate_items,
+        drop_last=drop_last,
+        prefetch_factor=2 if workers > 0 else None,
+    )

@@ -1,0 +1,315 @@
+"""Tests of embedstore.finetune on a tiny random wav2vec2 (CPU): learning, checkpoints, resume,
+export into the store, and the pieces (windowed pooling, frozen conv, gradient checkpointing,
+atomic files, splits, option errors)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from embedstore.errors import DatasetError, EmbedstoreError, ModelError
+from embedstore.extract.audio import load_audio
+from embedstore.extract.datasets import discover_dataset
+from embedstore.extract.encoders import load_encoder
+from embedstore.extract.synthetic import render_genre
+from embedstore.finetune import finetune, format_finetune_report, load_finetuned
+from embedstore.finetune.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from embedstore.finetune.data import CropDataset, task_splits
+from embedstore.finetune.model import FinetuneModel, enable_gradient_checkpointing, freeze_feature_encoder
+from embedstore.finetune.train import predict_logits
+from embedstore.heads.results import load_results
+from tiny_models import save_tiny_wav2vec2
+
+GENRES = ("classical", "hiphop", "metal", "pop")
+SR = 16_000
+CLIP_SECONDS = 1.2  # with 0.5 s windows: 3 windows, the last end-aligned (overlap skipped)
+PER_SPLIT = {"train": 10, "valid": 3, "test": 3}
+# An easy, fast setting for the tiny model: short crops, no SpecAugment (its 2 minimum masks would
+# hide most of a 25-frame crop), no head dropout, a larger encoder learning rate than for real models.
+FAST = dict(model="wav2vec2", task="label", lr_encoder=1e-3, lr_head=3e-3, batch_size=8, crop_seconds=0.5,
+            window_seconds=0.5, spec_augment=False, head_dropout=0.0, workers=0, progress=False, patience=None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _offline_and_threads() -> Iterator[None]:
+    """No hub traffic; two torch threads (small models are overhead-bound)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_wav2vec2(tmp_path_factory.mktemp("ft_ckpt") / "w2v")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A manifest dataset of the synthetic genres with fixed train/valid/test splits (64 clips)."""
+    root = tmp_path_factory.mktemp("ft_data")
+    rng = np.random.default_rng(0)
+    rows = []
+    for genre in GENRES:
+        i = 0
+        for split, n in PER_SPLIT.items():
+            for _ in range(n):
+                name = f"{genre}.{i:03d}.wav"
+                sf.write(root / name, render_genre(genre, SR, CLIP_SECONDS, rng), SR)
+                rows.append((name, genre, split))
+                i += 1
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "split"])
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(data_dir: Path, ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Three epochs with export into a store (shared by several tests)."""
+    base = tmp_path_factory.mktemp("ft_run")
+    report = finetune(data_dir, checkpoint=str(ckpt), epochs=3, out=base / "run", export_to_store=base / "s.zarr",
+                      **FAST)
+    return report, base / "s.zarr"
+
+
+# ---- the full run -------------------------------------------------------------------------------
+
+
+def test_training_learns_and_writes_run_files(run):
+    report, _ = run
+    hist = report.history
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert hist[-1]["valid_loss"] < hist[0]["valid_loss"]
+    chance = 1 / len(GENRES)
+    best = max(h["valid_accuracy"] for h in hist)
+    assert best >= 2.5 * chance  # well above chance (12 valid clips)
+    assert report.best_epoch == max(hist, key=lambda h: (h["valid_accuracy"], -h["valid_loss"]))["epoch"]
+    assert json.loads(report.history_path.read_text()) == hist
+    assert report.curve_path.name == "training_curve.png" and report.curve_path.stat().st_size > 0
+    assert not list(report.out_dir.glob(".*tmp"))  # atomic writes leave no temporary files
+    text = format_finetune_report(report)
+    assert "wav2vec2+ft-label" in text and "*best" in text
+
+
+def test_record_has_the_probe_format(run):
+    report, store = run
+    rec = report.record
+    assert (rec["task"], rec["model"], rec["layer"], rec["head"]) == ("label", "wav2vec2+ft-label", "weighted", "finetune")
+    assert json.loads((report.out_dir / "metrics.json").read_text()) == rec
+    assert [r["model"] for r in load_results(store)] == ["wav2vec2+ft-label"]
+    for split, n in PER_SPLIT.items():
+        m = rec["metrics"][split]
+        assert m["n"] == n * len(GENRES) and m["labels"] == sorted(GENRES)
+        conf = np.array(m["confusion"])
+        assert conf.sum() == m["n"] and np.trace(conf) / m["n"] == pytest.approx(m["accuracy"])
+        assert m["ci95"]["accuracy"][0] <= m["accuracy"] <= m["ci95"]["accuracy"][1]
+    pred = rec["predictions"]["test"]
+    assert np.mean(np.array(pred["y_true"]) == np.array(pred["y_pred"][0])) == pytest.approx(rec["metrics"]["test"]["accuracy"])
+    weights = rec["layer_weights"]
+    assert len(weights) == 3 and sum(weights) == pytest.approx(1.0)
+    assert rec["selection_score"] == pytest.approx(max(h["valid_accuracy"] for h in report.history))
+
+
+def test_best_checkpoint_reloads_with_same_predictions(run, data_dir):
+    report, _ = run
+    loaded = load_finetuned(report.best_path)
+    assert loaded.epoch == report.best_epoch and loaded.labels == sorted(GENRES)
+    ds = discover_dataset(data_dir)
+    test = [t for t in ds.tracks if t.split == "test"]
+    ids = report.record["predictions"]["test"]["track_ids"]
+    by_id = {t.id: t for t in test}
+    from embedstore.finetune.data import ClipDataset
+
+    clips = ClipDataset(ds.root, [by_id[i] for i in ids], [0] * len(ids), SR)
+    logits, ok, failed = predict_logits(loaded.model, clips)
+    assert ok.all() and not failed
+    assert logits.argmax(1).tolist() == report.record["predictions"]["test"]["y_pred"][0]
+
+
+def test_feature_encoder_frozen_transformer_trained(run, ckpt):
+    report, _ = run
+    base = load_encoder("wav2vec2", str(ckpt)).state_dict()
+    tuned = load_checkpoint(report.best_path)["model"]
+    conv = [k for k in base if k.startswith("model.feature_extractor.")]
+    layers = [k for k in base if k.startswith("model.encoder.layers.")]
+    assert conv and layers
+    assert all(torch.equal(base[k], tuned[f"encoder.{k}"]) for k in conv)
+    assert any(not torch.equal(base[k], tuned[f"encoder.{k}"]) for k in layers)
+
+
+def test_export_matches_clip_features_and_feeds_probes(run, data_dir):
+    from embedstore.heads.probe import run_probe
+    from embedstore.store import load_embeddings
+
+    report, store = run
+    assert report.export.models[0].written == sum(PER_SPLIT.values()) * len(GENRES)
+    emb = load_embeddings(store, model="wav2vec2+ft-label", layer="all")
+    assert emb.X.shape == (64, 3, 32)
+    # what the store holds is what the fine-tuned network pooled from the full clips
+    loaded = load_finetuned(report.best_path)
+    ds = discover_dataset(data_dir)
+    path_of = {t.id: ds.root / t.path for t in ds.tracks}
+    rows = list(range(0, 64, 7))
+    waves = [load_audio(path_of[emb.track_ids[r]], SR) for r in rows]
+    with torch.inference_mode():
+        loaded.model.encoder.frozen = True
+        feats = loaded.model.clip_features(waves).numpy()
+        head_on_store = loaded.model.head_logits(torch.from_numpy(emb.X[rows])).argmax(1)
+        head_on_clips = loaded.model.head_logits(torch.from_numpy(feats)).argmax(1)
+    np.testing.assert_allclose(emb.X[rows], feats, rtol=1e-4, atol=1e-5)
+    assert torch.equal(head_on_store, head_on_clips)
+    probe = run_probe(store, "label", models=["wav2vec2+ft-label"], layer=2, head="logreg", progress=False)
+    assert probe.records[0]["metrics"]["test"]["n"] == 12
+    assert {r["head"] for r in load_results(store)} == {"finetune", "logreg"}
+
+
+# ---- resume and early stopping ------------------------------------------------------------------
+
+
+def test_resume_continues_from_saved_epoch(run, data_dir, ckpt, tmp_path):
+    report3, _ = run
+    out = tmp_path / "resumed"
+    first = finetune(data_dir, checkpoint=str(ckpt), epochs=2, out=out, **FAST)
+    assert [h["epoch"] for h in first.history] == [1, 2]
+    resumed = finetune(data_dir, checkpoint=str(ckpt), epochs=3, out=out, resume=True, **FAST)
+    assert resumed.resumed_from == 2
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert resumed.history[:2] == first.history
+    # epoch 3 started from the saved weights, optimizer and RNG state: identical to an uninterrupted run
+    a, b = load_checkpoint(out / "last.pt"), load_checkpoint(report3.last_path)
+    assert a["epoch"] == b["epoch"] == 3
+    for k in b["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
+    assert resumed.history[2]["train_loss"] == pytest.approx(report3.history[2]["train_loss"], rel=1e-5)
+
+
+def test_resume_refuses_a_different_network(run, data_dir, ckpt):
+    report, _ = run
+    with pytest.raises(EmbedstoreError, match="layer"):
+        finetune(data_dir, checkpoint=str(ckpt), epochs=4, out=report.out_dir, resume=True, **{**FAST, "layer": 1})
+
+
+def test_early_stopping_without_validation_gain(data_dir, ckpt, tmp_path):
+    report = finetune(data_dir, checkpoint=str(ckpt), epochs=5, out=tmp_path / "stop",
+                      **{**FAST, "lr_encoder": 0.0, "lr_head": 0.0, "patience": 1})
+    assert report.stopped_early and report.epochs_run == 2 and report.best_epoch == 1
+    assert load_checkpoint(report.last_path)["epoch"] == 2
+
+
+# ---- pieces -------------------------------------------------------------------------------------
+
+
+def test_clip_features_equal_mean_over_all_frames(ckpt):
+    """Windowed pooling = the mean of every frame, the overlapping frames of the last window skipped."""
+    enc = load_encoder("wav2vec2", str(ckpt), window_seconds=0.5)
+    net = FinetuneModel(enc, 4).eval()
+    wave = np.random.default_rng(1).normal(size=int(1.2 * SR)).astype(np.float32)
+    with torch.inference_mode():
+        got = net.clip_features([wave, wave[:4000]]).numpy()
+        w = 8000  # 0.5 s windows at 0.0 s, 0.5 s and an end-aligned one at 0.7 s (overlapping 0.3 s)
+        parts = [enc(torch.from_numpy(wave[s : s + w])[None]) for s in (0, 8000, int(1.2 * SR) - w)]
+        frames = [[p.hidden_states[layer][0] for p in parts] for layer in range(3)]
+        n = frames[0][2].shape[0]
+        skip = round(0.6 * n)  # (1.0 s - 0.7 s) / 0.5 s of the last window repeats the second
+        want = np.stack([torch.cat([f[0], f[1], f[2][skip:]]).mean(0).numpy() for f in frames])
+        short = np.stack([h[0].mean(0).numpy() for h in enc(torch.from_numpy(wave[:4000])[None]).hidden_states])
+    np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[1], short, rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(ckpt):
+    def grads(checkpointing: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        enc = load_encoder("wav2vec2", str(ckpt))
+        enc.model.config.layerdrop = 0.0
+        enc.model.config.apply_spec_augment = False
+        freeze_feature_encoder(enc)
+        if checkpointing:
+            assert enable_gradient_checkpointing(enc)
+        net = FinetuneModel(enc, 4, dropout=0.0).train()
+        enc.frozen = False
+        for m in net.modules():  # no dropout: both passes must compute the same function
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        x = torch.from_numpy(np.random.default_rng(0).normal(size=(3, 8000)).astype(np.float32))
+        loss = torch.nn.functional.cross_entropy(net(x, torch.tensor([8000, 8000, 8000])), torch.tensor([0, 1, 2]))
+        loss.backward()
+        return {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
+
+    plain, ckpted = grads(False), grads(True)
+    assert plain.keys() == ckpted.keys() and not any("feature_extractor" in k for k in plain)
+    assert any(k.startswith("encoder.model.encoder.layers.") for k in plain)
+    for k in plain:
+        torch.testing.assert_close(ckpted[k], plain[k], rtol=1e-4, atol=1e-6)
+
+
+def test_crops_are_deterministic_per_epoch(data_dir):
+    ds = discover_dataset(data_dir)
+    splits = task_splits(ds, "label")
+    crops = CropDataset(ds.root, splits.tracks["train"], splits.codes("train"), SR, 0.5, seed=3)
+    crops.set_epoch(1)
+    a = [crops[i].wave for i in range(3)]
+    assert all(w.shape == (8000,) for w in a)
+    assert all(np.array_equal(x, crops[i].wave) for i, x in enumerate(a))
+    crops.set_epoch(2)
+    assert not all(np.array_equal(x, crops[i].wave) for i, x in enumerate(a))
+    # a crop is a slice of the clip (at the file's own rate: exact samples), peak-normalised on its own
+    full = load_audio(ds.root / splits.tracks["train"][0].path, SR, normalize=False)
+    crop = crops[0].wave
+    start = int(np.argmax(np.correlate(full, crop, mode="valid")))
+    piece = full[start : start + len(crop)]
+    np.testing.assert_allclose(crop, piece / np.abs(piece).max(), atol=1e-6)
+
+
+def test_task_splits_hold_out_validation_when_missing(gtzan_clean_dir):
+    ds = discover_dataset(gtzan_clean_dir)  # random 80/20 train/test, no valid
+    splits = task_splits(ds, "genre", seed=0)
+    assert splits.valid_source == "inner"
+    train, valid = splits.tracks["train"], splits.tracks["valid"]
+    assert valid and not {t.id for t in train} & {t.id for t in valid}
+    assert len(train) + len(valid) == len(ds.split_tracks("train"))
+    with pytest.raises(DatasetError, match="no such labels"):
+        task_splits(ds, "mood")
+
+
+def test_checkpoint_files_are_atomic_and_checked(tmp_path):
+    torch.manual_seed(5)
+    np.random.seed(5)
+    state = rng_state()
+    x = (torch.rand(3), np.random.rand(3))
+    path = save_checkpoint({"epoch": 1, "rng": state, "t": torch.arange(4)}, tmp_path / "last.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    set_rng_state(load_checkpoint(path)["rng"])
+    torch.testing.assert_close(torch.rand(3), x[0])
+    np.testing.assert_array_equal(np.random.rand(3), x[1])
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="bad.pt"):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(ModelError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"precision": "fp8"}, EmbedstoreError, "--precision"),
+        ({"batch_size": 1}, EmbedstoreError, "--batch-size"),
+        ({"task": "genre"}, DatasetError, "no such labels"),
+        ({"layer": 7}, ModelError, "--layer 7"),
+    ],
+)
+def test_bad_options_are_clear_errors(data_dir, ckpt, tmp_path, options, error, match):
+    with pytest.raises(error, match=match):
+        finetune(data_dir, checkpoint=str(ckpt), epochs=1, out=tmp_path / "bad", **{**FAST, **options})
