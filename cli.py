@@ -288,6 +288,55 @@ def probe(
             typer.echo(f"results: {Path(report.paths[0]).parent}")
 
 
+# ---- fine-tuning -------------------------------------------------------------------------------
+
+
+@app.command()
+def finetune(
+    dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder (as for extract).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Encoder name (see `embedstore models`).")] = "mert",
+    task: Annotated[str, typer.Option(help="Label column to learn (genre for GTZAN).")] = "genre",
+    checkpoint: Annotated[Optional[str], typer.Option(help="Hub id or local directory of the starting weights.")] = None,
+    weights: Annotated[str, typer.Option(help="pretrained or random (same architecture, seeded).")] = "pretrained",
+    layer: Annotated[str, typer.Option(help="weighted (learned softmax sum of layers), or one layer index/name.")] = "weighted",
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 10,
+    lr_encoder: Annotated[float, typer.Option(help="Learning rate of the encoder.")] = 1e-5,
+    lr_head: Annotated[float, typer.Option(help="Learning rate of the head (and layer weights).")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
+    batch_size: Annotated[int, typer.Option(help="Clips per step (at least 2: the head has batch norm).")] = 8,
+    grad_accum: Annotated[int, typer.Option(help="Accumulate gradients over this many steps.")] = 1,
+    crop_seconds: Annotated[float, typer.Option(help="Random training crops of this length; evaluation uses full clips.")] = 5.0,
+    freeze_feature_encoder: Annotated[bool, typer.Option(help="Keep the convolutional feature encoder frozen (usual practice).")] = True,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Trade compute for memory in the transformer.")] = False,
+    spec_augment: Annotated[bool, typer.Option(help="The encoder's own time/feature masking during training.")] = True,
+    precision: Annotated[str, typer.Option(help="auto (bf16 on GPUs that have it, else fp16; fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    patience: Annotated[int, typer.Option(help="Stop after this many epochs without a validation gain.")] = 3,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default finetune-<model>-<task>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from <out>/last.pt.")] = False,
+    export_to_store: Annotated[Optional[Path], typer.Option(help="After training, extract the fine-tuned encoder into this store as <model>+ft-<task>.")] = None,
+    dataset_type: Annotated[Optional[str], typer.Option(help="gtzan, musiccaps, folder or manifest (default: detected).")] = None,
+    split_scheme: Annotated[str, typer.Option("--split-scheme", help="As for extract (auto, fault-filtered, random, ...).")] = "auto",
+    split_dir: Annotated[Optional[Path], typer.Option(help="Folder with GTZAN's train/valid/test_filtered.txt lists.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding processes.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, crops and batch order.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Fine-tune an encoder end to end on raw audio (the unfrozen path) and report as probe does."""
+    from embedstore.finetune import finetune as run_finetune
+    from embedstore.finetune import format_finetune_report
+
+    report = run_finetune(
+        dataset_dir, model=model, task=task, checkpoint=checkpoint, weights=weights, layer=_layer_arg(layer),
+        epochs=epochs, lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay, batch_size=batch_size,
+        grad_accum=grad_accum, crop_seconds=crop_seconds, freeze_feature_encoder=freeze_feature_encoder,
+        gradient_checkpointing=gradient_checkpointing, spec_augment=spec_augment, precision=precision, device=device,
+        patience=patience, out=out, resume=resume, export_to_store=export_to_store, dataset_type=dataset_type,
+        split_scheme=split_scheme, split_dir=split_dir, workers=workers, seed=seed, progress=progress,
+    )
+    typer.echo(format_finetune_report(report))
+
+
 # ---- analysis ----------------------------------------------------------------------------------
 
 analyze_app = typer.Typer(

@@ -20,8 +20,10 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -35,7 +37,7 @@ from embedstore.extract.datasets import Dataset, Track
 from embedstore.extract.encoders import Encoder
 from embedstore.extract.pooling import POOLINGS, RunningMoments, bin_frames, pooled_width, window_moments
 from embedstore.extract.windowing import WindowRule, frames_to_skip
-from embedstore.store import TrackTable, open_store
+from embedstore.store import ModelWriter, Store, TrackTable, open_store
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,17 @@ def track_table(dataset: Dataset, tracks: Sequence[Track]) -> TrackTable:
     )
 
 
+def decode_clip(path: Path, rates: Sequence[int], *, offset: float = 0.0, duration: float | None = None) -> dict[int, np.ndarray]:
+    """Decode one clip at every sample rate in ``rates``: ``{rate: float32 [samples]}`` (see
+    :func:`~embedstore.extract.audio.load_audio`). Raises :class:`AudioError` naming the file."""
+    return {sr: load_audio(path, sr, offset=offset, duration=duration) for sr in sorted(set(rates))}
+
+
+def is_silent(waves: dict[int, np.ndarray]) -> bool:
+    """True when every decoded waveform of a clip is all zeros (stored, with a warning)."""
+    return not any(np.any(w) for w in waves.values())
+
+
 @dataclass
 class _Decoded:
     """One decoded clip as it leaves a worker: waveforms at each needed rate, or the error."""
@@ -168,10 +181,7 @@ class _ClipSource(torch.utils.data.Dataset):
         row = self.rows[i]
         track = self.tracks[row]
         try:
-            waves = {
-                sr: load_audio(self.root / track.path, sr, offset=track.offset, duration=track.duration)
-                for sr in self.rates
-            }
+            waves = decode_clip(self.root / track.path, self.rates, offset=track.offset, duration=track.duration)
         except AudioError as exc:
             return _Decoded(row, {}, exc.reason)
         return _Decoded(row, waves)
@@ -253,6 +263,63 @@ def _frames_of(acc: _ClipAccumulator, layer: int, frame_rate: float, hop: float,
     return out, binned.shape[0]
 
 
+class EncodedClips(NamedTuple):
+    """Pooled rows of a block of clips for one encoder, ready for :meth:`ModelWriter.write`.
+
+    Attributes:
+        layers: one float32 ``[clips, pooled_width_l]`` array per layer (``pooled_width_l`` is the
+            layer width, doubled for ``mean+std``).
+        frames: one float32 ``[clips, max_frames, width_l]`` array per frame layer (zeros past each
+            clip's count), or None when no frames are stored.
+        counts: int64 ``[clips]`` valid frames per clip, or None.
+    """
+
+    layers: list[np.ndarray]
+    frames: list[np.ndarray] | None
+    counts: np.ndarray | None
+
+
+def encode_clips(
+    encoder: Encoder,
+    waves: Sequence[np.ndarray],
+    options: ExtractOptions,
+    frame_layers: Sequence[int] = (),
+    max_frames: int = 0,
+) -> EncodedClips:
+    """Run ``encoder`` over whole clips and pool them into store rows.
+
+    Args:
+        encoder: the encoder (in eval mode, on its device).
+        waves: clips at ``encoder.sample_rate``, float32 ``[samples_i]`` each; any length (long clips
+            are cut into the encoder's windows, see :mod:`embedstore.extract.windowing`).
+        options: ``batch_size`` (windows per encoder call), ``pooling`` and ``frames_hop``.
+        frame_layers: layer indices whose coarse frame sequences are returned (needs ``frames_hop``).
+        max_frames: frames per stored sequence (sequences are cut or zero-padded to it).
+
+    Returns:
+        :class:`EncodedClips` with ``layers[l]`` ``[len(waves), pooled_width_l]``.
+    """
+    with torch.inference_mode():
+        accs = _encode_block(encoder, list(waves), options, frame_layers)
+    if encoder.device.type == "cuda":
+        torch.cuda.synchronize(encoder.device)
+    layers = [
+        np.stack([acc.moments[layer].pooled(options.pooling) for acc in accs]).astype(np.float32)
+        for layer in range(encoder.num_layers)
+    ]
+    if not frame_layers:
+        return EncodedClips(layers, None, None)
+    frames, counts_list = [], []
+    for layer in frame_layers:
+        seqs = [_frames_of(acc, layer, encoder.layer_frame_rates[layer], options.frames_hop, max_frames) for acc in accs]
+        frames.append(np.stack([s for s, _ in seqs]))
+        counts_list.append([n for _, n in seqs])
+    # layers at different frame rates (CLAP stages) can differ by a bin: keep the common part
+    counts = np.asarray(counts_list, dtype=np.int64).min(axis=0)
+    valid = np.arange(max_frames)[None, :] < counts[:, None]
+    return EncodedClips(layers, [f * valid[:, :, None] for f in frames], counts)
+
+
 class _Progress:
     """A tqdm bar on a terminal; plain log lines every few seconds otherwise."""
 
@@ -292,7 +359,11 @@ class _Progress:
             self.bar.close()
 
 
-def _resolve_frame_layers(encoder: Encoder, options: ExtractOptions) -> list[int]:
+def resolve_frame_layers(encoder: Encoder, options: ExtractOptions) -> list[int]:
+    """Sorted layer indices whose frame sequences are stored (empty without ``frames_hop``).
+
+    Raises :class:`ModelError` naming ``--frame-layers`` when an index is out of range.
+    """
     if options.frames_hop is None:
         return []
     if options.frame_layers is None:
@@ -308,26 +379,8 @@ def _resolve_frame_layers(encoder: Encoder, options: ExtractOptions) -> list[int
     return sorted(set(layers))
 
 
-def extract_dataset(
-    dataset: Dataset,
-    encoders: Sequence[tuple[str, Encoder]],
-    store_path: str | Path,
-    options: ExtractOptions | None = None,
-) -> ExtractSummary:
-    """Extract every layer of each encoder over a dataset into a store, resuming what is done.
-
-    Args:
-        dataset: the clips (from :func:`embedstore.extract.datasets.discover_dataset`).
-        encoders: ``(model key, encoder)`` pairs; all share one decoding pass.
-        store_path: Zarr directory or ``.h5`` file; created if missing.
-        options: batching, pooling, frames, workers, limits.
-
-    Returns:
-        An :class:`ExtractSummary`. Raises :class:`EmbedstoreError` with ``strict`` when a clip fails,
-        or when no clip at all could be written.
-    """
-    options = options or ExtractOptions()
-    started = time.perf_counter()
+def select_tracks(dataset: Dataset, options: ExtractOptions) -> list[Track]:
+    """The tracks a run extracts: ``options.split`` filter, then the first ``options.limit``."""
     tracks = list(dataset.tracks)
     if options.split:
         wanted = set(options.split)
@@ -336,6 +389,132 @@ def extract_dataset(
         tracks = tracks[: options.limit]
     if not tracks:
         raise EmbedstoreError(f"{dataset.root}: no clips to extract (check --split / --limit)")
+    return tracks
+
+
+def model_metadata(key: str, encoder: Encoder, options: ExtractOptions, frame_layers: Sequence[int]) -> dict:
+    """The JSON-able metadata of a model entry (identity, preprocessing, pooling, windows, frames)."""
+    return {
+        **encoder.describe(),
+        "model": key,
+        "encoder": encoder.name,
+        "sample_rate": encoder.sample_rate,
+        "num_layers": encoder.num_layers,
+        "layer_names": list(encoder.layer_names),
+        "encoder_widths": list(encoder.layer_widths),
+        "frame_rate": encoder.frame_rate,
+        "pooling": options.pooling,
+        "windowing": WindowRule(encoder.window_seconds, encoder.sample_rate).describe(),
+        "frames_hop_seconds": options.frames_hop,
+        "frame_layers": list(frame_layers),
+        "audio_preprocessing": "decode (soundfile) -> mono (channel mean) -> resample (soxr HQ) "
+        "-> peak-normalise to [-1, 1]",
+        "embedstore_version": __version__,
+    }
+
+
+@dataclass
+class ModelTarget:
+    """One model entry being written: its writer, frame settings and the rows it still needs.
+
+    Attributes:
+        key: the store key of the entry.
+        writer: its :class:`ModelWriter` (owned by the process that opened the extraction).
+        frame_layers: layer indices with stored frame sequences.
+        max_frames: frames per stored sequence (0 without frames).
+        todo: store rows of this run not yet written for this entry.
+        summary: what the run did for this entry.
+    """
+
+    key: str
+    writer: ModelWriter
+    frame_layers: list[int]
+    max_frames: int
+    todo: set[int]
+    summary: ModelSummary
+
+
+class ExtractionRun:
+    """The writing side of one extraction: the open store, the run's tracks by store row, and one
+    :class:`ModelTarget` per model entry. Every engine feeds results through :meth:`fail`,
+    :meth:`warn_silent` and :meth:`write`, so failures, warnings and resume work the same everywhere.
+    Get one from :func:`open_extraction`.
+    """
+
+    def __init__(self, dataset: Dataset, store: Store, by_row: dict[int, Track], targets: list[ModelTarget],
+                 summary: ExtractSummary, options: ExtractOptions, started: float):
+        self.dataset, self.store, self.by_row, self.targets = dataset, store, by_row, targets
+        self.summary, self.options, self.started = summary, options, started
+        self.progress = _Progress(len(self.rows()), options.progress, desc=f"extract {dataset.name}")
+
+    def rows(self) -> list[int]:
+        """Store rows that at least one model entry still needs, in increasing order."""
+        return sorted(set().union(*(t.todo for t in self.targets)))
+
+    def fail(self, row: int, reason: str) -> None:
+        """Record that the clip at ``row`` failed (reported, and kept in each entry's failure list)."""
+        track = self.by_row[row]
+        self.summary.failures.append((track.path, reason))
+        self.progress.note(f"failed: {track.path}: {reason}")
+        for target in self.targets:
+            if row in target.todo:
+                target.writer.fail(row, reason)
+
+    def warn_silent(self, row: int) -> None:
+        """Warn that the clip at ``row`` is silent (it is stored all the same)."""
+        self.progress.note(f"warning: {self.by_row[row].path}: silent clip (stored; its embedding is that of silence)")
+        for target in self.targets:
+            target.summary.silent += 1
+
+    def write(self, index: int, rows: np.ndarray, encoded: EncodedClips, audio_seconds: float, model_seconds: float) -> None:
+        """Hand the pooled ``encoded`` rows of model entry ``index`` to its writer.
+
+        ``rows`` ``[n]`` are store rows; ``audio_seconds``/``model_seconds`` are their totals.
+        """
+        target = self.targets[index]
+        rows = np.asarray(rows, dtype=np.int64)
+        target.writer.write(rows, encoded.layers, frames=encoded.frames, frame_counts=encoded.counts)
+        target.summary.written += rows.size
+        target.summary.audio_seconds += audio_seconds
+        target.summary.model_seconds += model_seconds
+        target.todo.difference_update(rows.tolist())
+
+    def close(self) -> None:
+        """Close the progress display and every writer (flushing what is buffered)."""
+        try:
+            self.progress.close()
+        finally:
+            for target in self.targets:
+                target.writer.close()
+
+    def finish(self) -> ExtractSummary:
+        """The run's summary, after :meth:`close`. Raises :class:`EmbedstoreError` with ``strict``
+        when a clip failed, or when no clip at all could be written."""
+        summary, options = self.summary, self.options
+        summary.seconds = time.perf_counter() - self.started
+        if options.strict and summary.failures:
+            raise EmbedstoreError(f"{len(summary.failures)} clip(s) failed and --strict is set; first: {summary.failures[0][0]}: {summary.failures[0][1]}")
+        if summary.written == 0 and summary.failures and all(m.already_done == 0 for m in summary.models):
+            raise EmbedstoreError(f"no clip could be extracted from {self.dataset.root}: {len(summary.failures)} failed")
+        return summary
+
+
+@contextmanager
+def open_extraction(
+    dataset: Dataset,
+    encoders: Sequence[tuple[str, Encoder]],
+    store_path: str | Path,
+    options: ExtractOptions,
+) -> Iterator[ExtractionRun]:
+    """Open ``store_path`` for an extraction and yield its :class:`ExtractionRun`; closes it on exit.
+
+    Writes the track table of the selected tracks (:func:`select_tracks`) and the dataset's
+    attributes, opens (or reopens, to resume) one model entry per ``(key, encoder)`` with its
+    metadata (:func:`model_metadata`), and works out which rows each entry still needs. Clips found
+    unreadable at discovery are reported here.
+    """
+    started = time.perf_counter()
+    tracks = select_tracks(dataset, options)
     summary = ExtractSummary(store=str(store_path), dataset=dataset.name)
     # unreadable files found at discovery never reach the track table: report and record them here
     summary.failures.extend(dataset.skipped)
@@ -358,62 +537,63 @@ def extract_dataset(
         row_of = {tid: r for r, tid in enumerate(stored_ids)}
         by_row: dict[int, Track] = {row_of[t.id]: t for t in tracks}
 
-        writers, frame_layers, max_frames, pending = [], [], [], []
+        targets: list[ModelTarget] = []
         max_duration = max((t.duration or 0.0) for t in tracks) or None
-        for key, enc in encoders:
-            layers = _resolve_frame_layers(enc, options)
-            n_frames = 0
-            if layers:
-                longest = max_duration or max(_duration_of(dataset.root / t.path) for t in tracks)
-                n_frames = int(np.ceil(longest / options.frames_hop))
-            metadata = {
-                **enc.describe(),
-                "model": key,
-                "encoder": enc.name,
-                "sample_rate": enc.sample_rate,
-                "num_layers": enc.num_layers,
-                "layer_names": list(enc.layer_names),
-                "encoder_widths": list(enc.layer_widths),
-                "frame_rate": enc.frame_rate,
-                "pooling": options.pooling,
-                "windowing": WindowRule(enc.window_seconds, enc.sample_rate).describe(),
-                "frames_hop_seconds": options.frames_hop,
-                "frame_layers": layers,
-                "audio_preprocessing": "decode (soundfile) -> mono (channel mean) -> resample (soxr HQ) "
-                "-> peak-normalise to [-1, 1]",
-                "embedstore_version": __version__,
-            }
-            writer = store.model_writer(
-                dataset.name,
-                key,
-                metadata,
-                [pooled_width(w, options.pooling) for w in enc.layer_widths],
-                storage_dtype=options.storage_dtype,
-                frame_layers=layers or None,
-                max_frames=n_frames,
-            )
-            writers.append(writer)
-            frame_layers.append(layers)
-            max_frames.append(n_frames)
-            todo = set(int(r) for r in writer.pending()) & set(by_row)
-            pending.append(todo)
-            summary.models.append(ModelSummary(model=key, total=len(by_row), already_done=len(by_row) - len(todo)))
-
-        rows = sorted(set().union(*pending))
-        progress = _Progress(len(rows), options.progress, desc=f"extract {dataset.name}")
         try:
-            for block in _decoded_blocks(dataset.root, [by_row[r] for r in rows], rows, encoders, options):
-                _process_block(block, by_row, encoders, writers, pending, frame_layers, max_frames, options, summary, progress)
+            for key, enc in encoders:
+                layers = resolve_frame_layers(enc, options)
+                n_frames = 0
+                if layers:
+                    longest = max_duration or max(_duration_of(dataset.root / t.path) for t in tracks)
+                    n_frames = int(np.ceil(longest / options.frames_hop))
+                writer = store.model_writer(
+                    dataset.name,
+                    key,
+                    model_metadata(key, enc, options, layers),
+                    [pooled_width(w, options.pooling) for w in enc.layer_widths],
+                    storage_dtype=options.storage_dtype,
+                    frame_layers=layers or None,
+                    max_frames=n_frames,
+                )
+                todo = set(int(r) for r in writer.pending()) & set(by_row)
+                model = ModelSummary(model=key, total=len(by_row), already_done=len(by_row) - len(todo))
+                summary.models.append(model)
+                targets.append(ModelTarget(key, writer, layers, n_frames, todo, model))
+        except BaseException:
+            for target in targets:
+                target.writer.close()
+            raise
+        run = ExtractionRun(dataset, store, by_row, targets, summary, options, started)
+        try:
+            yield run
         finally:
-            progress.close()
-            for writer in writers:
-                writer.close()
-    summary.seconds = time.perf_counter() - started
-    if options.strict and summary.failures:
-        raise EmbedstoreError(f"{len(summary.failures)} clip(s) failed and --strict is set; first: {summary.failures[0][0]}: {summary.failures[0][1]}")
-    if summary.written == 0 and summary.failures and all(m.already_done == 0 for m in summary.models):
-        raise EmbedstoreError(f"no clip could be extracted from {dataset.root}: {len(summary.failures)} failed")
-    return summary
+            run.close()
+
+
+def extract_dataset(
+    dataset: Dataset,
+    encoders: Sequence[tuple[str, Encoder]],
+    store_path: str | Path,
+    options: ExtractOptions | None = None,
+) -> ExtractSummary:
+    """Extract every layer of each encoder over a dataset into a store, resuming what is done.
+
+    Args:
+        dataset: the clips (from :func:`embedstore.extract.datasets.discover_dataset`).
+        encoders: ``(model key, encoder)`` pairs; all share one decoding pass.
+        store_path: Zarr directory or ``.h5`` file; created if missing.
+        options: batching, pooling, frames, workers, limits.
+
+    Returns:
+        An :class:`ExtractSummary`. Raises :class:`EmbedstoreError` with ``strict`` when a clip fails,
+        or when no clip at all could be written.
+    """
+    options = options or ExtractOptions()
+    with open_extraction(dataset, encoders, store_path, options) as run:
+        rows = run.rows()
+        for block in _decoded_blocks(dataset.root, [run.by_row[r] for r in rows], rows, encoders, options):
+            _process_block(block, encoders, run, options)
+    return run.finish()
 
 
 def _duration_of(path: Path) -> float:
@@ -457,67 +637,31 @@ class _RowView:
 
 def _process_block(
     block: list[_Decoded],
-    by_row: dict[int, Track],
     encoders: Sequence[tuple[str, Encoder]],
-    writers: list,
-    pending: list[set[int]],
-    frame_layers: list[list[int]],
-    max_frames: list[int],
+    run: ExtractionRun,
     options: ExtractOptions,
-    summary: ExtractSummary,
-    progress: _Progress,
 ) -> None:
     good = []
     for item in block:
-        track = by_row[item.row]
         if item.error is not None:
-            summary.failures.append((track.path, item.error))
-            progress.note(f"failed: {track.path}: {item.error}")
-            for writer, todo in zip(writers, pending):
-                if item.row in todo:
-                    writer.fail(item.row, item.error)
+            run.fail(item.row, item.error)
             continue
-        if not any(np.any(w) for w in item.waves.values()):
-            progress.note(f"warning: {track.path}: silent clip (stored; its embedding is that of silence)")
-            for m in summary.models:
-                m.silent += 1
+        if is_silent(item.waves):
+            run.warn_silent(item.row)
         good.append(item)
     audio_seconds = 0.0
-    for m_index, ((key, enc), writer, todo) in enumerate(zip(encoders, writers, pending)):
-        items = [it for it in good if it.row in todo]
+    for m_index, ((key, enc), target) in enumerate(zip(encoders, run.targets)):
+        items = [it for it in good if it.row in target.todo]
         if not items:
             continue
         waves = [it.waves[enc.sample_rate] for it in items]
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            accs = _encode_block(enc, waves, options, frame_layers[m_index])
-        if enc.device.type == "cuda":
-            torch.cuda.synchronize(enc.device)
-        m = summary.models[m_index]
-        m.model_seconds += time.perf_counter() - t0
-        layers = [
-            np.stack([acc.moments[layer].pooled(options.pooling) for acc in accs]).astype(np.float32)
-            for layer in range(enc.num_layers)
-        ]
-        frames = counts = None
-        if frame_layers[m_index]:
-            frames, counts_list = [], []
-            for layer in frame_layers[m_index]:
-                seqs = [_frames_of(acc, layer, enc.layer_frame_rates[layer], options.frames_hop, max_frames[m_index]) for acc in accs]
-                frames.append(np.stack([s for s, _ in seqs]))
-                counts_list.append([n for _, n in seqs])
-            # layers at different frame rates (CLAP stages) can differ by a bin: keep the common part
-            counts = np.asarray(counts_list, dtype=np.int64).min(axis=0)
-            valid = np.arange(max_frames[m_index])[None, :] < counts[:, None]
-            frames = [f * valid[:, :, None] for f in frames]
-        rows = np.array([it.row for it in items], dtype=np.int64)
-        writer.write(rows, layers, frames=frames, frame_counts=counts)
+        encoded = encode_clips(enc, waves, options, target.frame_layers, target.max_frames)
         seconds = sum(w.shape[0] for w in waves) / enc.sample_rate
-        m.written += len(items)
-        m.audio_seconds += seconds
+        rows = np.array([it.row for it in items], dtype=np.int64)
+        run.write(m_index, rows, encoded, audio_seconds=seconds, model_seconds=time.perf_counter() - t0)
         audio_seconds = max(audio_seconds, seconds)
-        todo.difference_update(int(r) for r in rows)
-    progress.update(len(block), audio_seconds)
+    run.progress.update(len(block), audio_seconds)
 
 
 def format_summary(summary: ExtractSummary) -> str:
@@ -584,10 +728,7 @@ def run_extract(
     from embedstore.extract.datasets import discover_dataset
     from embedstore.extract.encoders import load_encoder
 
-    if not models:
-        raise EmbedstoreError("--model is required (see `embedstore models`)")
-    if len(models) > 1 and (checkpoint or model_name):
-        raise EmbedstoreError("--checkpoint and --as apply to a single --model; run one command per model")
+    check_model_args(models, checkpoint, model_name)
     dataset = discover_dataset(
         dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed, name=dataset_name
     )
@@ -606,3 +747,11 @@ def run_extract(
         )
         encoders.append((model_key(enc, weights, model_name), enc))
     return extract_dataset(dataset, encoders, store_path, options)
+
+
+def check_model_args(models: Sequence[str], checkpoint: str | None, model_name: str | None) -> None:
+    """One-line :class:`EmbedstoreError` for ``--model`` missing, or ``--checkpoint``/``--as`` with several models."""
+    if not models:
+        raise EmbedstoreError("--model is required (see `embedstore models`)")
+    if len(models) > 1 and (checkpoint or model_name):
+        raise EmbedstoreError("--checkpoint and --as apply to a single --model; run one command per model")

@@ -153,8 +153,8 @@ def assign_splits(
     out = np.empty(n, dtype=object)
     if scheme in ("random", "random-val"):
         try:
-            if strat is not None and math.ceil(0.2 * n) < len(set(strat)):
-                strat = None  # too few clips for one test clip per class: plain random split
+            if strat is not None and math.ceil(0.2 * n) < len(set(strat)) and min(Counter(strat).values()) >= 2:
+                strat = None  # too few test clips for one per class (but every class has 2): plain random split
             rest, test = train_test_split(idx, test_size=0.2, random_state=seed, stratify=strat)
             out[test] = "test"
             if scheme == "random":

@@ -152,6 +152,7 @@ def _train_epoch(net: FinetuneModel, loader: torch.utils.data.DataLoader, opt: t
     params = [p for g in opt.param_groups for p in g["params"]]
     device = net.device
     total, seen, skipped = 0.0, 0, []
+    pending = False  # gradients accumulated since the last update
     steps = len(loader)
     start = time.perf_counter()
     opt.zero_grad(set_to_none=True)
@@ -166,13 +167,15 @@ def _train_epoch(net: FinetuneModel, loader: torch.utils.data.DataLoader, opt: t
                 scaler.scale(loss / grad_accum).backward()
                 total += float(loss.detach()) * len(good)
                 seen += len(good)
-            if (step + 1) % grad_accum == 0 or step + 1 == steps:
+                pending = True
+            if pending and ((step + 1) % grad_accum == 0 or step + 1 == steps):
                 if max_grad_norm is not None:
                     scaler.unscale_(opt)
                     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
                 scaler.step(opt)
                 scaler.update()
                 opt.zero_grad(set_to_none=True)
+                pending = False
             bar.update(len(items))
             elapsed = max(time.perf_counter() - start, 1e-9)
             if seen:
@@ -242,7 +245,7 @@ def _check_resume(state: dict[str, Any], config: FinetuneConfig, labels: list[st
 def _split_record_metrics(net: FinetuneModel, splits: TaskSplits, root: Path, *, batch_size: int, workers: int,
                           progress: bool, seed: int, notes: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics of every split (full clips) and the test predictions, in the probes' format."""
-    from embedstore.heads.protocol import _split_metrics  # the probes' per-split aggregation
+    from embedstore.heads.protocol import split_metrics  # the probes' per-split aggregation
 
     metrics: dict[str, Any] = {}
     predictions: dict[str, Any] = {}
@@ -258,7 +261,7 @@ def _split_record_metrics(net: FinetuneModel, splits: TaskSplits, root: Path, *,
         if not ok.any():
             continue
         pred = logits[ok].argmax(1)
-        metrics[split] = _split_metrics(codes[ok], pred[None], splits.labels, N_BOOT, seed)
+        metrics[split] = split_metrics(codes[ok], pred[None], splits.labels, N_BOOT, seed)
         if split == "test":
             predictions = {"track_ids": [t.id for t, k in zip(tracks, ok) if k],
                            "y_true": codes[ok].tolist(), "y_pred": [pred.tolist()]}
@@ -380,17 +383,17 @@ def finetune(
     crop = float(crop_seconds)
     if crop > encoder.window_seconds:
         crop = encoder.window_seconds
-        notes.append(f"--crop-seconds {crop_seconds:g} is longer than the encoder's {crop:g} s window; using {crop:g} s")
+        notes.append(f"--crop-seconds {crop_seconds:g} is longer than the encoder's {crop:g} s window; "
+                     f"using {crop:g} s")
+    net = FinetuneModel(encoder, len(splits.labels), layer, hidden=head_hidden, dropout=head_dropout).to(dev)
     config = FinetuneConfig(
-        model=model, checkpoint=checkpoint, weights=weights, task=task, dataset=dataset.name, layer=layer,
+        model=model, checkpoint=checkpoint, weights=weights, task=task, dataset=dataset.name, layer=net.layer,
         epochs=epochs, lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay, batch_size=batch_size,
         grad_accum=grad_accum, crop_seconds=crop, freeze_feature_encoder=freeze_feature_encoder,
-        gradient_checkpointing=gradient_checkpointing, spec_augment=spec_augment, precision=prec, patience=patience, seed=seed,
-        head_hidden=head_hidden, head_dropout=head_dropout, max_grad_norm=max_grad_norm,
-        window_seconds=encoder.window_seconds,
+        gradient_checkpointing=gradient_checkpointing, spec_augment=spec_augment, precision=prec,
+        patience=patience, seed=seed, head_hidden=head_hidden, head_dropout=head_dropout,
+        max_grad_norm=max_grad_norm, window_seconds=encoder.window_seconds,
     )
-    net = FinetuneModel(encoder, len(splits.labels), layer, hidden=head_hidden, dropout=head_dropout).to(dev)
-    config = FinetuneConfig(**{**asdict(config), "layer": net.layer})
 
     lrs = {"encoder": lr_encoder, "head": lr_head}
     groups = [{"params": [p for p in net.encoder.parameters() if p.requires_grad], "name": "encoder"},
@@ -404,7 +407,7 @@ def finetune(
     best_key: tuple[float, float] | None = None
     best_epoch, since_best, stopped, start_epoch, resumed_from = 0, 0, False, 1, None
     if resume and last_path.exists():
-        state = load_checkpoint(last_path, map_location=dev)
+        state = load_checkpoint(last_path)  # on CPU: load_state_dict copies onto the device
         _check_resume(state, config, splits.labels, last_path)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -414,11 +417,14 @@ def finetune(
         set_rng_state(state["rng"])
         history = list(state["history"])
         best_key = tuple(state["best_key"]) if state["best_key"] is not None else None
-        best_epoch, since_best, stopped = int(state["best_epoch"]), int(state["since_best"]), bool(state["stopped"])
+        best_epoch, since_best = int(state["best_epoch"]), int(state["since_best"])
+        stopped = patience is not None and since_best >= patience  # a larger --patience continues
         start_epoch = resumed_from = int(state["epoch"])
         start_epoch += 1
     elif resume:
         notes.append(f"--resume: {last_path} does not exist; started from scratch")
+    elif last_path.exists():
+        notes.append(f"{out_dir}: held an earlier run; its checkpoints were replaced (use --resume to continue one)")
 
     crops = CropDataset(dataset.root, splits.tracks["train"], splits.codes("train"), encoder.sample_rate, crop, seed)
     valid_codes = splits.codes("valid")
@@ -457,7 +463,7 @@ def finetune(
         write_json(history, history_path)
     epochs_run = history[-1]["epoch"] if history else 0
 
-    best = load_checkpoint(best_path, map_location=dev)
+    best = load_checkpoint(best_path)
     net.load_state_dict(best["model"])
     metrics, predictions = _split_record_metrics(net, splits, dataset.root, batch_size=batch_size, workers=workers,
                                                  progress=progress, seed=seed, notes=notes)
@@ -537,7 +543,7 @@ def load_finetuned(path: str | Path, device: str = "cpu") -> LoadedFinetune:
     """
     from embedstore.extract.encoders import load_encoder
 
-    state = load_checkpoint(path, map_location=device)
+    state = load_checkpoint(path)
     cfg = state["config"]
     common = dict(device=device, dtype=_ENCODER_DTYPE.get(cfg["precision"], "auto"), seed=cfg["seed"],
                   window_seconds=cfg["window_seconds"])

@@ -157,7 +157,7 @@ def _summarise_hparams(chosen: list[dict[str, Any]]) -> dict[str, Any]:
     return mode
 
 
-def _split_metrics(y_true: np.ndarray, preds: np.ndarray, labels: list[Any], n_boot: int, seed: int) -> dict:
+def split_metrics(y_true: np.ndarray, preds: np.ndarray, labels: list[Any], n_boot: int, seed: int) -> dict:
     """Metrics of ``preds [seeds, n]`` (codes) against ``y_true [n]`` (codes), aggregated over seeds."""
     codes = list(range(len(labels)))
     per = [classification_metrics(y_true, p, codes) for p in preds]
@@ -249,7 +249,7 @@ def probe_arrays(
     for role, idx in roles.items():
         rows = np.concatenate(idx)
         if len(rows):
-            metrics[role] = _split_metrics(y[rows], preds[role], classes, n_boot, seed)
+            metrics[role] = split_metrics(y[rows], preds[role], classes, n_boot, seed)
     test_rows = np.concatenate(roles["test"])
     weights = None
     if runs[0]["layer_weights"] is not None:

@@ -27,21 +27,22 @@ from embedstore.finetune.train import predict_logits
 from embedstore.heads.results import load_results
 from tiny_models import save_tiny_wav2vec2
 
-GENRES = ("classical", "hiphop", "metal", "pop")
+GENRES = ("classical", "hiphop")
 SR = 16_000
-CLIP_SECONDS = 1.2  # with 0.5 s windows: 3 windows, the last end-aligned (overlap skipped)
-PER_SPLIT = {"train": 10, "valid": 3, "test": 3}
+CLIP_SECONDS = 0.6  # with 0.25 s windows: 3 windows, the last end-aligned (overlap skipped)
+PER_SPLIT = {"train": 24, "valid": 8, "test": 4}
+N_CLIPS = sum(PER_SPLIT.values()) * len(GENRES)
 # An easy, fast setting for the tiny model: short crops, no SpecAugment (its 2 minimum masks would
 # hide most of a 25-frame crop), no head dropout, a larger encoder learning rate than for real models.
-FAST = dict(model="wav2vec2", task="label", lr_encoder=1e-3, lr_head=3e-3, batch_size=8, crop_seconds=0.5,
-            window_seconds=0.5, spec_augment=False, head_dropout=0.0, workers=0, progress=False, patience=None)
+FAST = dict(model="wav2vec2", task="label", lr_encoder=1e-3, lr_head=3e-3, batch_size=8, crop_seconds=0.25,
+            window_seconds=0.25, spec_augment=False, head_dropout=0.0, workers=0, progress=False, patience=None)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _offline_and_threads() -> Iterator[None]:
-    """No hub traffic; two torch threads (small models are overhead-bound)."""
+    """No hub traffic; one torch thread (tiny models are overhead-bound)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
         yield
@@ -94,7 +95,7 @@ def test_training_learns_and_writes_run_files(run):
     assert hist[-1]["valid_loss"] < hist[0]["valid_loss"]
     chance = 1 / len(GENRES)
     best = max(h["valid_accuracy"] for h in hist)
-    assert best >= 2.5 * chance  # well above chance (12 valid clips)
+    assert best >= 1.5 * chance  # well above chance (16 valid clips)
     assert report.best_epoch == max(hist, key=lambda h: (h["valid_accuracy"], -h["valid_loss"]))["epoch"]
     assert json.loads(report.history_path.read_text()) == hist
     assert report.curve_path.name == "training_curve.png" and report.curve_path.stat().st_size > 0
@@ -106,9 +107,10 @@ def test_training_learns_and_writes_run_files(run):
 def test_record_has_the_probe_format(run):
     report, store = run
     rec = report.record
-    assert (rec["task"], rec["model"], rec["layer"], rec["head"]) == ("label", "wav2vec2+ft-label", "weighted", "finetune")
+    key = (rec["task"], rec["model"], rec["layer"], rec["head"])
+    assert key == ("label", "wav2vec2+ft-label", "weighted", "finetune")
     assert json.loads((report.out_dir / "metrics.json").read_text()) == rec
-    assert [r["model"] for r in load_results(store)] == ["wav2vec2+ft-label"]
+    assert [r for r in load_results(store) if r["head"] == "finetune"] == [rec]
     for split, n in PER_SPLIT.items():
         m = rec["metrics"][split]
         assert m["n"] == n * len(GENRES) and m["labels"] == sorted(GENRES)
@@ -116,7 +118,8 @@ def test_record_has_the_probe_format(run):
         assert conf.sum() == m["n"] and np.trace(conf) / m["n"] == pytest.approx(m["accuracy"])
         assert m["ci95"]["accuracy"][0] <= m["accuracy"] <= m["ci95"]["accuracy"][1]
     pred = rec["predictions"]["test"]
-    assert np.mean(np.array(pred["y_true"]) == np.array(pred["y_pred"][0])) == pytest.approx(rec["metrics"]["test"]["accuracy"])
+    test_acc = np.mean(np.array(pred["y_true"]) == np.array(pred["y_pred"][0]))
+    assert test_acc == pytest.approx(rec["metrics"]["test"]["accuracy"])
     weights = rec["layer_weights"]
     assert len(weights) == 3 and sum(weights) == pytest.approx(1.0)
     assert rec["selection_score"] == pytest.approx(max(h["valid_accuracy"] for h in report.history))
@@ -154,14 +157,14 @@ def test_export_matches_clip_features_and_feeds_probes(run, data_dir):
     from embedstore.store import load_embeddings
 
     report, store = run
-    assert report.export.models[0].written == sum(PER_SPLIT.values()) * len(GENRES)
+    assert report.export.models[0].written == N_CLIPS
     emb = load_embeddings(store, model="wav2vec2+ft-label", layer="all")
-    assert emb.X.shape == (64, 3, 32)
+    assert emb.X.shape == (N_CLIPS, 3, 32)
     # what the store holds is what the fine-tuned network pooled from the full clips
     loaded = load_finetuned(report.best_path)
     ds = discover_dataset(data_dir)
     path_of = {t.id: ds.root / t.path for t in ds.tracks}
-    rows = list(range(0, 64, 7))
+    rows = list(range(0, N_CLIPS, 7))
     waves = [load_audio(path_of[emb.track_ids[r]], SR) for r in rows]
     with torch.inference_mode():
         loaded.model.encoder.frozen = True
@@ -171,8 +174,8 @@ def test_export_matches_clip_features_and_feeds_probes(run, data_dir):
     np.testing.assert_allclose(emb.X[rows], feats, rtol=1e-4, atol=1e-5)
     assert torch.equal(head_on_store, head_on_clips)
     probe = run_probe(store, "label", models=["wav2vec2+ft-label"], layer=2, head="logreg", progress=False)
-    assert probe.records[0]["metrics"]["test"]["n"] == 12
-    assert {r["head"] for r in load_results(store)} == {"finetune", "logreg"}
+    assert probe.records[0]["metrics"]["test"]["n"] == PER_SPLIT["test"] * len(GENRES)
+    assert {"finetune", "logreg"} <= {r["head"] for r in load_results(store)}
 
 
 # ---- resume and early stopping ------------------------------------------------------------------
@@ -201,11 +204,18 @@ def test_resume_refuses_a_different_network(run, data_dir, ckpt):
         finetune(data_dir, checkpoint=str(ckpt), epochs=4, out=report.out_dir, resume=True, **{**FAST, "layer": 1})
 
 
-def test_early_stopping_without_validation_gain(data_dir, ckpt, tmp_path):
-    report = finetune(data_dir, checkpoint=str(ckpt), epochs=5, out=tmp_path / "stop",
-                      **{**FAST, "lr_encoder": 0.0, "lr_head": 0.0, "patience": 1})
-    assert report.stopped_early and report.epochs_run == 2 and report.best_epoch == 1
-    assert load_checkpoint(report.last_path)["epoch"] == 2
+def test_early_stopping_keeps_the_best_epoch(data_dir, ckpt, tmp_path, monkeypatch):
+    """Also runs the decoding in worker processes."""
+    import embedstore.finetune.train as train_module
+
+    scores = iter([(0.5, 0.7), (0.5, 0.6), (0.5, 0.6), (0.75, 0.1)])  # (accuracy, loss) per epoch
+    monkeypatch.setattr(train_module, "_valid_scores", lambda *args: next(scores))
+    report = finetune(data_dir, checkpoint=str(ckpt), epochs=6, out=tmp_path / "stop",
+                      **{**FAST, "patience": 1, "batch_size": 16, "workers": 1})
+    # epoch 2 improves the loss at equal accuracy; epoch 3 brings no gain -> stop (epoch 4 never runs)
+    assert report.stopped_early and report.epochs_run == 3 and report.best_epoch == 2
+    assert load_checkpoint(report.best_path)["epoch"] == 2 and load_checkpoint(report.last_path)["epoch"] == 3
+    assert report.record["hparams"]["epochs"] == 2
 
 
 # ---- pieces -------------------------------------------------------------------------------------

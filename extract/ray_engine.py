@@ -1,0 +1,450 @@
+"""``embedstore extract --engine ray``: the extraction pipeline spread over a Ray cluster.
+
+Dataflow (Ray Data, streaming)::
+
+    driver: track table + model entries (pipeline.open_extraction), rows still to do
+      -> ray.data.from_items(one item per pending row)
+      -> map(_decode_item): CPU tasks decode + resample each clip (pipeline.decode_clip)
+      -> map_batches(EncoderActor, ActorPoolStrategy(size=concurrency), num_gpus=...): each actor loads
+         the encoders once (load_encoder) and pools clips into store rows (pipeline.encode_clips)
+      -> driver: iter_batches -> ExtractionRun.write / .fail -> ModelWriter (one per model entry)
+
+Why the driver writes: the store allows one writing process (an advisory lock on the store), and
+a single writer owns every chunk, so "no two writers per chunk", the ``done``-after-durable rule,
+resume and crash safety are exactly those of the local engine (same :class:`ExtractionRun`). What
+reaches the driver is pooled rows (a few KB per clip, or the opt-in coarse frames), far less than
+the audio the workers decode, so the single writer is not the bottleneck of a GPU cluster.
+
+Ray is an optional extra (``pip install 'embedstore[ray]'``); this module imports it only when a
+run starts. Every node needs embedstore installed, and the dataset folder (and a local checkpoint
+directory) at the same path; the store only needs to be reachable from the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedstore import errors
+from embedstore.errors import AudioError, EmbedstoreError, ModelError
+from embedstore.extract.datasets import Dataset
+from embedstore.extract.encoders import Encoder
+from embedstore.extract.pipeline import (
+    EncodedClips,
+    ExtractionRun,
+    ExtractOptions,
+    ExtractSummary,
+    check_model_args,
+    decode_clip,
+    encode_clips,
+    is_silent,
+    model_key,
+    open_extraction,
+)
+from embedstore.extract.pooling import pooled_width
+from embedstore.store import IDENTITY_KEYS
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'embedstore[ray]'"
+
+
+@dataclass(frozen=True)
+class EncoderLoad:
+    """How to load one encoder, so that the driver and every Ray worker load the same model.
+
+    Attributes mirror :func:`~embedstore.extract.encoders.load_encoder`; ``key`` is the store key of
+    the model entry (None: :func:`~embedstore.extract.pipeline.model_key`).
+    """
+
+    name: str
+    checkpoint: str | None = None
+    weights: str = "pretrained"
+    dtype: str = "auto"
+    seed: int = 0
+    trust_remote_code: bool = False
+    window_seconds: float | None = None
+    key: str | None = None
+
+    def load(self, device: str = "cpu") -> tuple[str, Encoder]:
+        """``(store key, encoder on device)``."""
+        from embedstore.extract.encoders import load_encoder
+
+        enc = load_encoder(
+            self.name,
+            self.checkpoint,
+            weights=self.weights,
+            device=device,
+            dtype=self.dtype,
+            seed=self.seed,
+            trust_remote_code=self.trust_remote_code,
+            window_seconds=self.window_seconds,
+        )
+        return model_key(enc, self.weights, self.key), enc
+
+
+@dataclass
+class RayOptions:
+    """Where and how wide the Ray engine runs.
+
+    Attributes:
+        address: Ray cluster to join: None starts a local Ray (or uses the one this process already
+            initialised), ``"auto"`` joins the cluster of this node, or ``"ray://host:10001"`` /
+            ``"host:6379"``.
+        concurrency: encoder actors (model replicas); each holds every requested encoder.
+        num_gpus_per_worker: GPUs per encoder actor (fractions share a GPU); None: 1 when the
+            cluster has GPUs, else 0 (actors then run on CPU).
+        num_cpus_per_worker: CPUs reserved per encoder actor.
+        decode_cpus: CPUs reserved per decoding task.
+    """
+
+    address: str | None = None
+    concurrency: int = 1
+    num_gpus_per_worker: float | None = None
+    num_cpus_per_worker: float = 1.0
+    decode_cpus: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise EmbedstoreError(f"--concurrency must be at least 1, got {self.concurrency}")
+        if self.num_gpus_per_worker is not None and self.num_gpus_per_worker < 0:
+            raise EmbedstoreError(f"--num-gpus-per-worker must be >= 0, got {self.num_gpus_per_worker}")
+        if self.num_cpus_per_worker <= 0 or self.decode_cpus <= 0:
+            raise EmbedstoreError("--num-cpus-per-worker and decode CPUs must be positive")
+
+
+def import_ray() -> Any:
+    """The ``ray`` module with Ray Data; :class:`EmbedstoreError` saying how to install it otherwise."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise EmbedstoreError(
+            f"--engine ray needs the optional Ray extra ({exc}); install it with: {INSTALL_HINT}"
+        ) from None
+    return ray
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator[Any]:
+    """Yield the ``ray`` module, connected: reuse an initialised Ray, else ``ray.init(address)``
+    (shut down again on exit only when started here)."""
+    ray = import_ray()
+    started = False
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise EmbedstoreError(f"--ray-address {address}: cannot connect to Ray ({exc})") from None
+        started = True
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def model_identity(encoder: Encoder) -> dict[str, Any]:
+    """The part of ``encoder.describe()`` that identifies a store entry (checkpoint, revision, weights
+    hash, widths, rates; :data:`~embedstore.store.IDENTITY_KEYS`), without machine-local paths."""
+    info = encoder.describe()
+    return {k: info[k] for k in IDENTITY_KEYS if k in info}
+
+
+# ---------------------------------------------------------------------------------- Ray stages
+# Column names of the batches that flow from the actors to the driver (all arrays, one row per clip).
+def _col(model: int, what: str) -> str:
+    return f"m{model}_{what}"
+
+
+def _decode_item(item: dict[str, Any], rates: Sequence[int]) -> dict[str, Any]:
+    """Ray ``map`` stage: one pending row -> its waveforms ``wave_<rate>`` (float32 ``[samples]``),
+    ``error`` ("" when decoded) and ``silent``. Failed clips carry empty waveforms."""
+    duration = None if math.isnan(item["duration"]) else float(item["duration"])
+    out: dict[str, Any] = {k: item[k] for k in ("row", *(k for k in item if k.startswith("todo_")))}
+    try:
+        waves = decode_clip(Path(item["path"]), rates, offset=float(item["offset"]), duration=duration)
+        out.update(error="", silent=is_silent(waves))
+    except AudioError as exc:
+        waves = {sr: np.zeros(0, dtype=np.float32) for sr in rates}
+        out.update(error=exc.reason, silent=False)
+    for sr, wave in waves.items():
+        out[f"wave_{sr}"] = wave
+    return out
+
+
+class EncoderActor:
+    """Ray Data actor (``map_batches`` callable class): loads the encoders once, then turns batches
+    of decoded clips into pooled store rows.
+
+    Input batch: ``row`` ``[n]``, ``error`` ``[n]`` str, ``silent`` ``[n]``, ``todo_<m>`` ``[n]`` bool
+    (model m still needs the row), ``wave_<rate>`` ``[n]`` of float32 ``[samples_i]``.
+    Output batch: ``row``, ``error``, ``silent`` and per model m: ``m<m>_ok`` ``[n]`` (row encoded),
+    ``m<m>_layer<l>`` ``[n, pooled_width_l]`` float32 (zeros where not ok), ``m<m>_audio_seconds`` and
+    ``m<m>_model_seconds`` ``[n]``, with frames ``m<m>_frames<j>`` ``[n, max_frames, width]`` and
+    ``m<m>_counts`` ``[n]``.
+    """
+
+    def __init__(
+        self,
+        loads: Sequence[EncoderLoad],
+        expected: Sequence[dict],
+        frame_layers: Sequence[Sequence[int]],
+        max_frames: Sequence[int],
+        options: ExtractOptions,
+        device: str,
+    ):
+        self.frame_layers, self.max_frames, self.options = list(frame_layers), list(max_frames), options
+        # An EmbedstoreError (here or in a call) goes back to the driver as a ``fatal`` column: Ray
+        # reports a failed actor start only as text, and retries it.
+        self.error: EmbedstoreError | None = None
+        try:
+            self.encoders = [load.load(device)[1] for load in loads]
+            for load, enc, want in zip(loads, self.encoders, expected):
+                got = model_identity(enc)
+                if got != want:
+                    diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+                    raise ModelError(
+                        f"model {load.name!r} ({load.checkpoint or 'default checkpoint'}) loaded on a Ray worker "
+                        f"differs from the driver's in {', '.join(diff)}: every node must see the same checkpoint"
+                    )
+        except EmbedstoreError as exc:
+            self.error = exc
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.error is None:
+            try:
+                return self._encode(batch)
+            except EmbedstoreError as exc:
+                self.error = exc
+        name = type(self.error).__name__ if type(self.error) is not AudioError else "EmbedstoreError"
+        return {"row": np.asarray(batch["row"], dtype=np.int64),
+                "fatal": np.asarray([f"{name}: {self.error}"] * len(batch["row"]), dtype=str)}
+
+    def _encode(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["row"])
+        ok_clip = np.asarray([e == "" for e in batch["error"]], dtype=bool)
+        out: dict[str, np.ndarray] = {"row": np.asarray(batch["row"], dtype=np.int64),
+                                      "error": np.asarray(batch["error"], dtype=str),
+                                      "silent": np.asarray(batch["silent"], dtype=bool)}
+        for m, enc in enumerate(self.encoders):
+            ok = ok_clip & np.asarray(batch[f"todo_{m}"], dtype=bool)
+            idx = np.flatnonzero(ok)
+            waves = [np.asarray(batch[f"wave_{enc.sample_rate}"][i], dtype=np.float32) for i in idx]
+            t0 = time.perf_counter()
+            layers, n_frames = self.frame_layers[m], self.max_frames[m]
+            if waves:
+                encoded = encode_clips(enc, waves, self.options, layers, n_frames)
+            else:
+                encoded = _no_clips(enc, self.options, layers, n_frames)
+            seconds = time.perf_counter() - t0
+            out[_col(m, "ok")] = ok
+            out[_col(m, "audio_seconds")] = np.zeros(n)
+            out[_col(m, "audio_seconds")][idx] = [w.shape[0] / enc.sample_rate for w in waves]
+            out[_col(m, "model_seconds")] = np.zeros(n)
+            out[_col(m, "model_seconds")][idx] = seconds / max(len(idx), 1)
+            for name, values in _encoded_columns(encoded).items():
+                full = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
+                full[idx] = values
+                out[_col(m, name)] = full
+        return out
+
+
+def _no_clips(enc: Encoder, options: ExtractOptions, frame_layers: Sequence[int], max_frames: int) -> EncodedClips:
+    """What :func:`encode_clips` returns for zero clips: ``[0, ...]`` arrays of the same widths."""
+    layers = [np.zeros((0, pooled_width(w, options.pooling)), np.float32) for w in enc.layer_widths]
+    if not frame_layers:
+        return EncodedClips(layers, None, None)
+    frames = [np.zeros((0, max_frames, enc.layer_widths[layer]), np.float32) for layer in frame_layers]
+    return EncodedClips(layers, frames, np.zeros(0, np.int64))
+
+
+def _encoded_columns(encoded: EncodedClips) -> dict[str, np.ndarray]:
+    """Batch columns (without the model prefix) of :class:`EncodedClips`: ``layer<l>``,
+    ``frames<j>`` and ``counts``."""
+    columns = {f"layer{layer}": x for layer, x in enumerate(encoded.layers)}
+    columns.update({f"frames{j}": f for j, f in enumerate(encoded.frames or [])})
+    if encoded.counts is not None:
+        columns["counts"] = encoded.counts
+    return columns
+
+
+def _write_batch(run: ExtractionRun, batch: dict[str, np.ndarray]) -> None:
+    """Driver side: record one actor output batch in the store (failures, warnings, rows).
+
+    Raises the :class:`EmbedstoreError` an actor reported (a ``fatal`` column).
+    """
+    if "fatal" in batch:
+        name, _, message = str(batch["fatal"][0]).partition(": ")
+        cls = getattr(errors, name, EmbedstoreError)
+        raise cls(message) if isinstance(cls, type) and issubclass(cls, EmbedstoreError) else EmbedstoreError(message)
+    rows = np.asarray(batch["row"], dtype=np.int64)
+    for row, error, silent in zip(rows.tolist(), batch["error"], batch["silent"]):
+        if error:
+            run.fail(row, str(error))
+        elif silent:
+            run.warn_silent(row)
+    audio_seconds = 0.0
+    for m, target in enumerate(run.targets):
+        ok = np.asarray(batch[_col(m, "ok")], dtype=bool)
+        if not ok.any():
+            continue
+        n_layers = len(target.writer.widths)
+        frames = [batch[_col(m, f"frames{j}")][ok] for j in range(len(target.frame_layers))] or None
+        encoded = EncodedClips(
+            [batch[_col(m, f"layer{layer}")][ok] for layer in range(n_layers)],
+            frames,
+            batch[_col(m, "counts")][ok] if frames else None,
+        )
+        seconds = float(batch[_col(m, "audio_seconds")][ok].sum())
+        run.write(m, rows[ok], encoded, audio_seconds=seconds, model_seconds=float(batch[_col(m, "model_seconds")][ok].sum()))
+        audio_seconds = max(audio_seconds, seconds)
+    run.progress.update(rows.size, audio_seconds)
+
+
+# ---------------------------------------------------------------------------------- public API
+def extract_dataset_ray(
+    dataset: Dataset,
+    loads: Sequence[EncoderLoad],
+    store_path: str | Path,
+    options: ExtractOptions | None = None,
+    ray_options: RayOptions | None = None,
+) -> ExtractSummary:
+    """Extract every layer of each encoder over ``dataset`` into a store with Ray, resuming what is done.
+
+    The same store, rows, failures and resume behaviour as
+    :func:`~embedstore.extract.pipeline.extract_dataset`; decoding runs in Ray tasks and the encoders
+    in ``ray_options.concurrency`` Ray actors, while this process writes the store.
+
+    Args:
+        dataset: the clips (from :func:`~embedstore.extract.datasets.discover_dataset`).
+        loads: how to load each encoder (the driver loads them on CPU for the entries' metadata;
+            each actor loads them on its device and must get identical models).
+        store_path: Zarr directory or ``.h5`` file on this machine; created if missing.
+        options: as for the local engine (``batch_size`` is clips per actor call and windows per
+            encoder call; ``workers`` is unused: Ray schedules the decoding).
+        ray_options: cluster address and actor resources.
+
+    Returns:
+        The run's :class:`~embedstore.extract.pipeline.ExtractSummary`.
+    """
+    options = options or ExtractOptions()
+    ray_options = ray_options or RayOptions()
+    import_ray()
+    encoders = [load.load("cpu") for load in loads]
+    with open_extraction(dataset, encoders, store_path, options) as run:
+        if run.rows():  # nothing to do: no Ray start
+            with ray_session(ray_options.address) as ray:
+                ctx = ray.data.DataContext.get_current()
+                progress_bars, ctx.enable_progress_bars = ctx.enable_progress_bars, bool(options.progress)
+                try:
+                    data = _clip_dataset(ray, run, loads, encoders, options, ray_options)
+                    for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
+                        _write_batch(run, batch)
+                finally:
+                    ctx.enable_progress_bars = progress_bars
+    return run.finish()
+
+
+def _clip_dataset(
+    ray: Any,
+    run: ExtractionRun,
+    loads: Sequence[EncoderLoad],
+    encoders: Sequence[tuple[str, Encoder]],
+    options: ExtractOptions,
+    ray_options: RayOptions,
+) -> Any:
+    """The lazy Ray Dataset of pooled rows: pending rows -> decode tasks -> encoder actor pool
+    (``encoders``: the driver's copies of ``loads``, for the sample rates and model identities)."""
+    num_gpus = ray_options.num_gpus_per_worker
+    if num_gpus is None:
+        num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    root = Path(run.dataset.root).resolve()
+    items = []
+    for row in run.rows():
+        track = run.by_row[row]
+        items.append({
+            "row": row,
+            "path": str(root / track.path),
+            "offset": float(track.offset),
+            "duration": math.nan if track.duration is None else float(track.duration),
+            **{f"todo_{m}": row in target.todo for m, target in enumerate(run.targets)},
+        })
+    return (
+        ray.data.from_items(items)
+        .map(_decode_item, fn_kwargs={"rates": sorted({enc.sample_rate for _, enc in encoders})}, num_cpus=ray_options.decode_cpus)
+        .map_batches(
+            EncoderActor,
+            fn_constructor_kwargs={
+                "loads": list(loads),
+                "expected": [model_identity(enc) for _, enc in encoders],
+                "frame_layers": [t.frame_layers for t in run.targets],
+                "max_frames": [t.max_frames for t in run.targets],
+                "options": options,
+                "device": "cuda" if num_gpus > 0 else "cpu",
+            },
+            batch_size=options.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=ray_options.concurrency),
+            num_gpus=num_gpus,
+            num_cpus=ray_options.num_cpus_per_worker,
+        )
+    )
+
+
+def run_extract_ray(
+    dataset_dir: str | Path,
+    models: Sequence[str],
+    store_path: str | Path,
+    *,
+    checkpoint: str | None = None,
+    weights: str = "pretrained",
+    model_name: str | None = None,
+    dataset_type: str | None = None,
+    dataset_name: str | None = None,
+    split_scheme: str = "auto",
+    split_dir: str | Path | None = None,
+    dtype: str = "auto",
+    window_seconds: float | None = None,
+    trust_remote_code: bool = False,
+    seed: int = 0,
+    options: ExtractOptions | None = None,
+    ray_address: str | None = None,
+    concurrency: int = 1,
+    num_gpus_per_worker: float | None = None,
+    num_cpus_per_worker: float = 1.0,
+) -> ExtractSummary:
+    """``embedstore extract --engine ray``: :func:`~embedstore.extract.pipeline.run_extract` on a Ray cluster.
+
+    Takes the arguments of ``run_extract`` (except ``device``: actors with GPUs use ``cuda``, others
+    the CPU) plus ``ray_address``, ``concurrency``, ``num_gpus_per_worker`` and
+    ``num_cpus_per_worker`` (see :class:`RayOptions`).
+
+    Returns:
+        The run's :class:`~embedstore.extract.pipeline.ExtractSummary` (print it with ``format_summary``).
+
+    Raises:
+        EmbedstoreError: Ray is not installed (with the install command), bad options, or as
+            ``run_extract``.
+    """
+    from embedstore.extract.datasets import discover_dataset
+
+    check_model_args(models, checkpoint, model_name)
+    ray_options = RayOptions(ray_address, concurrency, num_gpus_per_worker, num_cpus_per_worker)
+    import_ray()  # fail fast, before discovering the dataset
+    dataset = discover_dataset(
+        dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed, name=dataset_name
+    )
+    loads = [
+        EncoderLoad(name, checkpoint, weights, dtype, seed, trust_remote_code, window_seconds, model_name)
+        for name in models
+    ]
+    return extract_dataset_ray(dataset, loads, store_path, options, ray_options)

@@ -1,0 +1,96 @@
+"""The command line as a user meets it: help, one-line errors with non-zero exits, real runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from embedstore.extract.synthetic import make_gtzan_like
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``embedstore ARGS`` in a fresh interpreter, offline, as a user runs it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    env.pop("EMBEDSTORE_STORE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "embedstore.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_help_lists_the_commands():
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("extract", "info", "probe", "analyze", "datasets", "models", "demo"):
+        assert command in result.stdout
+
+
+def test_models_lists_rates_layers_and_widths():
+    result = run("models", "--json")
+    assert result.returncode == 0
+    specs = {spec["name"]: spec for spec in json.loads(result.stdout)}
+    assert specs["mert"]["num_layers"] == 13 and specs["mert"]["width"] == 768 and specs["mert"]["sample_rate"] == 24000
+    assert specs["wav2vec2"]["sample_rate"] == 16000 and specs["mert-330m"]["num_layers"] == 25
+    assert specs["clap"]["sample_rate"] == 48000
+
+
+def test_user_errors_are_one_line(tmp_path):
+    assert_one_line_error(run("datasets", str(tmp_path / "missing")), "missing")
+    assert_one_line_error(run("info", str(tmp_path / "none.zarr")), "none.zarr")
+    root = make_gtzan_like(tmp_path / "ds", n_per_class=2, seconds=0.5, broken=False)
+    assert_one_line_error(run("extract", str(root), "--model", "nope", "--store", str(tmp_path / "s.zarr")), "nope")
+    assert_one_line_error(
+        run("extract", str(root), "--model", "mfcc", "--batch-size", "0", "--store", str(tmp_path / "s.zarr")), "--batch-size"
+    )
+    # a missing checkpoint with the hub offline says how to get it, without a traceback
+    assert_one_line_error(
+        run("extract", str(root), "--model", "wav2vec2", "--store", str(tmp_path / "s.zarr")), "wav2vec2-base"
+    )
+
+
+def test_extract_info_probe_round_trip(tmp_path):
+    root = make_gtzan_like(tmp_path / "ds", n_per_class=5, seconds=1.0, broken=True)
+    store = tmp_path / "s.zarr"
+    result = run("extract", str(root), "--model", "mfcc", "--store", str(store), "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    assert "mfcc: 20 written" in result.stdout
+    assert result.stderr.count("failed:") == 4  # the broken files, each reported once
+    again = run("extract", str(root), "--model", "mfcc", "--store", str(store), "--workers", "0")
+    assert "0 written, 20 already done" in again.stdout
+
+    info = json.loads(run("info", str(store), "--json").stdout)
+    model = info["datasets"][0]["models"][0]
+    assert model["name"] == "mfcc" and model["done"] == 20 and model["failed"] == 0
+
+    probe = run("probe", "--store", str(store), "--task", "genre", "--head", "logreg", "--layer", "combined", "--json")
+    assert probe.returncode == 0, probe.stderr
+    records = json.loads(probe.stdout)
+    assert len(records) == 1 and records[0]["model"] == "mfcc" and records[0]["head"] == "logreg"
+    assert 0.0 <= records[0]["metrics"]["test"]["accuracy"] <= 1.0
+
+    missing = run("probe", "--store", str(store), "--task", "mood")
+    assert_one_line_error(missing, "mood", "genre")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="byte-for-byte PNG header check only")
+def test_analyze_pca_writes_a_png(tmp_path):
+    root = make_gtzan_like(tmp_path / "ds", n_per_class=4, seconds=1.0, broken=False)
+    store = tmp_path / "s.zarr"
+    assert run("extract", str(root), "-m", "mfcc", "--store", str(store), "--workers", "0").returncode == 0
+    result = run("analyze", "pca", "--store", str(store), "--split", "all", "--out", str(tmp_path / "fig"))
+    assert result.returncode == 0, result.stderr
+    pngs = list((tmp_path / "fig").glob("*.png"))
+    assert len(pngs) == 1 and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
