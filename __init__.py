@@ -18,6 +18,8 @@ _LAZY = {
     "load_audio": "embedstore.extract.audio",
     "discover_dataset": "embedstore.extract.datasets",
     "EmbedstoreError": "embedstore.errors",
+    "run_extract": "embedstore.extract.pipeline",
+    "run_probe": "embedstore.heads.probe",
 }
 
 __all__ = ["__version__", *_LAZY]

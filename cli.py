@@ -192,6 +192,11 @@ def extract(
     trust_remote_code: Annotated[bool, typer.Option(help="Allow running model code from the hub (off: MERT loads into transformers' own classes).")] = False,
     seed: Annotated[int, typer.Option(help="Seed for random splits and random weights.")] = 0,
     progress: Annotated[bool, typer.Option(help="Progress bar on a terminal, log lines otherwise.")] = True,
+    engine: Annotated[str, typer.Option(help="local (this machine) or ray (Ray Data over a cluster; pip install 'embedstore[ray]').")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="ray: cluster to join (auto, host:6379, ray://host:10001); default a local Ray.")] = None,
+    concurrency: Annotated[int, typer.Option(help="ray: number of encoder actors.")] = 1,
+    num_gpus_per_worker: Annotated[Optional[float], typer.Option(help="ray: GPUs per encoder actor (default 1 when the cluster has GPUs, else 0).")] = None,
+    num_cpus_per_worker: Annotated[float, typer.Option(help="ray: CPUs per encoder actor.")] = 1.0,
 ) -> None:
     """Run encoders over a dataset and store the pooled embeddings of EVERY layer (resumable)."""
     from embedstore.extract.pipeline import ExtractOptions, format_summary, run_extract
@@ -208,10 +213,7 @@ def extract(
         strict=strict,
         progress=progress,
     )
-    summary = run_extract(
-        dataset_dir,
-        _split_list(model) or [],
-        _store_path(store),
+    common = dict(
         checkpoint=checkpoint,
         weights=weights,
         model_name=as_name,
@@ -219,13 +221,24 @@ def extract(
         dataset_name=dataset_name,
         split_scheme=split_scheme,
         split_dir=split_dir,
-        device=device,
         dtype=dtype,
         window_seconds=window_seconds,
         trust_remote_code=trust_remote_code,
         seed=seed,
         options=options,
     )
+    models = _split_list(model) or []
+    if engine == "local":
+        summary = run_extract(dataset_dir, models, _store_path(store), device=device, **common)
+    elif engine == "ray":
+        from embedstore.extract.ray_engine import run_extract_ray
+
+        summary = run_extract_ray(
+            dataset_dir, models, _store_path(store), ray_address=ray_address, concurrency=concurrency,
+            num_gpus_per_worker=num_gpus_per_worker, num_cpus_per_worker=num_cpus_per_worker, **common,
+        )
+    else:
+        raise EmbedstoreError(f"--engine must be local or ray, got {engine!r}")
     typer.echo(format_summary(summary))
 
 

@@ -27,7 +27,8 @@ import torch
 from embedstore.extract.audio import load_audio
 from embedstore.extract.datasets import discover_dataset
 from embedstore.extract.encoders import load_encoder
-from embedstore.extract.pipeline import ExtractOptions, extract_dataset, resolve_device
+from embedstore.devices import resolve_device
+from embedstore.extract.pipeline import ExtractOptions, extract_dataset
 from embedstore.extract.synthetic import RECIPES, make_gtzan_like
 
 
@@ -57,7 +58,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     batch_size = args.batch_size or (32 if device.startswith("cuda") else 4)
     weights = "pretrained" if args.checkpoint or args.model == "mfcc" else "random"
     encoder = load_encoder(args.model, args.checkpoint, weights=weights, device=device, dtype=args.dtype)

@@ -10,6 +10,10 @@ Flow for every block of clips (a DataLoader batch)::
 Decoding runs in ``workers`` processes ahead of the model (``prefetch_factor`` blocks each), so the model
 does not wait on I/O; the writer holds at most one chunk of rows, so memory does not grow with the
 dataset. Rows already done are skipped, so running the same command again finishes an interrupted run.
+
+Shared with the Ray engine (``extract/ray_engine.py``): :func:`decode_clip` (decoding),
+:func:`encode_clips` (encoder + pooling into rows) and :func:`open_extraction` (track table, model
+entries and the :class:`ExtractionRun` through which every engine writes rows and records failures).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from embedstore import __version__
+from embedstore.devices import resolve_device
 from embedstore.errors import AudioError, EmbedstoreError, ModelError
 from embedstore.extract.audio import load_audio
 from embedstore.extract.datasets import Dataset, Track
@@ -682,17 +687,6 @@ def format_summary(summary: ExtractSummary) -> str:
     return "\n".join(lines)
 
 
-def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; other values are checked."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EmbedstoreError(f"--device {device}: no CUDA device is visible (use --device cpu or auto)")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise EmbedstoreError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
-    return device
-
-
 def run_extract(
     dataset_dir: str | Path,
     models: Sequence[str],
@@ -732,7 +726,7 @@ def run_extract(
     dataset = discover_dataset(
         dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed, name=dataset_name
     )
-    device = resolve_device(device)
+    device = str(resolve_device(device))
     encoders = []
     for name in models:
         enc = load_encoder(

@@ -52,8 +52,6 @@ from embedstore.extract.pipeline import (
 from embedstore.extract.pooling import pooled_width
 from embedstore.store import IDENTITY_KEYS
 
-log = logging.getLogger(__name__)
-
 INSTALL_HINT = "pip install 'embedstore[ray]'"
 
 
@@ -305,7 +303,8 @@ def _write_batch(run: ExtractionRun, batch: dict[str, np.ndarray]) -> None:
             batch[_col(m, "counts")][ok] if frames else None,
         )
         seconds = float(batch[_col(m, "audio_seconds")][ok].sum())
-        run.write(m, rows[ok], encoded, audio_seconds=seconds, model_seconds=float(batch[_col(m, "model_seconds")][ok].sum()))
+        model_seconds = float(batch[_col(m, "model_seconds")][ok].sum())
+        run.write(m, rows[ok], encoded, audio_seconds=seconds, model_seconds=model_seconds)
         audio_seconds = max(audio_seconds, seconds)
     run.progress.update(rows.size, audio_seconds)
 
@@ -380,7 +379,11 @@ def _clip_dataset(
         })
     return (
         ray.data.from_items(items)
-        .map(_decode_item, fn_kwargs={"rates": sorted({enc.sample_rate for _, enc in encoders})}, num_cpus=ray_options.decode_cpus)
+        .map(
+            _decode_item,
+            fn_kwargs={"rates": sorted({enc.sample_rate for _, enc in encoders})},
+            num_cpus=ray_options.decode_cpus,
+        )
         .map_batches(
             EncoderActor,
             fn_constructor_kwargs={
@@ -438,7 +441,10 @@ def run_extract_ray(
     from embedstore.extract.datasets import discover_dataset
 
     check_model_args(models, checkpoint, model_name)
-    ray_options = RayOptions(ray_address, concurrency, num_gpus_per_worker, num_cpus_per_worker)
+    ray_options = RayOptions(
+        address=ray_address, concurrency=concurrency, num_gpus_per_worker=num_gpus_per_worker,
+        num_cpus_per_worker=num_cpus_per_worker,
+    )
     import_ray()  # fail fast, before discovering the dataset
     dataset = discover_dataset(
         dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed, name=dataset_name

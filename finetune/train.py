@@ -350,7 +350,8 @@ def finetune(
     """
     from embedstore.extract.datasets import discover_dataset
     from embedstore.extract.encoders import load_encoder
-    from embedstore.extract.pipeline import ExtractOptions, default_workers, extract_dataset, resolve_device
+    from embedstore.devices import resolve_device
+    from embedstore.extract.pipeline import ExtractOptions, default_workers, extract_dataset
     from embedstore.heads.protocol import ProbeResult
     from embedstore.heads.results import build_record, save_result
 
@@ -361,7 +362,7 @@ def finetune(
     dataset = discover_dataset(dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed,
                                name=dataset_name)
     splits = task_splits(dataset, task, seed)
-    dev = resolve_device(device)
+    dev = str(resolve_device(device))
     prec, note = resolve_precision(precision, dev)
     notes += [note] if note else []
     workers = default_workers() if workers is None else int(workers)

@@ -67,7 +67,7 @@ def bert_embeddings(texts: Sequence[str], bert: str | Path = DEFAULT_BERT, *, de
     """Mean-pooled (attention-masked) last hidden states of ``bert`` for ``texts`` -> ``[n, hidden]``."""
     import torch
 
-    from embedstore.heads.mlp import resolve_device
+    from embedstore.devices import resolve_device
 
     dev = str(resolve_device(device))
     tokenizer, model = _load_bert(str(bert), dev)
@@ -121,7 +121,7 @@ def _load_sentence_model(path: str, device: str):
 def sentence_embeddings(texts: Sequence[str], model: str | Path | None = None, *, device: str = "auto",
                         batch_size: int = 64) -> np.ndarray:
     """Sentence-transformers embeddings of ``texts`` -> ``[n, dim]`` (default: bundled MiniLM)."""
-    from embedstore.heads.mlp import resolve_device
+    from embedstore.devices import resolve_device
 
     st = _load_sentence_model(str(model or default_sentence_model()), str(resolve_device(device)))
     return np.asarray(st.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,

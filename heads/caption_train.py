@@ -14,7 +14,7 @@ import torch
 
 from embedstore.errors import ModelError
 from embedstore.heads.captioner import AudioCaptioner, GenerationSettings, frame_mask
-from embedstore.heads.mlp import resolve_device
+from embedstore.devices import resolve_device
 
 
 @dataclass

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from embedstore.devices import resolve_device
 from embedstore.errors import ModelError
 from embedstore.heads.base import FittedHead
 
@@ -128,13 +129,6 @@ def mlp_config(preset: str) -> MLPConfig:
         return MLP_PRESETS[preset]
     except KeyError:
         raise ModelError(f"--preset {preset!r}: unknown; choose one of {', '.join(MLP_PRESETS)}") from None
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu; otherwise the named torch device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @contextmanager
@@ -257,7 +251,7 @@ def fit_mlp(
         ``lr, weight_decay, dropout, epochs, batch_size``; ``layer_weights`` the softmax weights
         for the weighted head.
     """
-    dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+    dev = resolve_device(device)
     Xt = torch.as_tensor(np.ascontiguousarray(X_train), dtype=torch.float32, device=dev)
     Xv = torch.as_tensor(np.ascontiguousarray(X_valid), dtype=torch.float32, device=dev)
     yt = torch.as_tensor(y_train, dtype=torch.long, device=dev)

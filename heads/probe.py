@@ -123,7 +123,8 @@ def run_probe(
     """
     from tqdm.auto import tqdm
 
-    from embedstore.heads.mlp import mlp_config, resolve_device
+    from embedstore.devices import resolve_device
+    from embedstore.heads.mlp import mlp_config
     from embedstore.store import load_embeddings, open_store
 
     if head not in HEADS:
