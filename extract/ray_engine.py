@@ -37,18 +37,10 @@ from embedstore import errors
 from embedstore.errors import AudioError, EmbedstoreError, ModelError
 from embedstore.extract.datasets import Dataset
 from embedstore.extract.encoders import Encoder
-from embedstore.extract.pipeline import (
-    EncodedClips,
-    ExtractionRun,
-    ExtractOptions,
-    ExtractSummary,
-    check_model_args,
-    decode_clip,
-    encode_clips,
-    is_silent,
-    model_key,
-    open_extraction,
-)
+from embedstore.extract.encoding import EncodedClips, encode_clips
+from embedstore.extract.options import ExtractOptions
+from embedstore.extract.pipeline import check_model_args, decode_clip, is_silent, model_key
+from embedstore.extract.writing import ExtractionRun, ExtractSummary, open_extraction
 from embedstore.extract.pooling import pooled_width
 from embedstore.store import IDENTITY_KEYS
 

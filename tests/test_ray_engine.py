@@ -15,7 +15,8 @@ ray = pytest.importorskip("ray")
 from embedstore.errors import EmbedstoreError  # noqa: E402
 from embedstore.extract.datasets import discover_dataset  # noqa: E402
 from embedstore.extract.encoders import load_encoder  # noqa: E402
-from embedstore.extract.pipeline import ExtractionRun, ExtractOptions, extract_dataset  # noqa: E402
+from embedstore.extract.pipeline import ExtractOptions, extract_dataset  # noqa: E402
+from embedstore.extract.writing import ExtractionRun  # noqa: E402
 from embedstore.extract.ray_engine import EncoderLoad, RayOptions, extract_dataset_ray, run_extract_ray  # noqa: E402
 from embedstore.extract.synthetic import make_gtzan_like  # noqa: E402
 from embedstore.store import load_embeddings, load_frames, open_store  # noqa: E402

@@ -1,0 +1,353 @@
+"""The writing side of an extraction: track table, model entries, progress, failures and summary.
+
+:func:`open_extraction` writes the track table and opens one model entry per encoder; the
+:class:`ExtractionRun` it yields is what every engine (local or Ray) feeds rows, failures and
+silent-clip warnings through, so resume and failure records behave the same everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from embedstore import __version__
+from embedstore.errors import EmbedstoreError, ModelError
+from embedstore.extract.audio import audio_duration
+from embedstore.extract.datasets import Dataset, Track
+from embedstore.extract.encoders import Encoder
+from embedstore.extract.encoding import EncodedClips
+from embedstore.extract.options import ExtractOptions
+from embedstore.extract.pooling import pooled_width
+from embedstore.extract.windowing import WindowRule
+from embedstore.store import ModelWriter, Store, TrackTable, open_store
+
+
+@dataclass
+class ModelSummary:
+    """What one extraction run did for one model entry."""
+
+    model: str
+    total: int
+    written: int = 0
+    already_done: int = 0
+    failed: int = 0
+    silent: int = 0
+    audio_seconds: float = 0.0
+    model_seconds: float = 0.0
+
+
+@dataclass
+class ExtractSummary:
+    """What one extraction run did: per model entry, plus wall time."""
+
+    store: str
+    dataset: str
+    models: list[ModelSummary] = field(default_factory=list)
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def written(self) -> int:
+        return sum(m.written for m in self.models)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+
+def file_hash(path: Path) -> str:
+    """SHA-1 of a file's bytes (hex): identifies a clip's content in the track table."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha1").hexdigest()
+
+
+def track_table(dataset: Dataset, tracks: Sequence[Track]) -> TrackTable:
+    """The store's track table for ``tracks`` of ``dataset`` (content hashes computed here)."""
+    return TrackTable(
+        ids=np.array([t.id for t in tracks], dtype=object),
+        paths=np.array([t.path for t in tracks], dtype=object),
+        labels=np.array([t.label or "" for t in tracks], dtype=object),
+        splits=np.array([t.split or "" for t in tracks], dtype=object),
+        captions=np.array([t.caption or "" for t in tracks], dtype=object),
+        offsets=np.array([t.offset for t in tracks], dtype=np.float64),
+        durations=np.array([np.nan if t.duration is None else t.duration for t in tracks], dtype=np.float64),
+        hashes=np.array([file_hash(dataset.root / t.path) for t in tracks], dtype=object),
+    )
+
+
+class _Progress:
+    """A tqdm bar on a terminal; plain log lines every few seconds otherwise."""
+
+    def __init__(self, total: int, enabled: bool, desc: str):
+        self.tty = enabled and sys.stderr.isatty()
+        self.enabled = enabled
+        self.total, self.done, self.audio = total, 0, 0.0
+        self.start = self.last = time.perf_counter()
+        self.bar = tqdm(total=total, desc=desc, unit="clip", dynamic_ncols=True) if self.tty else None
+
+    def update(self, clips: int, audio_seconds: float) -> None:
+        self.done += clips
+        self.audio += audio_seconds
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        if self.bar is not None:
+            self.bar.update(clips)
+            self.bar.set_postfix_str(f"{self.audio / elapsed:.1f} audio-s/s")
+        elif self.enabled and (time.perf_counter() - self.last > 10 or self.done == self.total):
+            self.last = time.perf_counter()
+            rate = self.done / elapsed
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            print(
+                f"[extract] {self.done}/{self.total} clips, {rate:.2f} clips/s, "
+                f"{self.audio / elapsed:.1f} audio-s/s, ETA {eta:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def note(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def resolve_frame_layers(encoder: Encoder, options: ExtractOptions) -> list[int]:
+    """Sorted layer indices whose frame sequences are stored (empty without ``frames_hop``).
+
+    Raises :class:`ModelError` naming ``--frame-layers`` when an index is out of range.
+    """
+    if options.frames_hop is None:
+        return []
+    if options.frame_layers is None:
+        return list(range(encoder.num_layers))
+    layers = []
+    for layer in options.frame_layers:
+        index = layer + encoder.num_layers if layer < 0 else layer
+        if not 0 <= index < encoder.num_layers:
+            raise ModelError(
+                f"--frame-layers {layer} is out of range: {encoder.name} has layers 0..{encoder.num_layers - 1}"
+            )
+        layers.append(index)
+    return sorted(set(layers))
+
+
+def select_tracks(dataset: Dataset, options: ExtractOptions) -> list[Track]:
+    """The tracks a run extracts: ``options.split`` filter, then the first ``options.limit``."""
+    tracks = list(dataset.tracks)
+    if options.split:
+        wanted = set(options.split)
+        tracks = [t for t in tracks if t.split in wanted]
+    if options.limit is not None:
+        tracks = tracks[: options.limit]
+    if not tracks:
+        raise EmbedstoreError(f"{dataset.root}: no clips to extract (check --split / --limit)")
+    return tracks
+
+
+def model_metadata(key: str, encoder: Encoder, options: ExtractOptions, frame_layers: Sequence[int]) -> dict:
+    """The JSON-able metadata of a model entry (identity, preprocessing, pooling, windows, frames)."""
+    return {
+        **encoder.describe(),
+        "model": key,
+        "encoder": encoder.name,
+        "sample_rate": encoder.sample_rate,
+        "num_layers": encoder.num_layers,
+        "layer_names": list(encoder.layer_names),
+        "encoder_widths": list(encoder.layer_widths),
+        "frame_rate": encoder.frame_rate,
+        "pooling": options.pooling,
+        "windowing": WindowRule(encoder.window_seconds, encoder.sample_rate).describe(),
+        "frames_hop_seconds": options.frames_hop,
+        "frame_layers": list(frame_layers),
+        "audio_preprocessing": "decode (soundfile) -> mono (channel mean) -> resample (soxr HQ) "
+        "-> peak-normalise to [-1, 1]",
+        "embedstore_version": __version__,
+    }
+
+
+@dataclass
+class ModelTarget:
+    """One model entry being written: its writer, frame settings and the rows it still needs.
+
+    Attributes:
+        key: the store key of the entry.
+        writer: its :class:`ModelWriter` (owned by the process that opened the extraction).
+        frame_layers: layer indices with stored frame sequences.
+        max_frames: frames per stored sequence (0 without frames).
+        todo: store rows of this run not yet written for this entry.
+        summary: what the run did for this entry.
+    """
+
+    key: str
+    writer: ModelWriter
+    frame_layers: list[int]
+    max_frames: int
+    todo: set[int]
+    summary: ModelSummary
+
+
+class ExtractionRun:
+    """The writing side of one extraction: the open store, the run's tracks by store row, and one
+    :class:`ModelTarget` per model entry. Every engine feeds results through :meth:`fail`,
+    :meth:`warn_silent` and :meth:`write`, so failures, warnings and resume work the same everywhere.
+    Get one from :func:`open_extraction`.
+    """
+
+    def __init__(self, dataset: Dataset, store: Store, by_row: dict[int, Track], targets: list[ModelTarget],
+                 summary: ExtractSummary, options: ExtractOptions, started: float):
+        self.dataset, self.store, self.by_row, self.targets = dataset, store, by_row, targets
+        self.summary, self.options, self.started = summary, options, started
+        self.progress = _Progress(len(self.rows()), options.progress, desc=f"extract {dataset.name}")
+
+    def rows(self) -> list[int]:
+        """Store rows that at least one model entry still needs, in increasing order."""
+        return sorted(set().union(*(t.todo for t in self.targets)))
+
+    def fail(self, row: int, reason: str) -> None:
+        """Record that the clip at ``row`` failed (reported, and kept in each entry's failure list)."""
+        track = self.by_row[row]
+        self.summary.failures.append((track.path, reason))
+        self.progress.note(f"failed: {track.path}: {reason}")
+        for target in self.targets:
+            if row in target.todo:
+                target.writer.fail(row, reason)
+
+    def warn_silent(self, row: int) -> None:
+        """Warn that the clip at ``row`` is silent (it is stored all the same)."""
+        self.progress.note(f"warning: {self.by_row[row].path}: silent clip (stored; its embedding is that of silence)")
+        for target in self.targets:
+            target.summary.silent += 1
+
+    def write(self, index: int, rows: np.ndarray, encoded: EncodedClips, audio_seconds: float, model_seconds: float) -> None:
+        """Hand the pooled ``encoded`` rows of model entry ``index`` to its writer.
+
+        ``rows`` ``[n]`` are store rows; ``audio_seconds``/``model_seconds`` are their totals.
+        """
+        target = self.targets[index]
+        rows = np.asarray(rows, dtype=np.int64)
+        target.writer.write(rows, encoded.layers, frames=encoded.frames, frame_counts=encoded.counts)
+        target.summary.written += rows.size
+        target.summary.audio_seconds += audio_seconds
+        target.summary.model_seconds += model_seconds
+        target.todo.difference_update(rows.tolist())
+
+    def close(self) -> None:
+        """Close the progress display and every writer (flushing what is buffered)."""
+        try:
+            self.progress.close()
+        finally:
+            for target in self.targets:
+                target.writer.close()
+
+    def finish(self) -> ExtractSummary:
+        """The run's summary, after :meth:`close`. Raises :class:`EmbedstoreError` with ``strict``
+        when a clip failed, or when no clip at all could be written."""
+        summary, options = self.summary, self.options
+        summary.seconds = time.perf_counter() - self.started
+        if options.strict and summary.failures:
+            raise EmbedstoreError(f"{len(summary.failures)} clip(s) failed and --strict is set; first: {summary.failures[0][0]}: {summary.failures[0][1]}")
+        if summary.written == 0 and summary.failures and all(m.already_done == 0 for m in summary.models):
+            raise EmbedstoreError(f"no clip could be extracted from {self.dataset.root}: {len(summary.failures)} failed")
+        return summary
+
+
+@contextmanager
+def open_extraction(
+    dataset: Dataset,
+    encoders: Sequence[tuple[str, Encoder]],
+    store_path: str | Path,
+    options: ExtractOptions,
+) -> Iterator[ExtractionRun]:
+    """Open ``store_path`` for an extraction and yield its :class:`ExtractionRun`; closes it on exit.
+
+    Writes the track table of the selected tracks (:func:`select_tracks`) and the dataset's
+    attributes, opens (or reopens, to resume) one model entry per ``(key, encoder)`` with its
+    metadata (:func:`model_metadata`), and works out which rows each entry still needs. Clips found
+    unreadable at discovery are reported here.
+    """
+    started = time.perf_counter()
+    tracks = select_tracks(dataset, options)
+    summary = ExtractSummary(store=str(store_path), dataset=dataset.name)
+    # unreadable files found at discovery never reach the track table: report and record them here
+    summary.failures.extend(dataset.skipped)
+    for path, reason in dataset.skipped:
+        print(f"failed: {path}: {reason}", file=sys.stderr, flush=True)
+
+    with open_store(store_path, mode="a") as store:
+        store.write_tracks(
+            dataset.name,
+            track_table(dataset, tracks),
+            {
+                "kind": dataset.kind,
+                "root": str(dataset.root),
+                "tasks": dict(dataset.tasks),
+                "split_scheme": dataset.split_scheme,
+                "skipped": [list(item) for item in dataset.skipped],
+            },
+        )
+        stored_ids = list(store.tracks(dataset.name).ids)
+        row_of = {tid: r for r, tid in enumerate(stored_ids)}
+        by_row: dict[int, Track] = {row_of[t.id]: t for t in tracks}
+
+        targets: list[ModelTarget] = []
+        max_duration = max((t.duration or 0.0) for t in tracks) or None
+        try:
+            for key, enc in encoders:
+                layers = resolve_frame_layers(enc, options)
+                n_frames = 0
+                if layers:
+                    longest = max_duration or max(audio_duration(dataset.root / t.path) for t in tracks)
+                    n_frames = int(np.ceil(longest / options.frames_hop))
+                writer = store.model_writer(
+                    dataset.name,
+                    key,
+                    model_metadata(key, enc, options, layers),
+                    [pooled_width(w, options.pooling) for w in enc.layer_widths],
+                    storage_dtype=options.storage_dtype,
+                    frame_layers=layers or None,
+                    max_frames=n_frames,
+                )
+                todo = set(int(r) for r in writer.pending()) & set(by_row)
+                model = ModelSummary(model=key, total=len(by_row), already_done=len(by_row) - len(todo))
+                summary.models.append(model)
+                targets.append(ModelTarget(key, writer, layers, n_frames, todo, model))
+        except BaseException:
+            for target in targets:
+                target.writer.close()
+            raise
+        run = ExtractionRun(dataset, store, by_row, targets, summary, options, started)
+        try:
+            yield run
+        finally:
+            run.close()
+
+
+
+
+def format_summary(summary: ExtractSummary) -> str:
+    """The end-of-run summary printed by ``embedstore extract``."""
+    lines = [f"store {summary.store}, dataset {summary.dataset}, {summary.seconds:.1f} s"]
+    for m in summary.models:
+        rate = m.audio_seconds / m.model_seconds if m.model_seconds > 0 else 0.0
+        lines.append(
+            f"  {m.model}: {m.written} written, {m.already_done} already done, "
+            f"{m.total - m.written - m.already_done} not written of {m.total}; "
+            f"{m.audio_seconds:.0f} audio-s in {m.model_seconds:.1f} model-s ({rate:.1f} audio-s/s)"
+        )
+    if summary.failures:
+        lines.append(f"  {len(summary.failures)} clip(s) failed (recorded in the store's failure list):")
+        lines.extend(f"    {path}: {reason}" for path, reason in summary.failures[:20])
+        if len(summary.failures) > 20:
+            lines.append(f"    ... and {len(summary.failures) - 20} more (see `embedstore info`)")
+    return "\n".join(lines)
