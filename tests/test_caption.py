@@ -311,3 +311,25 @@ def test_split_indices_holds_out_valid_from_train():
     assert split_indices(splits, seed=1)[1].tolist() == valid.tolist() and "held out" in note
     with pytest.raises(DatasetError):
         split_indices(np.array(["train", "train"], dtype=object), seed=0)
+
+
+def test_frozen_path_end_to_end_on_a_musiccaps_folder(musiccaps_dir, tiny_t5_dir, tiny_bert_dir, tmp_path):
+    """CSV + clips -> extract (frames at a 0.5 s hop) -> probe --task caption, as a user runs it."""
+    from embedstore.extract.pipeline import ExtractOptions, run_extract
+    from embedstore.heads.caption_probe import run_caption_probe
+    from embedstore.store import load_frames, open_store
+
+    store = tmp_path / "mc.zarr"
+    summary = run_extract(musiccaps_dir, ["mfcc"], store, options=ExtractOptions(workers=0, progress=False, frames_hop=0.5, frame_layers=[0, 1]))
+    assert summary.models[0].written == 10 and len(summary.failures) == 2  # two clips missing on disk
+    values, counts, meta = load_frames(store, model="mfcc", layer=0)
+    assert values.shape[:2] == (10, 20) and (counts == 20).all()  # 10 s segments at 0.5 s
+    with open_store(store) as st:
+        ds = st.datasets()[0]
+        assert st.dataset_attrs(ds)["tasks"] == {"caption": "caption"}
+        assert all(c.startswith("This is") for c in st.tracks(ds).captions)
+    report = run_caption_probe(store, model="mfcc", layers=[0, 1], t5=tiny_t5_dir, bert=tiny_bert_dir, epochs=2,
+                               batch_size=4, lr=1e-3, device="cpu", progress=False)
+    test = report.record["metrics"]["test"]
+    assert report.record["inputs"] == "frames" and report.record["layers"] == [0, 1]
+    assert 0.0 < test["distinct_ratio"] <= 1.0 and -1.0 <= test["bert_similarity"] <= 1.0
