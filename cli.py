@@ -334,8 +334,25 @@ def finetune(
     workers: Annotated[Optional[int], typer.Option(help="Decoding processes.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, crops and batch order.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    t5: Annotated[str, typer.Option(help="--task caption: T5 checkpoint id or local directory.")] = "t5-small",
+    bert: Annotated[str, typer.Option(help="--task caption: BERT checkpoint for the BERT-similarity metric.")] = "bert-base-uncased",
 ) -> None:
-    """Fine-tune an encoder end to end on raw audio (the unfrozen path) and report as probe does."""
+    """Fine-tune an encoder end to end on raw audio (the unfrozen path) and report as probe does.
+
+    With --task caption the encoder trains together with the T5 captioner (MusicCaps)."""
+    if task == "caption":
+        from embedstore.finetune.caption import finetune_caption, format_caption_finetune_report
+
+        report = finetune_caption(
+            dataset_dir, model=model, checkpoint=checkpoint, weights=weights, t5=t5, bert=bert, epochs=epochs,
+            lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay, batch_size=batch_size,
+            crop_seconds=crop_seconds, freeze_feature_encoder=freeze_feature_encoder, spec_augment=spec_augment,
+            patience=patience, device=device, precision=precision, out=out, store=export_to_store, resume=resume,
+            seed=seed, split_scheme=split_scheme, split_dir=split_dir, dataset_type=dataset_type, workers=workers,
+            progress=progress,
+        )
+        typer.echo(format_caption_finetune_report(report))
+        return
     from embedstore.finetune import finetune as run_finetune
     from embedstore.finetune import format_finetune_report
 

@@ -348,6 +348,17 @@ def finetune(
     Raises:
         EmbedstoreError (DatasetError, ModelError, ...): bad options, dataset, task, layer or checkpoint.
     """
+    if task == "caption":  # the captioning fine-tune (encoder + T5), see embedstore.finetune.caption
+        from embedstore.finetune.caption import finetune_caption
+
+        return finetune_caption(
+            dataset_dir, model=model, checkpoint=checkpoint, weights=weights, epochs=epochs, lr_encoder=lr_encoder,
+            lr_head=lr_head, weight_decay=weight_decay, batch_size=batch_size, crop_seconds=crop_seconds,
+            freeze_feature_encoder=freeze_feature_encoder, spec_augment=spec_augment, max_grad_norm=max_grad_norm,
+            patience=patience, device=device, precision=precision, out=out, store=export_to_store, resume=resume,
+            seed=seed, split_scheme=split_scheme, split_dir=split_dir, dataset_type=dataset_type,
+            dataset_name=dataset_name, window_seconds=window_seconds, workers=workers,
+            trust_remote_code=trust_remote_code, progress=progress)
     from embedstore.extract.datasets import discover_dataset
     from embedstore.extract.encoders import load_encoder
     from embedstore.devices import resolve_device
