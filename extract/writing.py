@@ -32,13 +32,19 @@ from embedstore.store import ModelWriter, Store, TrackTable, open_store
 
 @dataclass
 class ModelSummary:
-    """What one extraction run did for one model entry."""
+    """What one extraction run did for one model entry (failures are run-wide: :class:`ExtractSummary`).
+
+    Attributes:
+        model: the entry's store key.
+        total: clips of this run; ``written`` now, ``already_done`` by earlier runs.
+        silent: silent clips among them (stored, with a warning).
+        audio_seconds, model_seconds: audio encoded and time spent in the encoder and pooling.
+    """
 
     model: str
     total: int
     written: int = 0
     already_done: int = 0
-    failed: int = 0
     silent: int = 0
     audio_seconds: float = 0.0
     model_seconds: float = 0.0
@@ -227,7 +233,8 @@ class ExtractionRun:
         """Warn that the clip at ``row`` is silent (it is stored all the same)."""
         self.progress.note(f"warning: {self.by_row[row].path}: silent clip (stored; its embedding is that of silence)")
         for target in self.targets:
-            target.summary.silent += 1
+            if row in target.todo:
+                target.summary.silent += 1
 
     def write(self, index: int, rows: np.ndarray, encoded: EncodedClips, audio_seconds: float, model_seconds: float) -> None:
         """Hand the pooled ``encoded`` rows of model entry ``index`` to its writer.

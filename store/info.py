@@ -75,7 +75,7 @@ def format_info(d: dict) -> str:
         lines.append(f"  dataset {ds['name']}: {ds['tracks']} tracks ({splits}); tasks: {tasks}")
         for m in ds["models"]:
             meta = m["metadata"]
-            source = meta.get("checkpoint") or meta.get("model_name") or "?"
+            source = meta.get("checkpoint") or meta.get("encoder") or meta.get("model_name") or "?"
             lines.append(f"    model {m['name']}: {_layers(m['layer_widths'])} {m['storage_dtype']}, "
                          f"done {m['done']}/{ds['tracks']}, failed {m['failed']}, {_size(m['size_bytes'])}; "
                          f"from {source}" + (f", frames of layers {m['frame_layers']} (max {m['max_frames']})"

@@ -12,7 +12,7 @@ import math
 from datetime import datetime, timezone
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -49,6 +49,9 @@ from embedstore.store.schema import (
     normalise_tasks,
     table_disagreement,
 )
+
+if TYPE_CHECKING:  # the writer imports this module
+    from embedstore.store.writer import ModelWriter
 
 DEFAULT_STORE = Path("embedstore.zarr")
 TRACK_CHUNK_ROWS = 4096
@@ -293,7 +296,7 @@ class Store:
 
     def model_writer(self, dataset: str, model: str, metadata: dict, layer_widths: list[int], *,
                      storage_dtype: str = "float32", frame_layers: list[int] | None = None,
-                     max_frames: int = 0, chunk_rows: int | None = None) -> "ModelWriter":
+                     max_frames: int = 0, chunk_rows: int | None = None) -> ModelWriter:
         """Create (or reopen, to resume) the model entry ``model`` of ``dataset`` and return its writer.
 
         ``metadata`` is any JSON dict; the keys in :data:`~embedstore.store.schema.IDENTITY_KEYS`
