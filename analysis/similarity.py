@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from embedstore.errors import StoreError
 
 from . import data
-from .metrics import cka_matrix, cosine_stats, pairwise_cosine_values, subsample_indices
+from .metrics import CosineStats, cka_matrix, cosine_stats, pairwise_cosine_values, subsample_indices
 from .plotting import new_figure, save_figure
 
 HIST_BINS = np.linspace(-1.0, 1.0, 81)
@@ -28,20 +28,13 @@ HIST_BINS = np.linspace(-1.0, 1.0, 81)
 # ---- cosine --------------------------------------------------------------------------------------
 
 
-@dataclass
-class CosineRow:
-    """Cosine statistics of one model layer over all rows of the split (see :class:`metrics.CosineStats`)."""
+@dataclass(frozen=True)
+class CosineRow(CosineStats):
+    """Cosine statistics (:class:`metrics.CosineStats`) of one model layer over all rows of the split."""
 
-    model: str
-    layer: int
-    layer_name: str
-    n: int
-    mean: float
-    within: float
-    between: float
-    mean_centered: float
-    within_centered: float
-    between_centered: float
+    model: str = field(kw_only=True)
+    layer: int = field(kw_only=True)
+    layer_name: str = field(kw_only=True)
 
 
 @dataclass
@@ -101,7 +94,7 @@ def cosine(
             for i in idxs:
                 view = data.load_view(store, ds, model, i, split, None, seed, names)
                 st = cosine_stats(view.X, view.labels)
-                rows.append(CosineRow(model, i, view.layer_name, **asdict(st)))
+                rows.append(CosineRow(**asdict(st), model=model, layer=i, layer_name=view.layer_name))
                 if i == idxs[-1]:
                     sub = subsample_indices(view.n, max_points, seed)
                     X = np.asarray(view.X, dtype=np.float64)
