@@ -192,6 +192,7 @@ def extract(
     trust_remote_code: Annotated[bool, typer.Option(help="Allow running model code from the hub (off: MERT loads into transformers' own classes).")] = False,
     seed: Annotated[int, typer.Option(help="Seed for random splits and random weights.")] = 0,
     progress: Annotated[bool, typer.Option(help="Progress bar on a terminal, log lines otherwise.")] = True,
+    flush_seconds: Annotated[float, typer.Option("--flush-seconds", help="Make finished clips durable (done) at least this often, whatever the chunk size: a killed run loses at most about this many seconds of work (0: after every batch).")] = 30.0,
     engine: Annotated[str, typer.Option(help="local (this machine) or ray (Ray Data over a cluster; pip install 'embedstore[ray]').")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(help="ray: cluster to join (auto, host:6379, ray://host:10001); default a local Ray.")] = None,
     concurrency: Annotated[int, typer.Option(help="ray: number of encoder actors.")] = 1,
@@ -212,6 +213,7 @@ def extract(
         split=_split_list(split),
         strict=strict,
         progress=progress,
+        flush_seconds=flush_seconds,
     )
     common = dict(
         checkpoint=checkpoint,

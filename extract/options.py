@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from embedstore.errors import EmbedstoreError
 from embedstore.extract.pooling import POOLINGS
+from embedstore.store.writer import DEFAULT_FLUSH_SECONDS
 
 
 @dataclass
@@ -24,6 +25,9 @@ class ExtractOptions:
         split: only clips of these splits.
         strict: any failed clip is an error.
         progress: show a progress bar (on a terminal) or log lines (otherwise).
+        flush_seconds: finished rows are made durable (marked done) at the first write at least this
+            many seconds after they were produced, whatever the chunk size, so a killed run loses at
+            most about this much work (0: after every batch).
     """
 
     batch_size: int = 8
@@ -36,6 +40,7 @@ class ExtractOptions:
     split: Sequence[str] | None = None
     strict: bool = False
     progress: bool = True
+    flush_seconds: float = DEFAULT_FLUSH_SECONDS
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -48,3 +53,5 @@ class ExtractOptions:
             raise EmbedstoreError(f"--frames must be a positive hop in seconds, got {self.frames_hop}")
         if self.limit is not None and self.limit < 1:
             raise EmbedstoreError(f"--limit must be at least 1, got {self.limit}")
+        if not self.flush_seconds >= 0:
+            raise EmbedstoreError(f"--flush-seconds must be 0 or more seconds, got {self.flush_seconds}")

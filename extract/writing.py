@@ -324,6 +324,7 @@ def open_extraction(
                     storage_dtype=options.storage_dtype,
                     frame_layers=layers or None,
                     max_frames=n_frames,
+                    flush_seconds=options.flush_seconds,
                 )
                 todo = set(int(r) for r in writer.pending()) & set(by_row)
                 model = ModelSummary(model=key, total=len(by_row), already_done=len(by_row) - len(todo))

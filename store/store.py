@@ -49,6 +49,7 @@ from embedstore.store.schema import (
     normalise_tasks,
     table_disagreement,
 )
+from embedstore.store.writer import DEFAULT_FLUSH_SECONDS
 
 if TYPE_CHECKING:  # the writer imports this module
     from embedstore.store.writer import ModelWriter
@@ -296,7 +297,8 @@ class Store:
 
     def model_writer(self, dataset: str, model: str, metadata: dict, layer_widths: list[int], *,
                      storage_dtype: str = "float32", frame_layers: list[int] | None = None,
-                     max_frames: int = 0, chunk_rows: int | None = None) -> ModelWriter:
+                     max_frames: int = 0, chunk_rows: int | None = None,
+                     flush_seconds: float | None = DEFAULT_FLUSH_SECONDS) -> ModelWriter:
         """Create (or reopen, to resume) the model entry ``model`` of ``dataset`` and return its writer.
 
         ``metadata`` is any JSON dict; the keys in :data:`~embedstore.store.schema.IDENTITY_KEYS`
@@ -304,7 +306,10 @@ class Store:
         pooling, window_rule, frame_hop, preprocessing``, ...) identify the entry, and reopening it with
         a different value for one of them, different ``layer_widths``, dtype or frame settings raises
         :class:`StoreError`. ``frame_layers`` (indices) get ``[tracks, max_frames, width]`` frame arrays.
-        The writer holds the store's write lock until it is closed.
+        ``flush_seconds`` bounds how long a written row may wait in the writer's buffer before it is made
+        durable and marked done, whatever ``chunk_rows`` is (``None``: only whole chunks, a full buffer
+        and close flush; see :class:`~embedstore.store.writer.ModelWriter`). The writer holds the
+        store's write lock until it is closed.
         """
         from embedstore.store.writer import ModelWriter
 
@@ -322,6 +327,8 @@ class Store:
         frames = sorted({int(i) % count for i in frame_layers or []})
         if frames and max_frames <= 0:
             raise StoreError(f"model {model!r}: frame layers need max_frames > 0")
+        if flush_seconds is not None and not flush_seconds >= 0:
+            raise StoreError(f"model {model!r}: flush_seconds must be >= 0 seconds or None, got {flush_seconds}")
         meta = _jsonable(dict(metadata), f"metadata of model {model!r}")
         names = [str(x) for x in meta.get("layer_names") or [f"layer_{i}" for i in range(count)]]
         if len(names) != count:
@@ -349,7 +356,7 @@ class Store:
                 entry = stored
             else:
                 self.backend.apply(self._model_ops(dataset, model, entry, n, ds_attrs))
-            return ModelWriter(self, dataset, model, entry, n)
+            return ModelWriter(self, dataset, model, entry, n, flush_seconds=flush_seconds)
         except BaseException:
             self.unlock()
             raise

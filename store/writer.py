@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from time import monotonic
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -13,19 +14,26 @@ if TYPE_CHECKING:
     from embedstore.store.store import Store
 
 _BUFFER_BYTES = 256 << 20
+DEFAULT_FLUSH_SECONDS = 30.0  # time bound on a written row waiting in the buffer before it is durable
 
 
 class ModelWriter:
     """Writes rows of one model entry (get one from :meth:`Store.model_writer`).
 
     Rows are buffered; a chunk is written as soon as every not-yet-done row of it is buffered, and
-    everything is written when the buffer holds ``max_buffer_rows`` rows or on :meth:`flush`/:meth:`close`.
+    everything is written when the buffer holds ``max_buffer_rows`` rows, on :meth:`flush`/:meth:`close`,
+    and at the first :meth:`write` or :meth:`fail` once ``flush_seconds`` have passed since the first row
+    or failure buffered after the previous flush (partial chunks included; ``None``: no time bound,
+    ``0``: every call).
     A flush writes the data, makes it durable, and only then sets the rows' ``done`` flags, so a process
-    killed at any moment loses at most the rows not yet flushed, which :meth:`pending` reports again.
+    killed at any moment loses at most the rows not yet flushed, which :meth:`pending` reports again:
+    the rows of about the last ``flush_seconds`` plus one batch, whatever the chunk size.
     """
 
     def __init__(self, store: "Store", dataset: str, model: str, attrs: dict, n_rows: int,
-                 max_buffer_rows: int | None = None) -> None:
+                 max_buffer_rows: int | None = None, flush_seconds: float | None = DEFAULT_FLUSH_SECONDS) -> None:
+        self.flush_seconds = flush_seconds
+        self._waiting_since: float | None = None  # first write/fail not yet durable (monotonic clock)
         self.store, self.dataset, self.model, self.attrs = store, dataset, model, attrs
         self.node = model_node(dataset, model)
         self.n_rows = n_rows
@@ -85,6 +93,7 @@ class ModelWriter:
                 raise StoreError(f"model {self.model!r}: frame_counts must be {n} values in 0..{self.max_frames}")
         elif frames:
             raise StoreError(f"model {self.model!r}: the entry stores no frames")
+        self._start_waiting()
         for k, row in enumerate(rows.tolist()):
             if row not in self._buffer and not self._done[row]:
                 self._buffered_missing[row // self.chunk_rows] += 1
@@ -98,6 +107,7 @@ class ModelWriter:
         elif complete.size:
             chunk = np.asarray(list(self._buffer)) // self.chunk_rows
             self._write(np.sort(np.asarray(list(self._buffer))[np.isin(chunk, complete)]))
+        self._flush_if_due()
 
     def fail(self, row: int, reason: str) -> None:
         """Record that ``row`` could not be embedded; ``reason`` is kept as one line. The row stays
@@ -106,10 +116,12 @@ class ModelWriter:
         row = int(row)
         if not 0 <= row < self.n_rows:
             raise StoreError(f"model {self.model!r}: row {row} outside 0..{self.n_rows - 1}")
+        self._start_waiting()
         if row in self._buffer:
             self._drop([row])
         self._failures[row] = one_line(reason)
         self._failed_here.add(row)
+        self._flush_if_due()
 
     def flush(self) -> None:
         """Write every buffered row and failure; durable on return."""
@@ -122,6 +134,7 @@ class ModelWriter:
             backend.write_rows([(f"{self.node}/{FAILED}", rows, np.ones(rows.size, dtype=bool))])
             self._failed[rows] = True
             self._failures.clear()
+        self._waiting_since = None
 
     def close(self) -> None:
         """Flush and release the store's write lock."""
@@ -143,6 +156,18 @@ class ModelWriter:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"model {self.model!r}: writer is closed")
+
+    def _start_waiting(self) -> None:
+        if self._waiting_since is None:
+            self._waiting_since = monotonic()
+
+    def _flush_if_due(self) -> None:
+        """Flush everything once ``flush_seconds`` have passed since the first row or failure buffered
+        after the previous flush (rows written since as whole chunks do not restart the clock)."""
+        if not self._buffer and not self._failures:
+            self._waiting_since = None
+        elif self.flush_seconds is not None and monotonic() - self._waiting_since >= self.flush_seconds:
+            self.flush()
 
     def _drop(self, rows: list[int]) -> None:
         for row in rows:

@@ -1,14 +1,17 @@
 """A store writer run as a subprocess by tests/test_store.py, to be killed with SIGKILL at random moments.
 
-``python store_crash_worker.py STORE N_TRACKS SEED [MAX_SLEEP]`` imports everything, prints
-``started``, waits for a line on stdin, then creates half of the track table,
-writes those rows, grows the table to ``N_TRACKS`` and writes the rest, one to three rows at a time
-in a shuffled order with random sleeps, failing every row with ``row % 13 == 5``. Every value is a
-pure function of (row, layer), so any run, killed or not, must converge to the same store.
+``python store_crash_worker.py STORE N_TRACKS SEED [MAX_SLEEP] [--chunk-rows R] [--flush-seconds F]
+[--no-growth]`` imports everything, prints ``started``, waits for a line on stdin, then creates half of
+the track table, writes those rows, grows the table to ``N_TRACKS`` and writes the rest (with
+``--no-growth``: the whole table, then all rows), one to three rows at a time in a shuffled order with
+random sleeps, failing every row with ``row % 13 == 5``; it ends printing ``wrote K`` (rows it wrote)
+and ``finished``. Every value is a pure function of (row, layer), so any run, killed or not, must
+converge to the same store.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
@@ -49,9 +52,12 @@ def fails(row: int) -> bool:
     return row % 13 == 5
 
 
-def write_rows(store, n_rows: int, rng: np.random.Generator, max_sleep: float) -> None:
-    with store.model_writer(DATASET, MODEL, METADATA, WIDTHS, frame_layers=FRAME_LAYERS,
-                            max_frames=MAX_FRAMES, chunk_rows=CHUNK_ROWS) as writer:
+def write_rows(store, n_rows: int, rng: np.random.Generator, max_sleep: float, **writer_options) -> int:
+    """Write the pending rows below ``n_rows``; returns how many were written (failed ones excluded).
+    ``writer_options`` go to ``model_writer`` (``chunk_rows``, default :data:`CHUNK_ROWS`; ``flush_seconds``)."""
+    written = 0
+    with store.model_writer(DATASET, MODEL, METADATA, WIDTHS, frame_layers=FRAME_LAYERS, max_frames=MAX_FRAMES,
+                            **{"chunk_rows": CHUNK_ROWS, **writer_options}) as writer:
         todo = writer.pending()
         todo = rng.permutation(todo[todo < n_rows])
         start = 0
@@ -65,32 +71,55 @@ def write_rows(store, n_rows: int, rng: np.random.Generator, max_sleep: float) -
                 frames = [frame_values(r) for r in good.tolist()]
                 writer.write(good, [np.stack([layer_values(r, l) for r in good.tolist()]) for l in range(len(WIDTHS))],
                              frames=[np.stack([f[0] for f in frames])], frame_counts=np.array([f[1] for f in frames]))
+                written += good.size
             if max_sleep:
                 time.sleep(float(rng.uniform(0, max_sleep)))
+    return written
 
 
-def run(path: str, n_tracks: int, seed: int, max_sleep: float = 0.0) -> None:
-    """The whole job: half the table, its rows, growth to ``n_tracks``, the remaining rows."""
+def run(path: str, n_tracks: int, seed: int, max_sleep: float = 0.0, grow: bool = True, **writer_options) -> int:
+    """The whole job: half the table, its rows, growth to ``n_tracks``, the remaining rows (without
+    ``grow``: the whole table, then its rows). Returns the number of rows written."""
     from embedstore.store import open_store
 
     rng = np.random.default_rng(seed)
     table = track_table(n_tracks)
     attrs = {"kind": "manifest", "root": "/data/toy", "tasks": {"genre": "label", "caption": "caption"},
              "split_scheme": "mod3"}
+    written = 0
     with open_store(path, "a") as store:
-        half = n_tracks // 2
-        store.write_tracks(DATASET, table.select(np.arange(half)), attrs)
-        write_rows(store, half, rng, max_sleep)
+        if grow:
+            half = n_tracks // 2
+            store.write_tracks(DATASET, table.select(np.arange(half)), attrs)
+            written += write_rows(store, half, rng, max_sleep, **writer_options)
         store.write_tracks(DATASET, table, attrs)
-        write_rows(store, n_tracks, rng, max_sleep)
+        written += write_rows(store, n_tracks, rng, max_sleep, **writer_options)
+    return written
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("store")
+    parser.add_argument("n_tracks", type=int)
+    parser.add_argument("seed", type=int)
+    parser.add_argument("max_sleep", type=float, nargs="?", default=0.0)
+    parser.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS)
+    parser.add_argument("--flush-seconds", type=float, default=None, help="default: the writer's")
+    parser.add_argument("--no-growth", dest="grow", action="store_false")
+    return parser.parse_args()
 
 
 if __name__ == "__main__":
     import importlib
 
+    args = _arguments()
     # import everything first, so the parent's random kill lands in the writing, not in imports
-    importlib.import_module("embedstore.store." + ("hdf5" if sys.argv[1].endswith(".h5") else "zarr") + "_backend")
+    importlib.import_module("embedstore.store." + ("hdf5" if args.store.endswith(".h5") else "zarr") + "_backend")
     print("started", flush=True)
     sys.stdin.readline()  # "go": the parent starts the next worker early, then lets it run when needed
-    run(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]) if len(sys.argv) > 4 else 0.0)
+    options = {"chunk_rows": args.chunk_rows}
+    if args.flush_seconds is not None:
+        options["flush_seconds"] = args.flush_seconds
+    total = run(args.store, args.n_tracks, args.seed, args.max_sleep, grow=args.grow, **options)
+    print(f"wrote {total}", flush=True)
     print("finished", flush=True)

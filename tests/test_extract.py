@@ -16,6 +16,8 @@ from embedstore.extract.datasets import discover_dataset
 from embedstore.extract.encoders import load_encoder
 from embedstore.extract.pipeline import ExtractOptions, extract_dataset, run_extract
 from embedstore.extract.synthetic import make_gtzan_like
+from embedstore.extract.writing import ExtractionRun
+from embedstore.store import writer as store_writer
 from embedstore.store import load_embeddings, load_frames, open_store
 from tiny_models import save_tiny_wav2vec2
 
@@ -162,6 +164,45 @@ def test_resume_after_interrupted_run_equals_uninterrupted(small_dir, tiny_w2v, 
     # a third run has nothing left to do
     again = extract_dataset(ds, [("tiny", enc)], path, opts)
     assert again.models[0].written == 0 and again.models[0].already_done == 12
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_time_bound_makes_rows_durable_before_a_chunk_fills(small_dir, tmp_path, backend, monkeypatch):
+    # MFCC's chunks hold 4096 rows, so on 12 clips no chunk fills before the end: only the time bound
+    # makes rows durable mid-run. A fake clock advances 1 s per block of 2 clips; with
+    # --flush-seconds 2.5 the 4th block's write (3 s after the 1st) flushes the 8 rows of blocks 1-4.
+    # A copy of the store taken just before the 6th block is what a SIGKILL then would leave behind.
+    ds = discover_dataset(small_dir)
+    enc = load_encoder("mfcc")
+    opts = ExtractOptions(workers=0, progress=False, batch_size=2, flush_seconds=2.5)
+    ref = tmp_path / f"ref.{backend}"
+    extract_dataset(ds, [("mfcc", enc)], ref, opts)
+
+    path, killed = store_path(tmp_path, backend), tmp_path / f"killed.{backend}"
+    clock, real_write = [0.0], ExtractionRun.write
+
+    def timed_write(self, *args, **kwargs):
+        clock[0] += 1.0
+        if clock[0] == 6.0:
+            (shutil.copytree if backend == "zarr" else shutil.copyfile)(path, killed)
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(store_writer, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(ExtractionRun, "write", timed_write)
+    assert extract_dataset(ds, [("mfcc", enc)], path, opts).models[0].written == 12
+    with open_store(killed) as st:
+        kept = np.flatnonzero(st.done("gtzan", "mfcc"))
+    np.testing.assert_array_equal(kept, np.arange(8))  # rows are run in store order, 2 per block
+
+    resumed = extract_dataset(ds, [("mfcc", enc)], killed, opts).models[0]
+    assert (resumed.already_done, resumed.written) == (8, 4)  # the kept rows are not redone
+    for layer in range(enc.num_layers):
+        a = load_embeddings(killed, model="mfcc", layer=layer)
+        b = load_embeddings(ref, model="mfcc", layer=layer)
+        np.testing.assert_array_equal(a.track_ids, b.track_ids)
+        np.testing.assert_allclose(a.X, b.X, rtol=1e-6, atol=1e-6)
+    with pytest.raises(EmbedstoreError, match="--flush-seconds"):
+        ExtractOptions(flush_seconds=-1.0)
 
 
 def test_bad_files_are_recorded_and_the_run_goes_on(tmp_path, capsys):

@@ -145,6 +145,37 @@ def test_complete_chunks_are_written_and_marked_done_before_flush(store_path):
         np.testing.assert_array_equal(np.flatnonzero(st.done("gtzan", "mert")), [0, 4, 5, 6, 7])
 
 
+def test_time_bound_makes_partial_chunks_durable(store_path, monkeypatch):
+    from embedstore.store import writer as store_writer
+
+    clock = [0.0]
+    monkeypatch.setattr(store_writer, "monotonic", lambda: clock[0])
+    with open_store(store_path, "a") as st, open_store(store_path) as reader:
+        st.write_tracks("gtzan", table(12), {"kind": "gtzan"})
+        with pytest.raises(StoreError, match="flush_seconds"):
+            st.model_writer("gtzan", "mert", META, [8], flush_seconds=-1.0)
+        assert st.models("gtzan") == []  # refused before the entry was made
+        w = st.model_writer("gtzan", "mert", META, [8], chunk_rows=64, flush_seconds=10.0)
+        w.write([3, 1], [values([3, 1], 8, 0)])  # t=0: the first row waiting
+        clock[0] = 9.9
+        w.fail(5, "genre1/5.wav: truncated")
+        w.write([2], [values([2], 8, 0)])
+        assert reader.done("gtzan", "mert").sum() == 0 and reader.failures("gtzan", "mert") == []
+        clock[0] = 10.0  # 10 s after the first waiting row: everything waiting is made durable
+        w.write([0], [values([0], 8, 0)])
+        np.testing.assert_array_equal(np.flatnonzero(reader.done("gtzan", "mert")), [0, 1, 2, 3])
+        assert reader.failures("gtzan", "mert") == [(5, "id5", "genre1/5.wav: truncated")]
+        np.testing.assert_array_equal(reader.read_layer("gtzan", "mert", 0, np.arange(4)), values(range(4), 8, 0))
+        clock[0] = 15.0  # the clock restarts with the next waiting row
+        w.write([4], [values([4], 8, 0)])
+        clock[0] = 24.9
+        w.write([6], [values([6], 8, 0)])
+        np.testing.assert_array_equal(np.flatnonzero(reader.done("gtzan", "mert")), [0, 1, 2, 3])
+        w.close()
+        np.testing.assert_array_equal(np.flatnonzero(reader.done("gtzan", "mert")), [0, 1, 2, 3, 4, 6])
+        np.testing.assert_array_equal(reader.read_layer("gtzan", "mert", 0, np.array([4, 6])), values([4, 6], 8, 0))
+
+
 # ---- growth ------------------------------------------------------------------------------------------
 def test_growth_appends_new_tracks_and_keeps_done_rows(store_path):
     fill(store_path, n=6)
@@ -326,9 +357,9 @@ def test_plain_libraries_read_the_layout(store_path):
 
 
 # ---- crash safety and concurrent readers -------------------------------------------------------------
-def _spawn_worker(path: Path, n: int, seed: int, max_sleep: float) -> subprocess.Popen:
-    """Start a worker; it imports, prints "started" and waits for :func:`_go`."""
-    return subprocess.Popen([sys.executable, str(WORKER), str(path), str(n), str(seed), str(max_sleep)],
+def _spawn_worker(path: Path, n: int, seed: int, max_sleep: float, *options: str) -> subprocess.Popen:
+    """Start a worker (``options``: its flags); it imports, prints "started" and waits for :func:`_go`."""
+    return subprocess.Popen([sys.executable, str(WORKER), str(path), str(n), str(seed), str(max_sleep), *options],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -339,9 +370,11 @@ def _go(proc: subprocess.Popen) -> None:
     proc.stdin.flush()
 
 
-def _finish(proc: subprocess.Popen) -> None:
+def _finish(proc: subprocess.Popen) -> int:
+    """Wait for a worker to end well; returns the number of rows it wrote."""
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "finished" in out, err
+    return int(next(line for line in out.splitlines() if line.startswith("wrote ")).split()[1])
 
 
 def _expected_layer(ids: np.ndarray, layer: int) -> np.ndarray:
@@ -382,6 +415,19 @@ def _snapshot(path: Path) -> dict:
     return out
 
 
+def _assert_same_store(path: Path, reference: Path) -> dict:
+    """Every array, the failure list and the metadata of ``path`` equal those of ``reference``;
+    returns the reference's snapshot."""
+    got, want = _snapshot(path), _snapshot(reference)
+    assert got.keys() == want.keys()
+    for key in want:
+        if isinstance(want[key], np.ndarray):
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+        else:
+            assert got[key] == want[key], key
+    return want
+
+
 def test_sigkill_at_random_moments_then_rerun_equals_uninterrupted_run(store_path, tmp_path):
     n, sleep, rng = 64, 0.01, np.random.default_rng(1)
     reference = tmp_path / f"reference{store_path.suffix}"
@@ -404,16 +450,45 @@ def test_sigkill_at_random_moments_then_rerun_equals_uninterrupted_run(store_pat
     assert kills >= 2
     _go(upcoming)  # the re-run finishes the job
     _finish(upcoming)
-    got, want = _snapshot(store_path), _snapshot(reference)
-    assert got.keys() == want.keys()
-    for key in want:
-        if isinstance(want[key], np.ndarray):
-            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-        else:
-            assert got[key] == want[key], key
+    want = _assert_same_store(store_path, reference)
     assert _check_readable_and_correct(store_path) == n - len(want["failures"])
     leftovers = [p for p in store_path.parent.rglob("*") if p.name.endswith((".partial", ".tmp"))]
     assert leftovers == []
+
+
+def _done_rows(path: Path) -> np.ndarray:
+    """Rows of the worker's model entry marked done (none while the store or entry is being made)."""
+    try:
+        with open_store(path) as st:
+            if worker.DATASET in st.datasets() and worker.MODEL in st.models(worker.DATASET):
+                return np.flatnonzero(st.done(worker.DATASET, worker.MODEL))
+    except StoreError:
+        pass
+    return np.zeros(0, dtype=np.int64)
+
+
+def test_sigkill_after_a_time_bound_flush_keeps_those_rows(store_path, tmp_path):
+    # One chunk (64 rows) holds the whole table, so no chunk fills before the end: only the time bound
+    # (0.2 s) can make rows durable mid-run. Kill the writer right after its first durability point.
+    n, flags = 40, ("--chunk-rows", "64", "--flush-seconds", "0.2", "--no-growth")
+    good = n - sum(worker.fails(r) for r in range(n))
+    proc = _spawn_worker(store_path, n, 6, 0.1, *flags)
+    rerun = _spawn_worker(store_path, n, 7, 0.0, *flags)  # imports while the first one runs
+    _go(proc)
+    while proc.poll() is None and _done_rows(store_path).size == 0:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the writer finished before any row was durable"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    kept = _done_rows(store_path)
+    assert 0 < kept.size < good  # durable before the end, and the kill did lose the rest
+    assert _check_readable_and_correct(store_path) == kept.size
+    _go(rerun)
+    assert _finish(rerun) == good - kept.size  # the re-run wrote only the rows not kept
+    assert set(kept) <= set(_done_rows(store_path))
+    reference = tmp_path / f"reference{store_path.suffix}"
+    assert worker.run(str(reference), n, seed=0, grow=False, chunk_rows=64) == good
+    _assert_same_store(store_path, reference)
 
 
 def test_reader_runs_while_a_writer_appends(store_path):
