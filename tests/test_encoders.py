@@ -1,7 +1,9 @@
 """Encoders: shapes, frame rates, exact batching, checkpoint loading, MERT mapping, CLAP, MFCC.
 
 Every model is a tiny random checkpoint written by ``tiny_models`` into a temporary directory and
-loaded back with the hub offline, through the same code path as a real checkpoint.
+loaded back with the hub offline, through the same code path as a real checkpoint. wav2vec 2.0 and
+MERT layers are checked against ``reference_forward``, a forward pass written out with torch
+functional ops over the checkpoint's own tensors (never against the transformers model we load).
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ import torch
 
 from embedstore.errors import ModelError
 from embedstore.extract.encoders import format_encoder_table, list_encoders, load_encoder
+from reference_forward import normalize, output_frames, parameter_shapes, read_checkpoint, reference_layers
 from tiny_models import (
     TINY_CLAP_AUDIO,
-    TINY_TRANSFORMER,
-    build_tiny_hubert,
     save_tiny_clap,
     save_tiny_mert,
     save_tiny_wav2vec2,
@@ -226,21 +227,6 @@ def test_clip_shorter_than_receptive_field_gives_one_frame(encoders: dict) -> No
 # ---------------------------------------------------------------- wav2vec2
 
 
-def test_wav2vec2_equals_transformers_model_and_feature_extractor(encoders: dict, ckpts: dict) -> None:
-    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
-
-    reference = Wav2Vec2Model.from_pretrained(ckpts["wav2vec2"]).eval()
-    extractor = Wav2Vec2FeatureExtractor.from_pretrained(ckpts["wav2vec2"])
-    waveforms, lengths = _audio(16_000, [0.8], seed=4)
-    inputs = extractor(waveforms[0].numpy(), sampling_rate=16_000, return_tensors="pt")
-    with torch.no_grad():
-        expected = reference(inputs["input_values"], output_hidden_states=True).hidden_states
-    out = encoders["wav2vec2"](waveforms, lengths)
-    assert len(expected) == TINY_TRANSFORMER["num_hidden_layers"] + 1
-    for got, want in zip(out.hidden_states, expected):
-        _assert_close(got[0], want[0])
-
-
 def test_wav2vec2_default_random_uses_builtin_full_size_config() -> None:
     encoder = load_encoder("wav2vec2", weights="random", seed=0)
     assert encoder.num_layers == 13 and set(encoder.layer_widths) == {768}
@@ -252,34 +238,43 @@ def test_wav2vec2_default_random_uses_builtin_full_size_config() -> None:
 # ---------------------------------------------------------------- MERT
 
 
-@pytest.mark.parametrize(
-    "key, seed, overrides",
-    [
-        ("mert", 0, {}),
-        ("mert_layer", 3, {"feat_extract_norm": "layer", "do_stable_layer_norm": True, "conv_bias": True}),
-    ],
-)
-def test_mert_loader_equals_the_hubert_model_it_maps_to(
-    encoders: dict, ckpts: dict, key: str, seed: int, overrides: dict
-) -> None:
-    from transformers import Wav2Vec2FeatureExtractor
-
-    reference = build_tiny_hubert(seed, **overrides)
-    extractor = Wav2Vec2FeatureExtractor.from_pretrained(ckpts[key])
-    encoder = encoders[key]
-    ours = encoder.model.state_dict()
-    for name, value in reference.state_dict().items():
-        assert torch.equal(ours[name], value), name
-    waveforms, lengths = _audio(24_000, [0.6, 0.35], seed=5)
+def _assert_layers_match_reference(encoder: torch.nn.Module, directory: Path, prefix: str = "") -> None:
+    """Every stored layer of a padded two-clip batch equals the written-out forward of each clip."""
+    weights, config = read_checkpoint(directory, prefix)
+    pre = json.loads((directory / "preprocessor_config.json").read_text())
+    waveforms, lengths = _audio(encoder.sample_rate, [0.6, 0.35], seed=5)
     out = encoder(waveforms, lengths)
-    for i in range(2):
-        n = int(lengths[i])
-        inputs = extractor(waveforms[i, :n].numpy(), sampling_rate=24_000, return_tensors="pt")
-        with torch.no_grad():
-            expected = reference(inputs["input_values"], output_hidden_states=True).hidden_states
-        for got, want in zip(out.hidden_states, expected):
-            assert int(out.frame_lengths[i]) == want.shape[1]
-            _assert_close(got[i, : want.shape[1]], want[0])
+    assert out.num_layers == config["num_hidden_layers"] + 1
+    for i, n in enumerate(lengths.tolist()):
+        clip = normalize(waveforms[i, :n]) if pre["do_normalize"] else waveforms[i, :n]
+        expected = reference_layers(weights, config, clip)
+        assert int(out.frame_lengths[i]) == expected[0].shape[0] == output_frames(n, config)
+        for layer, want in enumerate(expected):
+            _assert_close(out.hidden_states[layer][i, : len(want)], want)
+
+
+@pytest.mark.parametrize(
+    "key, prefix",
+    [("mert", ""), ("mert_layer", ""), ("wav2vec2", "wav2vec2."), ("wav2vec2_layer", "wav2vec2.")],
+)
+def test_every_layer_equals_the_forward_pass_written_out(
+    encoders: dict, ckpts: dict, key: str, prefix: str
+) -> None:
+    """Layer 0 = projected features + positional conv (+ encoder LayerNorm when post-LN), each
+    transformer layer, and for pre-LN models the last layer after the final LayerNorm."""
+    weights, config = read_checkpoint(ckpts[key], prefix)
+    shapes = parameter_shapes(config)  # the reference reads every weight the checkpoint has
+    assert {name: tuple(weights[name].shape) for name in shapes} == shapes
+    assert set(weights) - set(shapes) == {"masked_spec_embed"}
+    _assert_layers_match_reference(encoders[key], ckpts[key], prefix)
+
+
+def test_layer_convention_is_recorded(encoders: dict) -> None:
+    stable = encoders["mert_layer"].describe()["layer_convention"]
+    post = encoders["mert"].describe()["layer_convention"]
+    assert "after the encoder's final LayerNorm" in stable and "pre-LN" in stable
+    assert "layer_00 = encoder LayerNorm(" in post and "post-LN" in post
+    assert encoders["wav2vec2_layer"].describe()["layer_convention"] == stable
 
 
 @pytest.mark.parametrize(
@@ -319,19 +314,22 @@ def test_mert_accepts_a_weights_file_and_describes_it(ckpts: dict) -> None:
     assert info["sample_rate"] == 24_000 and "HubertModel" in info["loader"]
 
 
-def test_mert_trust_remote_code_loads_the_checkpoints_own_model(
+def test_mert_trust_remote_code_runs_the_checkpoints_own_model(
     ckpts: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The checkpoint's own (stand-in, non-HuBERT) ``MERTModel`` is loaded with the checkpoint's
+    weights, and its layers reach the encoder output in the same convention (post-LN and pre-LN).
+    One modules cache for both: transformers imports ``transformers_modules`` once per process."""
     import transformers.dynamic_module_utils as dynamic
+    from transformers import HubertModel
 
     monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
-    directory = write_tiny_mert_remote_code(shutil.copytree(ckpts["mert"], tmp_path / "mert"))
-    remote = load_encoder("mert", str(directory), trust_remote_code=True)
-    mapped = load_encoder("mert", str(directory))
-    assert type(remote.model).__name__ == "MERTModel" and "trust_remote_code" in remote.describe()["loader"]
-    waveforms, lengths = _audio(24_000, [0.5, 0.3], seed=9)
-    for a, b in zip(remote(waveforms, lengths).hidden_states, mapped(waveforms, lengths).hidden_states):
-        _assert_close(a, b)
+    for key in ("mert", "mert_layer"):
+        directory = write_tiny_mert_remote_code(shutil.copytree(ckpts[key], tmp_path / key))
+        remote = load_encoder("mert", str(directory), trust_remote_code=True)
+        assert type(remote.model).__name__ == "MERTModel" and not isinstance(remote.model, HubertModel)
+        assert "trust_remote_code" in remote.describe()["loader"]
+        _assert_layers_match_reference(remote, directory)
 
 
 def test_mert_builtin_configs_match_the_real_architectures() -> None:

@@ -4,9 +4,10 @@ Each ``save_tiny_*`` writes a directory that the encoders load exactly as they l
 checkpoint (``config.json`` + weights + ``preprocessor_config.json``) and returns its path:
 
 * :func:`save_tiny_mert` - MERT-v1 format: ``model_type: "mert_model"``, ``architectures:
-  ["MERTModel"]``, every ``MERTConfig`` field, weights of a tiny ``HubertModel`` saved under MERT's
-  key names (legacy ``weight_g``/``weight_v`` for the positional conv) in ``pytorch_model.bin``.
-  :func:`build_tiny_hubert` builds the same ``HubertModel`` (same seed) as a reference.
+  ["MERTModel"]``, every ``MERTConfig`` field, seeded random weights (LayerNorm scales and all
+  biases too, so a swapped or skipped norm shows) saved under MERT's key names (legacy
+  ``weight_g``/``weight_v`` for the positional conv) in ``pytorch_model.bin`` or ``model.safetensors``.
+  :func:`write_tiny_mert_remote_code` adds stand-in ``configuration_MERT.py`` / ``modeling_MERT.py``.
 * :func:`save_tiny_wav2vec2` - a tiny ``Wav2Vec2ForPreTraining`` (keys under ``wav2vec2.``, as
   ``facebook/wav2vec2-base`` ships).
 * :func:`save_tiny_clap` - a tiny ``ClapModel`` (audio + text towers) and a ``ClapFeatureExtractor``
@@ -20,6 +21,7 @@ under a second to build.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +72,21 @@ def tiny_mert_fields(**overrides: Any) -> dict[str, Any]:
     return fields
 
 
-def build_tiny_hubert(seed: int = 0, **overrides: Any) -> torch.nn.Module:
-    """The tiny ``HubertModel`` (eval mode) that :func:`save_tiny_mert` saves with ``seed``."""
+def _tiny_mert_weights(seed: int, **overrides: Any) -> dict[str, torch.Tensor]:
+    """Seeded weights of the tiny MERT, under ``HubertModel``'s names (a convenient container).
+
+    Parameters that transformers initialises to constants (LayerNorm scales 1, biases 0) get
+    ``0.2 * N(0, 1)`` added, so every weight matters to the forward pass.
+    """
     from transformers import HubertConfig, HubertModel
 
     config = HubertConfig(**tiny_mert_fields(**overrides), mask_time_prob=0.05)
     torch.manual_seed(seed)
-    return HubertModel(config).eval()
+    state = HubertModel(config).state_dict()
+    for key, value in state.items():
+        if value.is_floating_point() and float(value.std()) == 0.0:
+            state[key] = value + 0.2 * torch.randn_like(value)
+    return state
 
 
 def save_tiny_mert(
@@ -91,7 +101,7 @@ def save_tiny_mert(
     """Write a tiny MERT-v1-format checkpoint into ``directory`` and return the directory.
 
     Args:
-        seed: seed of the weights (the same as :func:`build_tiny_hubert` with the same overrides).
+        seed: seed of the weights.
         sample_rate: ``config.json`` ``sample_rate`` and the feature extractor's ``sampling_rate``.
         do_normalize: the feature extractor's ``do_normalize``.
         safetensors: save ``model.safetensors`` instead of ``pytorch_model.bin``.
@@ -102,7 +112,6 @@ def save_tiny_mert(
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model = build_tiny_hubert(seed, **overrides)
     config = {
         **_MERT_INERT,
         **_MERT_DEFAULTS,
@@ -120,7 +129,7 @@ def save_tiny_mert(
     }
     (directory / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     state = {}
-    for key, value in model.state_dict().items():
+    for key, value in _tiny_mert_weights(seed, **overrides).items():
         key = key.replace(".parametrizations.weight.original0", ".weight_g")
         key = key.replace(".parametrizations.weight.original1", ".weight_v")
         state[key] = value.clone().contiguous()
@@ -229,28 +238,71 @@ def save_tiny_clap(
     return directory
 
 
-_REMOTE_CONFIGURATION = '''"""Stand-in for MERT's configuration_MERT.py (tests only): HuBERT config under MERT's type."""
-from transformers import HubertConfig
+_REMOTE_CONFIGURATION = '''"""Stand-in for MERT's configuration_MERT.py (tests only)."""
+from transformers import PretrainedConfig
 
 
-class MERTConfig(HubertConfig):
+class MERTConfig(PretrainedConfig):
     model_type = "mert_model"
 '''
-_REMOTE_MODELING = '''"""Stand-in for MERT's modeling_MERT.py (tests only): a HubertModel under MERT's names."""
-from transformers import HubertModel
+_REMOTE_MODELING = '''"""Stand-in for MERT's modeling_MERT.py (tests only), not built on HubertModel.
+
+Parameters carry MERT's checkpoint names (a bare module tree); the forward pass is
+reference_forward.reference_layers, run clip by clip over the samples attention_mask marks valid.
+"""
+import torch
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
 
 from .configuration_MERT import MERTConfig
+from .reference_forward import output_frames, parameter_shapes, reference_layers
 
 
-class MERTModel(HubertModel):
+class MERTModel(PreTrainedModel):
     config_class = MERTConfig
+    base_model_prefix = "mert_model"
+    main_input_name = "input_values"
+
+    def __init__(self, config):
+        super().__init__(config)
+        for name, shape in parameter_shapes(config.to_dict()).items():
+            *path, leaf = name.split(".")
+            module = self
+            for part in path:
+                if part not in module._modules:
+                    module.add_module(part, torch.nn.Module())
+                module = module._modules[part]
+            module.register_parameter(leaf, torch.nn.Parameter(0.02 * torch.randn(shape)))
+        self.post_init()
+
+    def _init_weights(self, module):
+        pass
+
+    def _get_feat_extract_output_lengths(self, lengths):
+        return output_frames(lengths, self.config.to_dict())
+
+    def forward(self, input_values, attention_mask=None, output_hidden_states=None, **kwargs):
+        weights, config = dict(self.named_parameters()), self.config.to_dict()
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_values, dtype=torch.long)
+        clips = [reference_layers(weights, config, x[: int(n)])
+                 for x, n in zip(input_values, attention_mask.sum(-1))]
+        layers = tuple(torch.nn.utils.rnn.pad_sequence([clip[i] for clip in clips], batch_first=True)
+                       for i in range(len(clips[0])))
+        return BaseModelOutput(last_hidden_state=layers[-1], hidden_states=layers)
 '''
 
 
 def write_tiny_mert_remote_code(directory: str | Path) -> Path:
-    """Add minimal ``configuration_MERT.py`` / ``modeling_MERT.py`` (HuBERT subclasses) to a tiny
-    MERT checkpoint, so ``trust_remote_code=True`` loading can be exercised offline."""
+    """Add stand-in ``configuration_MERT.py`` / ``modeling_MERT.py`` to a tiny MERT checkpoint, so
+    ``trust_remote_code=True`` loading can be exercised offline.
+
+    The stand-in ``MERTModel`` is a ``PreTrainedModel`` that does not use ``HubertModel``: its
+    forward pass is :func:`reference_forward.reference_layers`, copied next to it as
+    ``reference_forward.py`` (a relative import, as the hub's remote code does).
+    """
     directory = Path(directory)
     (directory / "configuration_MERT.py").write_text(_REMOTE_CONFIGURATION, encoding="utf-8")
     (directory / "modeling_MERT.py").write_text(_REMOTE_MODELING, encoding="utf-8")
+    shutil.copyfile(Path(__file__).with_name("reference_forward.py"), directory / "reference_forward.py")
     return directory

@@ -1,9 +1,16 @@
 """Shared encoder for the wav2vec 2.0 family: a strided conv feature encoder, then a transformer.
 
-wav2vec 2.0 (``Wav2Vec2Model``), HuBERT and MERT (``HubertModel``) share the same shape: the
-transformers model returns ``num_hidden_layers + 1`` hidden states (the projected conv features
-after positional convolution, then each transformer layer), each ``[batch, frames, hidden]``, at
-``sample_rate / prod(conv_stride)`` frames per second.
+wav2vec 2.0 (``Wav2Vec2Model``), HuBERT and MERT (``HubertModel``) share the same shape:
+``num_hidden_layers + 1`` layers, each ``[batch, frames, hidden]``, at ``sample_rate /
+prod(conv_stride)`` frames per second.
+
+Layer convention (transformers 4.x ``hidden_states``, the one MERT's code and published layer-wise
+results use; the same whatever transformers is installed): ``layer_00`` is the input of the first
+transformer layer, the projected conv features plus the positional conv (then the encoder LayerNorm
+for post-LN models); ``layer_k`` is the output of transformer layer ``k``; the last layer is the
+model's ``last_hidden_state``, which for pre-LN (``do_stable_layer_norm``) models is taken after the
+encoder's final LayerNorm. transformers 5.x records the last entry of ``hidden_states`` before that
+LayerNorm, so we take the last layer from ``last_hidden_state`` instead.
 
 Preprocessing is the checkpoint's ``Wav2Vec2FeatureExtractor`` and nothing else: with
 ``do_normalize`` each clip is scaled to zero mean and unit variance over its valid samples,
@@ -25,6 +32,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+from embedstore.errors import ModelError
 
 from .base import Encoder, EncoderOutput, mask_frames, sha256_files, state_dict_sha256
 from .checkpoints import ResolvedCheckpoint
@@ -57,11 +66,23 @@ def receptive_field(conv_kernel: Sequence[int], conv_stride: Sequence[int]) -> i
     return samples
 
 
+def layer_convention(stable_layer_norm: bool) -> str:
+    """What ``layer_00`` and the last layer hold, for the entry's metadata (see the module doc)."""
+    if stable_layer_norm:
+        return ("transformers 4.x hidden_states (pre-LN): layer_00 = projected conv features + "
+                "positional conv; layer_k = output of transformer layer k; last layer = "
+                "last_hidden_state, after the encoder's final LayerNorm")
+    return ("transformers 4.x hidden_states (post-LN): layer_00 = encoder LayerNorm(projected conv "
+            "features + positional conv); layer_k = output of transformer layer k; last layer = "
+            "last_hidden_state")
+
+
 class ConvTransformerEncoder(Encoder):
     """Every hidden state of a wav2vec2-shaped transformers model (``Wav2Vec2Model``, ``HubertModel``).
 
     Layers: ``layer_00`` (conv features after projection and positional conv) to
-    ``layer_{num_hidden_layers}``; each ``[batch, frames, hidden_size]``.
+    ``layer_{num_hidden_layers}`` (``last_hidden_state``); each ``[batch, frames, hidden_size]``.
+    See the module docstring and :func:`layer_convention` for what each layer is.
     """
 
     def __init__(
@@ -118,11 +139,23 @@ class ConvTransformerEncoder(Encoder):
             attention_mask = (positions[None, :] < model_lengths[:, None]).long()
         out = self.model(waveforms, attention_mask=attention_mask, output_hidden_states=True)
         frame_lengths = self.model._get_feat_extract_output_lengths(model_lengths).long()
-        states = tuple(mask_frames(h, frame_lengths) for h in out.hidden_states)
+        states = tuple(mask_frames(h, frame_lengths) for h in self._layers(out))
         return EncoderOutput(states, frame_lengths)
 
+    def _layers(self, out: Any) -> list[torch.Tensor]:
+        """The model output's layers in the 4.x convention: ``hidden_states`` with the last one
+        replaced by ``last_hidden_state`` (after the final LayerNorm of pre-LN encoders)."""
+        hidden = list(out.hidden_states or ())
+        if len(hidden) != self.num_layers:
+            raise ModelError(
+                f"{self._checkpoint_id}: {type(self.model).__name__} returned {len(hidden)} hidden "
+                f"states, expected {self.num_layers} (num_hidden_layers + 1)"
+            )
+        hidden[-1] = out.last_hidden_state
+        return hidden
+
     def describe_model(self) -> dict[str, Any]:
-        """Checkpoint, revision, weights sha256, architecture and preprocessing."""
+        """Checkpoint, revision, weights sha256, architecture, layer convention and preprocessing."""
         config = self.model.config
         if self._weights_digest is None:
             if self._weights == "pretrained" and self._checkpoint is not None:
@@ -137,6 +170,7 @@ class ConvTransformerEncoder(Encoder):
             "seed": self._seed if self._weights == "random" else None,
             "weights_sha256": self._weights_digest,
             "architecture": type(self.model).__name__,
+            "layer_convention": layer_convention(bool(config.do_stable_layer_norm)),
             "architecture_config": {
                 "hidden_size": config.hidden_size,
                 "num_hidden_layers": config.num_hidden_layers,

@@ -38,6 +38,9 @@ Config fields, one by one:
   ``model_type`` other than "mert_model"/"hubert". Unknown fields give a warning.
 
 Preprocessing: the checkpoint's ``Wav2Vec2FeatureExtractor`` (``do_normalize``), 24 kHz.
+
+Layers: MERT's own convention (transformers 4.x ``hidden_states``), see :mod:`.conv_transformer`:
+MERT-v1-330M's layer 24 is taken after the encoder's final LayerNorm, with either loader.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """wav2vec 2.0 through transformers' ``Wav2Vec2Model`` (default ``facebook/wav2vec2-base``).
 
-wav2vec2-base: 13 hidden states (conv features + 12 layers) x 768 at 16 kHz, 50 frames/s; its conv
-feature encoder uses GroupNorm, so batches run as equal-length groups (see :mod:`.conv_transformer`).
+wav2vec2-base: 13 layers (conv features + 12 transformer layers, in the convention of
+:mod:`.conv_transformer`) x 768 at 16 kHz, 50 frames/s; its conv feature encoder uses GroupNorm, so
+batches run as equal-length groups (see :mod:`.conv_transformer`).
 Pretraining checkpoints (``Wav2Vec2ForPreTraining``, keys under ``wav2vec2.``) and CTC fine-tunes
 load the same way; heads are ignored. ``Wav2Vec2Config()`` defaults equal the wav2vec2-base
 architecture and serve as the built-in config for ``weights="random"`` offline.
