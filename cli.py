@@ -386,7 +386,7 @@ def _show(result, formatter) -> None:
 def analyze_pca(
     store: StoreOption = None,
     model: ModelsOption = None,
-    layer: Annotated[str, typer.Option(help="Layer index, name, 'best' (from probe results) or 'all' (a grid).")] = "-1",
+    layer: Annotated[str, typer.Option(help="Layer index, name, 'best' (by the stored probes' validation accuracy, never test) or 'all' (a grid).")] = "-1",
     split: Annotated[str, typer.Option(help="Split to draw ('all' for every clip).")] = "train",
     task: Annotated[Optional[str], typer.Option(help="Label column to colour by (default: the dataset's first task).")] = None,
     dataset: DatasetOption = None,
@@ -461,7 +461,9 @@ def analyze_layers(
     max_points: MaxPointsOption = 2000,
     seed: SeedOption = 0,
 ) -> None:
-    """Per-layer curves per model: stored probe accuracy and a training-free separability score."""
+    """Per-layer curves per model: stored probes' validation accuracy and a training-free separability score.
+
+    The starred best layer is chosen on validation, never on test."""
     from embedstore.analysis import format_layers, layers
 
     _show(layers(_store_path(store), models=_split_list(model), split=_split_or_none(split), dataset=dataset,

@@ -28,6 +28,7 @@ class ConfusionResult:
     confusion: np.ndarray
     accuracy: float | None
     macro_f1: float | None
+    selected_on: str | None = None  # the rows that chose the probe's hyper-parameters (never test)
     figures: list[Path] = field(default_factory=list)
     json_path: Path | None = None
 
@@ -62,6 +63,15 @@ def find_result(results: list[dict], task: str, model: str, layer: int | str, he
     return (default or hits)[-1]
 
 
+def _selected_on(record: dict) -> str | None:
+    """The rows that chose the record's hyper-parameters (``valid``, ``train_cv``, ...), if recorded."""
+    if record.get("selected_on") or record.get("protocol"):
+        from embedstore.heads.results import record_selected_on
+
+        return record_selected_on(record)
+    return None
+
+
 def confusion(
     store_path: str | Path,
     task: str,
@@ -88,7 +98,7 @@ def confusion(
         dataset=str(result.get("dataset")), task=task, model=model, layer=result.get("layer"), head=head,
         split=split, labels=[str(x) for x in m.get("labels") or range(len(m["confusion"]))],
         confusion=np.asarray(m["confusion"], dtype=np.int64), accuracy=m.get("accuracy"),
-        macro_f1=m.get("macro_f1"),
+        macro_f1=m.get("macro_f1"), selected_on=_selected_on(result),
     )
     out_dir = data.out_dir_for(store_path, out)
     stem = data.file_stem("confusion", res.dataset, task, model, f"layer{res.layer}", head, split)
@@ -97,6 +107,7 @@ def confusion(
         "analysis": "confusion", "dataset": res.dataset, "task": task, "model": model, "layer": res.layer,
         "head": head, "split": split, "labels": res.labels, "confusion": res.confusion,
         "row_normalized": res.row_normalized, "accuracy": res.accuracy, "macro_f1": res.macro_f1,
+        "selected_on": res.selected_on,
     })
     return res
 
@@ -123,9 +134,10 @@ def _figure(res: ConfusionResult):
         scores.append(f"accuracy {res.accuracy:.3f}")
     if res.macro_f1 is not None:
         scores.append(f"macro-F1 {res.macro_f1:.3f}")
+    chosen = f" · chosen on {res.selected_on}" if res.selected_on else ""
     ax.set_title(f"{res.task}: {res.model} · layer {res.layer} · {res.head} probe · {res.split}\n"
-                 f"{res.dataset}, n={int(res.confusion.sum())}" + (f" · {', '.join(scores)}" if scores else ""),
-                 fontsize=9)
+                 f"{res.dataset}, n={int(res.confusion.sum())}" + (f" · {', '.join(scores)}" if scores else "")
+                 + chosen, fontsize=9)
     return fig
 
 
@@ -134,7 +146,8 @@ def format_confusion(res: ConfusionResult) -> str:
     w = max([len(x) for x in res.labels] + [11])
     corner = "true/pred"
     lines = [f"{res.task} confusion ({res.split}): {res.model} layer {res.layer}, {res.head} head"
-             + (f", accuracy {res.accuracy:.3f}" if res.accuracy is not None else ""),
+             + (f", accuracy {res.accuracy:.3f}" if res.accuracy is not None else "")
+             + (f", selected on {res.selected_on}" if res.selected_on else ""),
              f"{corner:<{w}} " + " ".join(f"{x[:6]:>6}" for x in res.labels) + "  recall"]
     rec = np.diag(res.row_normalized)
     for i, name in enumerate(res.labels):

@@ -21,7 +21,7 @@ from embedstore.errors import EmbedstoreError, ModelError, StoreError
 
 from .metrics import subsample_indices
 
-LayerSpec = int | str  # an index (negative counts from the end), a layer name, "all" or "best"
+LayerSpec = int | str  # an index (negative counts from the end), a layer name, "all" or "best" (by validation)
 
 
 @dataclass(frozen=True)
@@ -186,26 +186,46 @@ def probe_results(store_path: str | Path, dataset: str | None = None, model: str
             if (dataset is None or r.get("dataset") == dataset) and (model is None or r.get("model") == model)]
 
 
-def result_split(metrics: dict, preferred: Sequence[str] = ("test", "valid", "val")) -> str | None:
-    """The evaluation split of a result's metrics: the first of ``preferred`` present, else None."""
-    return next((s for s in preferred if s in metrics), None)
+def layer_key(layer: Any) -> int | str | None:
+    """A record's ``layer`` as an int index, or a string such as ``"weighted"``; None if absent."""
+    if layer is None:
+        return None
+    return int(layer) if not isinstance(layer, str) or layer.lstrip("-").isdigit() else layer
 
 
-def probe_accuracy_by_layer(results: list[dict], model: str) -> dict[int | str, float]:
-    """Best stored held-out accuracy (over heads and tasks) per layer of ``model``: integer layers,
-    plus string keys such as ``"weighted"`` for probes over a learned mix of layers."""
-    best: dict[int | str, float] = {}
+def probe_choice_by_layer(results: list[dict], model: str) -> dict[int | str, dict]:
+    """Per layer of ``model``, the stored probe record (over heads, presets and tasks) with the best
+    validation accuracy (:func:`embedstore.heads.results.choose_best`): integer layers, plus string
+    keys such as ``"weighted"``. Layers whose records have no validation score are left out; test
+    metrics are never read here."""
+    from embedstore.heads.results import choose_best
+
+    by_layer: dict[int | str, list[dict]] = {}
     for r in results:
-        layer = r.get("layer")
-        if r.get("model") != model or layer is None:
-            continue
-        split = result_split(r.get("metrics", {}))
-        acc = r["metrics"][split].get("accuracy") if split is not None else None
-        if acc is None:
-            continue
-        key = int(layer) if not isinstance(layer, str) or layer.lstrip("-").isdigit() else layer
-        best[key] = max(float(acc), best.get(key, -math.inf))
-    return best
+        key = layer_key(r.get("layer"))
+        if r.get("model") == model and key is not None:
+            by_layer.setdefault(key, []).append(r)
+    chosen = {k: choose_best(recs) for k, recs in by_layer.items()}
+    return {k: r for k, r in chosen.items() if r is not None}
+
+
+def selection_split(store, dataset: str) -> str | list[str] | None:
+    """The rows a training-free "best layer" is chosen on: ``"valid"`` when the dataset has valid
+    rows, else ``"train"``, else every split but ``test`` (k-fold datasets: all folds; None when the
+    dataset has no splits at all). Never the test split.
+
+    Raises:
+        StoreError: the dataset's only split is ``test``.
+    """
+    present = set(store.tracks(dataset).splits.tolist()) - {""}
+    for name in ("valid", "train"):
+        if name in present:
+            return name
+    rest = sorted(present - {"test"})
+    if not rest and present:
+        raise StoreError(f"dataset {dataset!r} has only test rows: no split to choose a best layer on "
+                         "without reading the test split")
+    return rest or None
 
 
 # ---- output --------------------------------------------------------------------------------------

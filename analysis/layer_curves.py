@@ -1,15 +1,20 @@
 """Per-layer curves: which layer of each model carries the label information.
 
-Two views per model: the stored probe accuracy per layer (when probes were run) and a training-free
-separability score computed from the embeddings (silhouette or Fisher ratio on standardised
-features), so the best layer is visible even before any probe is trained.
+Two views per model: the stored probes' validation accuracy per layer (when probes were run) and a
+training-free separability score computed from the embeddings (silhouette or Fisher ratio on
+standardised features), so the best layer is visible even before any probe is trained.
+
+The best layer is chosen on validation, never on test: by the probes' validation accuracy (the
+dataset's valid split, or the train carve-out / inner CV the probe used without one), else by the
+separability on the valid rows (train rows without a valid split). Only the chosen layer's test
+accuracy is reported.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -22,27 +27,67 @@ from .metrics import separability
 from .plotting import new_figure, save_figure
 
 
+@dataclass(frozen=True)
+class BestLayer:
+    """A model's chosen layer and what chose it (never the test split).
+
+    Attributes:
+        layer: layer index >= 0.
+        by: "probe accuracy", or the separability method ("silhouette", "fisher").
+        selected_on: the rows whose score chose it: for probes a ``selected_on`` key of the records
+            (``valid``, ``valid_fold``, ``train_carveout``, ``train_cv``); for separability the split
+            tag of the rows scored (``valid``, ``train``, ``all`` when the dataset has no splits).
+        score: the score that chose it (validation accuracy, or the separability).
+        head: head (``/preset`` when not default) of the chosen probe record; None for separability.
+        test_accuracy: the chosen probe's test accuracy, the one test number read; None otherwise.
+    """
+
+    layer: int
+    by: str
+    selected_on: str
+    score: float
+    head: str | None = None
+    test_accuracy: float | None = None
+
+    @property
+    def label(self) -> str:
+        """How the layer was chosen, for titles: "valid accuracy", "silhouette on valid rows"."""
+        if self.by != "probe accuracy":
+            return f"{self.by} on {self.selected_on} rows"
+        from embedstore.heads.results import SELECTED_ON
+
+        return SELECTED_ON.get(self.selected_on, f"{self.selected_on} accuracy")
+
+
 @dataclass
 class LayerCurve:
     """One model's per-layer numbers.
 
     Attributes:
-        separability: ``[layers]`` score per layer (NaN where undefined).
-        probe_accuracy: layer index -> best stored held-out probe accuracy (may be empty).
-        mixed_probe_accuracy: e.g. ``{"weighted": acc}`` for probes over a learned mix of all layers.
-        best_layer: argmax of the probe accuracy when there is any, else of the separability.
-        best_by: "probe accuracy" or the separability method's name.
+        separability: ``[layers]`` score per layer on the asked split (NaN where undefined).
+        valid_accuracy: layer index -> validation accuracy of the stored probe chosen for that layer
+            (per layer the head/preset with the best validation accuracy; may be empty). The rows
+            it was measured on are ``choice.selected_on``.
+        choice: the chosen best layer: the best ``valid_accuracy`` when there is any, else the best
+            separability on the selection split (:func:`~embedstore.analysis.data.selection_split`);
+            None when nothing can choose (``no_choice`` says why).
+        mixed_valid_accuracy: e.g. ``{"weighted": acc}`` for probes over a learned mix of all layers.
     """
 
     model: str
     layer_names: list[str]
     separability: list[float]
-    probe_accuracy: dict[int, float]
-    best_layer: int
-    best_by: str
+    valid_accuracy: dict[int, float]
+    choice: BestLayer | None
     n: int
     n_total: int
-    mixed_probe_accuracy: dict[str, float] = field(default_factory=dict)
+    mixed_valid_accuracy: dict[str, float] = field(default_factory=dict)
+    no_choice: str = ""
+
+    @property
+    def best_layer(self) -> int:
+        """The chosen layer's index, -1 when there is none."""
+        return -1 if self.choice is None else self.choice.layer
 
 
 @dataclass
@@ -57,6 +102,11 @@ class LayerCurvesResult:
     figures: list[Path] = field(default_factory=list)
     json_path: Path | None = None
 
+    @property
+    def selection(self) -> str:
+        """How the curves' best layers were chosen, e.g. "valid accuracy" ("" when none was)."""
+        return " / ".join(sorted({c.choice.label for c in self.curves if c.choice is not None}))
+
 
 def separability_curve(store, dataset: str, model: str, names: Sequence[str], split, method: str,
                        metric: str, max_points: int | None, seed: int) -> tuple[list[float], int, int]:
@@ -69,30 +119,64 @@ def separability_curve(store, dataset: str, model: str, names: Sequence[str], sp
     return scores, n, n_total
 
 
-def _int_layers(acc: dict[int | str, float]) -> dict[int, float]:
-    return {k: v for k, v in acc.items() if isinstance(k, int)}
-
-
 def _argmax(values: dict[int, float]) -> int | None:
     finite = {k: v for k, v in values.items() if math.isfinite(v)}
     return max(finite, key=lambda k: (finite[k], -k)) if finite else None
 
 
-def best_layer(store, store_path, dataset: str, model: str, split=None, task: str | None = None,
-               method: str = "silhouette", metric: str = "cosine", max_points: int | None = 2000,
-               seed: int = 0) -> tuple[int, str]:
-    """The layer index with the best stored probe accuracy, else the best separability; and which rule chose it."""
-    acc = _int_layers(data.probe_accuracy_by_layer(data.probe_results(store_path, dataset, model, task), model))
-    pick = _argmax(acc)
-    if pick is not None:
-        return pick, "probe accuracy"
-    names = data.layer_names(store, dataset, model)
-    scores, _, _ = separability_curve(store, dataset, model, names, split, method, metric, max_points, seed)
+def probe_curve(results: list[dict], model: str) -> tuple[dict[int, float], dict[str, float], BestLayer | None]:
+    """From stored probe records: ``(valid accuracy per int layer, per mixed layer such as
+    "weighted", the layer with the best valid accuracy or None)``. Ties go to the lower layer; test
+    metrics are read only for the chosen record."""
+    from embedstore.heads.results import record_selected_on, selection_score
+
+    chosen = data.probe_choice_by_layer(results, model)
+    scores = {k: selection_score(r) for k, r in chosen.items()}
+    ints = {k: v for k, v in scores.items() if isinstance(k, int)}
+    mixed = {str(k): v for k, v in scores.items() if not isinstance(k, int)}
+    pick = _argmax(ints)
+    if pick is None:
+        return ints, mixed, None
+    rec = chosen[pick]
+    head = rec.get("head", "?") + ("" if rec.get("preset", "default") == "default" else f"/{rec['preset']}")
+    test = rec.get("metrics", {}).get("test", {}).get("accuracy")
+    return ints, mixed, BestLayer(pick, "probe accuracy", record_selected_on(rec), ints[pick], head, test)
+
+
+def separability_choice(store, dataset: str, model: str, method: str = "silhouette", metric: str = "cosine",
+                        max_points: int | None = 2000, seed: int = 0,
+                        known: tuple[str, list[float]] | None = None) -> BestLayer:
+    """The layer with the best separability on the selection split (valid rows, else train; see
+    :func:`~embedstore.analysis.data.selection_split`). ``known``: ``(split tag, scores)`` of a curve
+    already computed with the same settings, reused when it is on that split.
+
+    Raises:
+        EmbedstoreError: no layer has a finite score (no labelled classes), or only test rows exist.
+    """
+    on = data.selection_split(store, dataset)
+    tag = data.split_tag(on)
+    if known is not None and known[0] == tag:
+        scores = known[1]
+    else:
+        names = data.layer_names(store, dataset, model)
+        scores, _, _ = separability_curve(store, dataset, model, names, on, method, metric, max_points, seed)
     pick = _argmax(dict(enumerate(scores)))
     if pick is None:
-        raise EmbedstoreError(
-            f"cannot choose a best layer for {model!r}: no probe results and no labelled classes to score")
-    return pick, method
+        raise EmbedstoreError(f"cannot choose a best layer for {model!r}: no probe results and no labelled "
+                              f"classes to score on the {tag} rows")
+    return BestLayer(pick, method, tag, float(scores[pick]))
+
+
+def best_layer(store, store_path, dataset: str, model: str, task: str | None = None,
+               method: str = "silhouette", metric: str = "cosine", max_points: int | None = 2000,
+               seed: int = 0) -> BestLayer:
+    """The layer of ``model`` that ``layer="best"`` means: the best stored probe by validation
+    accuracy (:func:`probe_curve`), else the best separability on the selection split
+    (:func:`separability_choice`). The test split never chooses."""
+    _, _, choice = probe_curve(data.probe_results(store_path, dataset, model, task), model)
+    if choice is not None:
+        return choice
+    return separability_choice(store, dataset, model, method, metric, max_points, seed)
 
 
 def layers(
@@ -108,7 +192,9 @@ def layers(
     max_points: int | None = 2000,
     seed: int = 0,
 ) -> LayerCurvesResult:
-    """Per-layer probe accuracy (when stored) and separability curves of each model, as one figure.
+    """Per-layer validation accuracy of the stored probes (when there are any) and separability
+    curves of each model, as one figure, with each model's best layer starred (:func:`best_layer`'s
+    rule; the test accuracy of that layer alone is reported).
 
     Separability is computed on a seeded subsample of ``max_points`` rows of ``split``. Writes
     ``layers_<dataset>_<models>_<split>.<fmt>`` and a ``.json`` of the numbers into ``out``.
@@ -120,14 +206,15 @@ def layers(
         curves = []
         for model, names in names_of.items():
             scores, n, n_total = separability_curve(store, ds, model, names, split, method, metric, max_points, seed)
-            all_acc = data.probe_accuracy_by_layer(results, model)
-            acc = _int_layers(all_acc)
-            mixed = {str(k): v for k, v in all_acc.items() if not isinstance(k, int)}
-            pick, by = _argmax(acc), "probe accuracy"
-            if pick is None:
-                pick, by = _argmax(dict(enumerate(scores))), method
-            curves.append(LayerCurve(model, names, scores, acc, -1 if pick is None else pick, by, n, n_total,
-                                     mixed))
+            acc, mixed, choice = probe_curve(results, model)
+            reason = ""
+            if choice is None:
+                try:
+                    choice = separability_choice(store, ds, model, method, metric, max_points, seed,
+                                                 known=(data.split_tag(split), scores))
+                except EmbedstoreError as exc:
+                    reason = str(exc)
+            curves.append(LayerCurve(model, names, scores, acc, choice, n, n_total, mixed, reason))
         res = LayerCurvesResult(ds, split, method, metric, curves)
 
     out_dir = data.out_dir_for(store_path, out)
@@ -135,11 +222,12 @@ def layers(
     res.figures = save_figure(_figure(res), out_dir, stem, formats)
     res.json_path = data.write_json(out_dir / f"{stem}.json", {
         "analysis": "layers", "dataset": ds, "split": split, "method": method, "metric": metric,
-        "max_points": max_points, "seed": seed, "task": task,
+        "max_points": max_points, "seed": seed, "task": task, "selection": res.selection,
         "models": [{"model": c.model, "layer_names": c.layer_names, "separability": c.separability,
-                    "probe_accuracy": {str(k): v for k, v in sorted(c.probe_accuracy.items())},
-                    "mixed_probe_accuracy": c.mixed_probe_accuracy, "best_layer": c.best_layer,
-                    "best_by": c.best_by, "n": c.n, "n_total": c.n_total}
+                    "valid_accuracy": {str(k): v for k, v in sorted(c.valid_accuracy.items())},
+                    "mixed_valid_accuracy": c.mixed_valid_accuracy, "best_layer": c.best_layer,
+                    "best": asdict(c.choice) | {"label": c.choice.label} if c.choice else None,
+                    "no_best": c.no_choice or None, "n": c.n, "n_total": c.n_total}
                    for c in curves],
     })
     return res
@@ -150,7 +238,7 @@ def _score_label(method: str, metric: str) -> str:
 
 
 def _figure(res: LayerCurvesResult):
-    has_probe = any(c.probe_accuracy or c.mixed_probe_accuracy for c in res.curves)
+    has_probe = any(c.valid_accuracy or c.mixed_valid_accuracy for c in res.curves)
     fig, axes = new_figure(2 if has_probe else 1, ncols=1, panel_size=(7.0, 3.4))
     cmap = matplotlib.colormaps["tab10"]
     split = data.split_tag(res.split)
@@ -158,23 +246,28 @@ def _figure(res: LayerCurvesResult):
         color = cmap(k % 10)
         panels = [(axes[-1], dict(enumerate(c.separability)))]
         if has_probe:
-            panels.insert(0, (axes[0], c.probe_accuracy))
+            panels.insert(0, (axes[0], c.valid_accuracy))
+        label = c.model
+        if c.choice is not None and c.choice.test_accuracy is not None:
+            label += f" (★ layer {c.choice.layer}: test {c.choice.test_accuracy:.3f})"
         for ax, values in panels:
             xs = sorted(i for i, v in values.items() if math.isfinite(v))
             if not xs:
                 continue
-            ys = [values[i] for i in xs]
-            ax.plot(xs, ys, marker="o", markersize=4, color=color, label=c.model)
-            top = _argmax(values)  # each panel marks its own curve's best layer
-            ax.plot([top], [values[top]], marker="*", markersize=14, color=color, markeredgecolor="black",
-                    linestyle="")
+            ax.plot(xs, [values[i] for i in xs], marker="o", markersize=4, color=color, label=label)
+            if c.best_layer in xs:  # every panel marks the one chosen layer, whatever chose it
+                ax.plot([c.best_layer], [values[c.best_layer]], marker="*", markersize=14, color=color,
+                        markeredgecolor="black", linestyle="")
         if has_probe:
-            for name, acc in sorted(c.mixed_probe_accuracy.items()):
+            for name, acc in sorted(c.mixed_valid_accuracy.items()):
                 axes[0].axhline(acc, color=color, linestyle="--", linewidth=1, label=f"{c.model} ({name})")
     n_txt = ", ".join(f"{c.model}: n={c.n}" + (f" of {c.n_total}" if c.n < c.n_total else "") for c in res.curves)
+    chosen_on = sorted({c.choice.selected_on for c in res.curves if c.choice and c.choice.by == "probe accuracy"})
     if has_probe:
-        axes[0].set_ylabel("probe accuracy (held-out)")
-        axes[0].set_title(f"{res.dataset}: stored probe accuracy per layer (best head, held-out split)", fontsize=9)
+        axes[0].set_ylabel("probe accuracy (selection split)")
+        axes[0].set_title(f"{res.dataset}: probe accuracy per layer on the selection split (selected on: "
+                          f"{', '.join(chosen_on) or '-'})\nper layer the best head there; test accuracy only "
+                          "for the ★ layer", fontsize=9)
     axes[-1].set_ylabel(_score_label(res.method, res.metric))
     axes[-1].set_title(f"{res.dataset} ({split}): label separability per layer\n{n_txt}", fontsize=9)
     for ax in axes:
@@ -182,27 +275,40 @@ def _figure(res: LayerCurvesResult):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, title="model (★ best layer)", title_fontsize=8)
+            ax.legend(fontsize=8, title=f"model (★ best layer by {res.selection or '-'})", title_fontsize=8)
     return fig
 
 
+def _choice_line(c: LayerCurve) -> str:
+    if c.choice is None:
+        return f"{c.model}: no best layer ({c.no_choice or 'no labels'})"
+    line = f"{c.model}: best layer {c.best_layer} ({c.layer_names[c.best_layer]}) by {c.choice.label}"
+    if c.choice.head is not None:
+        line += f" ({c.choice.head} head, selected on: {c.choice.selected_on})"
+    if c.choice.test_accuracy is not None:
+        line += f"; its test accuracy {c.choice.test_accuracy:.3f}"
+    return line
+
+
 def format_layers(res: LayerCurvesResult) -> str:
-    """A terminal table: one row per model and layer, with the best layer marked."""
-    head = f"{'model':<28} {'layer':>5}  {'name':<18} {'probe acc':>9}  {res.method:>10}"
+    """A terminal table: one row per model and layer (validation accuracy of the probes, separability),
+    the best layer marked, and one line per model saying what chose it and its test accuracy."""
+    head = f"{'model':<28} {'layer':>5}  {'name':<18} {'valid acc':>9}  {res.method:>10}"
     lines = [f"layer curves for {res.dataset} ({data.split_tag(res.split)}), {_score_label(res.method, res.metric)}",
              head, "-" * len(head)]
     for c in res.curves:
         for i, name in enumerate(c.layer_names):
-            acc = c.probe_accuracy.get(i)
+            acc = c.valid_accuracy.get(i)
             acc_txt = f"{acc:9.3f}" if acc is not None else f"{'-':>9}"
             mark = "  <- best" if i == c.best_layer else ""
             lines.append(f"{c.model:<28} {i:>5}  {name:<18} {acc_txt}  {c.separability[i]:>10.4f}{mark}")
-        for name, acc in sorted(c.mixed_probe_accuracy.items()):
+        for name, acc in sorted(c.mixed_valid_accuracy.items()):
             lines.append(f"{c.model:<28} {name:>5}  {'(all layers)':<18} {acc:9.3f}")
-        lines.append(f"{c.model}: best layer {c.best_layer} ({c.layer_names[c.best_layer]}) by {c.best_by}"
-                     if c.best_layer >= 0 else f"{c.model}: no best layer (no labels)")
+        lines.append(_choice_line(c))
+    lines.append("valid acc: accuracy on each probe's selection split (its selected_on); test read only for the best")
     lines += [f"figure: {p}" for p in res.figures] + ([f"numbers: {res.json_path}"] if res.json_path else [])
     return "\n".join(lines)
 
 
-__all__ = ["LayerCurve", "LayerCurvesResult", "best_layer", "format_layers", "layers", "separability_curve"]
+__all__ = ["BestLayer", "LayerCurve", "LayerCurvesResult", "best_layer", "format_layers", "layers", "probe_curve",
+           "separability_choice", "separability_curve"]

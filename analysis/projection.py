@@ -31,7 +31,9 @@ class ProjectionPanel:
         coords: ``[n, 2]`` projected points (not written to the JSON).
         labels: ``[n]`` str labels of the points ("" = unlabelled).
         explained_variance_ratio: ``[2]`` for PCA, None for UMAP.
-        layer_choice: "given", or the rule that picked the layer for ``layer="best"``.
+        layer_choice: "given", or how ``layer="best"`` picked the layer, e.g. "valid accuracy" or
+            "silhouette on valid rows" (:class:`~embedstore.analysis.layer_curves.BestLayer`).
+        selected_on: the rows that chose the layer (``valid``, ``train_cv``, ...), None when given.
     """
 
     model: str
@@ -44,6 +46,7 @@ class ProjectionPanel:
     coords: np.ndarray = field(repr=False)
     labels: np.ndarray = field(repr=False)
     track_ids: np.ndarray = field(repr=False)
+    selected_on: str | None = None
 
 
 @dataclass
@@ -101,16 +104,16 @@ def project(
         for model in model_list:
             names = data.layer_names(store, ds, model)
             if layer == "best":
-                idx, by = best_layer(store, store_path, ds, model, split, task, max_points=max_points, seed=seed)
-                picks = [(idx, by)]
+                choice = best_layer(store, store_path, ds, model, task, max_points=max_points, seed=seed)
+                picks = [(choice.layer, choice.label, choice.selected_on)]
             else:
-                picks = [(i, "given") for i in data.resolve_layers(names, layer, model)]
+                picks = [(i, "given", None) for i in data.resolve_layers(names, layer, model)]
             row = []
-            for idx, by in picks:
+            for idx, by, on in picks:
                 view = data.load_view(store, ds, model, idx, split, max_points, seed, names)
                 coords, evr = _embed_2d(method, view.X, seed, n_neighbors, min_dist, metric)
                 row.append(ProjectionPanel(model, idx, view.layer_name, view.n, view.n_total, by, evr,
-                                           coords, view.labels, view.track_ids))
+                                           coords, view.labels, view.track_ids, on))
             grid.append(row)
         res = ProjectionResult(method, ds, split, seed, [p for row in grid for p in row])
         legend_title = data.task_name(store, ds)
@@ -124,7 +127,7 @@ def project(
         "max_points": max_points,
         "params": {"n_neighbors": n_neighbors, "min_dist": min_dist, "metric": metric} if method == "umap" else {},
         "panels": [{"model": p.model, "layer": p.layer, "layer_name": p.layer_name, "n": p.n,
-                    "n_total": p.n_total, "layer_choice": p.layer_choice,
+                    "n_total": p.n_total, "layer_choice": p.layer_choice, "selected_on": p.selected_on,
                     "explained_variance_ratio": p.explained_variance_ratio} for p in res.panels],
     })
     return res
@@ -182,8 +185,10 @@ def pca(
     """2-D PCA scatter of each model's ``layer`` (int, name, "all" or "best"), coloured by label.
 
     Each panel's axes give the explained variance ratio of PC1/PC2 (of the plotted, possibly
-    subsampled, rows). ``layer="best"`` takes the layer with the best stored probe accuracy (of
-    ``task`` if given), else the best silhouette. Writes ``pca_<dataset>_<models>_<layer>_<split>``
+    subsampled, rows). ``layer="best"`` takes the layer with the best stored probe validation
+    accuracy (of ``task`` if given), else the best silhouette on the valid rows (train rows without
+    a valid split), never a test score; panel titles and the JSON say which ("best by valid
+    accuracy"). Writes ``pca_<dataset>_<models>_<layer>_<split>``
     figure(s) and ``.json`` into ``out`` (default ``<store>.analysis/``).
     """
     return project("pca", store_path, models, layer, split, dataset, out, formats, max_points, seed, task)

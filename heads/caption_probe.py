@@ -162,6 +162,15 @@ def split_indices(splits: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray
     return train, valid, fold.test, note
 
 
+def _selected_on(splits: np.ndarray, valid_idx: np.ndarray) -> str | None:
+    """Where the rows that chose the best epoch came from (``valid``, ``valid_fold`` or
+    ``train_carveout``, as in probe records), read off their own split values; None without any."""
+    if not len(valid_idx):
+        return None
+    first = str(splits[valid_idx[0]])
+    return "valid" if first == "valid" else "train_carveout" if first == "train" else "valid_fold"
+
+
 def _layer_field(idx: list[int], n_layers: int) -> int | str:
     if len(idx) == 1:
         return idx[0]
@@ -253,6 +262,7 @@ def run_caption_probe(
         "hparams": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
                     "best_epoch": history.best_epoch, **asdict(generation)},
         "seeds": [seed],
+        "selected_on": _selected_on(splits, valid_idx),
         "protocol": {"split": split_note, "selection": "best epoch by validation loss",
                      "n": {"train": len(train_idx), "valid": len(valid_idx), "test": len(test_idx)}},
         "history": {"train_loss": history.train_loss, "valid_loss": history.valid_loss},

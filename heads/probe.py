@@ -4,6 +4,10 @@
 Layer modes: an int or a layer name (one probe), ``all`` (one probe per layer, every record kept),
 ``best`` (the sweep, keeping only the layer with the best validation accuracy) and ``weighted``
 (the learnable softmax-weighted sum of all layers feeding the MLP).
+
+Every "best" here (layer, reference row of the table) is chosen by the records' validation accuracy:
+the dataset's valid split, or without one the train carve-out (MLP) or inner CV on train (logreg);
+each record's ``selected_on`` says which. Test metrics are reported, never used to choose.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from embedstore.errors import ModelError, StoreError
+from embedstore.errors import DatasetError, ModelError, StoreError
 from embedstore.heads.metrics import mcnemar_exact, paired_bootstrap
 from embedstore.heads.protocol import HEADS, ProbeResult, probe_arrays
-from embedstore.heads.results import build_record, save_result
+from embedstore.heads.results import (SELECTED_ON, build_record, choose_best, record_selected_on, save_result,
+                                      selection_score)
 
 LAYER_MODES = ("all", "best", "weighted")
 CLASS_COLUMN = "label"
@@ -32,7 +37,8 @@ class ProbeReport:
         records: the saved JSON records (see :mod:`embedstore.heads.results`), in run order.
         paths: the record files written, parallel to ``records``.
         best_layers: ``{(dataset, model): layer}`` with the best validation accuracy among the
-            layers probed (single-layer and weighted runs give their own layer).
+            layers probed (single-layer and weighted runs give their own layer; absent when no
+            layer has a validation score). Test accuracy never chooses.
     """
 
     store_path: Path
@@ -107,7 +113,8 @@ def run_probe(
         models: model entries to probe; None = every model of each dataset.
         dataset: one dataset; None = every dataset that has ``task``.
         layer: an index or layer name, ``all`` (sweep), ``best`` (sweep, keep the best on
-            validation) or ``weighted`` (softmax-weighted layer sum, MLP only).
+            validation; the record's ``layer_selection`` gives every layer's score and
+            ``selected_on``) or ``weighted`` (softmax-weighted layer sum, MLP only).
         head: ``mlp`` or ``logreg``. preset: ``default`` (converging protocol) or ``paper``.
         seeds: repeats with seeds 0..seeds-1 (mean and std reported).
         device: torch device for the MLP (``auto`` = cuda when available).
@@ -120,6 +127,7 @@ def run_probe(
     Raises:
         StoreError: missing store/dataset/model, or a task no dataset has (the message lists which
             datasets have which tasks). ModelError: bad layer, head, preset or seeds.
+        DatasetError: ``layer="best"`` and no layer has a validation score to choose by.
     """
     from tqdm.auto import tqdm
 
@@ -164,11 +172,16 @@ def run_probe(
                     for li in tqdm(layers, desc=f"{ds}/{model} {head}", unit="layer", disable=not progress):
                         res = probe(li)
                         recs.append(build_record(res, layer=li, layer_name=names[li], layers=[li], **common))
-                best = max(recs, key=lambda r: -np.inf if r["selection_score"] is None else r["selection_score"])
-                report.best_layers[(ds, model)] = best["layer"]
+                best = choose_best(recs)
+                if best is not None:
+                    report.best_layers[(ds, model)] = best["layer"]
                 if layer == "best":
+                    if best is None:
+                        raise DatasetError(f"--layer best: no validation score for {ds}/{model} to choose a layer "
+                                           "by (too few clips per class to validate); probe --layer all instead")
                     best["layer_selection"] = {
-                        "by": "validation accuracy",
+                        "by": "accuracy",
+                        "selected_on": best["selected_on"],
                         "scores": {str(r["layer"]): r["selection_score"] for r in recs},
                     }
                     recs = [best]
@@ -211,22 +224,24 @@ def _is_classification(record: dict[str, Any]) -> bool:
 
 def compare_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per classification record (caption records are skipped) with the p-value of a paired
-    test against the best row (highest test accuracy) of the same task and dataset.
+    test, on the common test clips, against the reference row of the same task and dataset: the row
+    with the highest validation accuracy (:func:`~embedstore.heads.results.choose_best`; test
+    accuracy never chooses it). A group where no record has a validation score has no reference row.
 
-    Returns rows ``{"record", "best": bool, "p_value": float | None, "test": test name}`` in the
-    records' order.
+    Returns rows ``{"record", "best": bool, "p_value": float | None, "test": test name,
+    "selected_on": the rows that ranked the record}`` in the records' order.
     """
     records = [r for r in records if _is_classification(r)]
-    best_of: dict[tuple[str, str], dict[str, Any]] = {}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
-        k = (r["task"], r["dataset"])
-        if k not in best_of or r["metrics"]["test"]["accuracy"] > best_of[k]["metrics"]["test"]["accuracy"]:
-            best_of[k] = r
+        groups.setdefault((r["task"], r["dataset"]), []).append(r)
+    best_of = {k: choose_best(group) for k, group in groups.items()}
     rows = []
     for r in records:
         best = best_of[(r["task"], r["dataset"])]
-        p, test = (None, "") if r is best else _paired_p(r, best)
-        rows.append({"record": r, "best": r is best, "p_value": p, "test": test})
+        p, test = (None, "") if best is None or r is best else _paired_p(r, best)
+        rows.append({"record": r, "best": r is best, "p_value": p, "test": test,
+                     "selected_on": record_selected_on(r)})
     return rows
 
 
@@ -241,17 +256,18 @@ def _fmt_hparams(hp: dict[str, Any]) -> str:
 
 
 def format_comparison(report_or_records: ProbeReport | list[dict[str, Any]]) -> str:
-    """Render one comparison table across models and layers (rows model/layer; columns test
-    accuracy with its bootstrap 95% CI, macro-F1, chosen hyper-parameters, p-value vs the best row),
-    followed by the learned layer weights of weighted probes."""
+    """Render one comparison table across models and layers (rows model/layer; columns the
+    validation accuracy that ranks the row, test accuracy with its bootstrap 95% CI, macro-F1, chosen
+    hyper-parameters, p-value vs the best row), a line saying which rows chose the best row
+    (``selected on: valid``), and the learned layer weights of weighted probes."""
     records = report_or_records.records if isinstance(report_or_records, ProbeReport) else list(report_or_records)
     records = [r for r in records if _is_classification(r)]
     if not records:
         return "no classification probe results"
     multi = len({(r["task"], r["dataset"]) for r in records}) > 1
-    header = (["task/dataset"] if multi else []) + ["model", "layer", "head", "test acc % [95% CI]",
-                                                    "macro-F1 %", "hparams", "p vs best"]
-    table, tests = [], set()
+    header = (["task/dataset"] if multi else []) + ["model", "layer", "head", "valid acc %",
+                                                    "test acc % [95% CI]", "macro-F1 %", "hparams", "p vs best"]
+    table, tests, chosen_on = [], set(), set()
     for row in compare_records(records):
         r = row["record"]
         m = r["metrics"]["test"]
@@ -265,8 +281,12 @@ def format_comparison(report_or_records: ProbeReport | list[dict[str, Any]]) -> 
         head = r["head"] + ("" if r.get("preset", "default") == "default" else f"/{r['preset']}")
         p = "best" if row["best"] else ("-" if row["p_value"] is None else f"{row['p_value']:.3g}")
         tests.add(row["test"])
+        if row["best"]:
+            chosen_on.add(row["selected_on"])
+        score = selection_score(r)
         cells = ([f"{r['task']}/{r['dataset']}"] if multi else []) + [
-            r["model"], layer, head, acc, f"{100 * m['macro_f1']:.1f}", _fmt_hparams(r.get("hparams", {})), p]
+            r["model"], layer, head, "-" if score is None else f"{100 * score:.1f}", acc,
+            f"{100 * m['macro_f1']:.1f}", _fmt_hparams(r.get("hparams", {})), p]
         table.append(cells)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *table)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
@@ -274,6 +294,11 @@ def format_comparison(report_or_records: ProbeReport | list[dict[str, Any]]) -> 
     if not multi:
         out.append(f"task {records[0]['task']!r}, dataset {records[0]['dataset']!r}")
     out += [line(header), line(["-" * w for w in widths]), *map(line, table)]
+    if chosen_on:
+        how = " / ".join(f"{SELECTED_ON.get(k, k)} (selected on: {k})" for k in sorted(chosen_on))
+        out.append(f"best: the row with the highest {how}; test accuracy never chooses")
+    else:
+        out.append("best: none (no record has a validation score to choose by)")
     tests.discard("")
     if tests:
         out.append(f"p vs best: {' / '.join(sorted(tests))} on the same test clips")

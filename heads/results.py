@@ -7,7 +7,9 @@ Record fields (``schema`` = :data:`RECORD_SCHEMA`):
 - ``layer``: layer index (int) or ``"weighted"``; ``layer_name``; ``layers``: indices fed to the head.
 - ``head`` (``mlp`` | ``logreg``), ``preset`` (``default`` | ``paper``; logreg: ``default``).
 - ``hparams``: chosen on validation (most frequent over seeds/folds); ``runs``: per (seed, fold)
-  choice, validation search and layer weights; ``selection_score``: mean validation accuracy.
+  choice, validation search and layer weights; ``selection_score``: mean validation accuracy of the
+  chosen hyper-parameters, the one number every "best" (layer, model, head, reference row) is chosen
+  by (:func:`choose_best`); ``selected_on``: the rows that score comes from (:data:`SELECTED_ON`).
 - ``seeds``: list of seeds; ``protocol``: split scheme, validation source, standardisation.
 - ``metrics[split]`` for ``train``/``valid``/``test``: ``accuracy, macro_f1, per_class_recall
   [labels], confusion [labels x labels] (rows true, summed over seeds), labels, n, accuracy_std,
@@ -26,6 +28,7 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,14 @@ from embedstore import __version__
 from embedstore.errors import StoreError
 
 RECORD_SCHEMA = "embedstore.probe/1"
+#: ``selected_on`` values: the rows whose accuracy chose the hyper-parameters and ranks the record for
+#: every "best". The test split is never one of them.
+SELECTED_ON = {
+    "valid": "valid accuracy",  # the dataset's own valid split
+    "valid_fold": "valid-fold accuracy",  # k-fold: fold (i+1) mod K beside test fold i
+    "train_carveout": "train carve-out accuracy",  # no valid split: a stratified share of train held out
+    "train_cv": "inner-CV accuracy on train",  # no valid split: stratified k-fold CV inside train
+}
 RESULTS_SUFFIX = ".results"
 KEY_FIELDS = ("task", "dataset", "model", "layer", "head")
 
@@ -74,6 +85,38 @@ def _json_clean(value: Any) -> Any:
     return value
 
 
+def selected_on(protocol: dict[str, Any]) -> str:
+    """The :data:`SELECTED_ON` key of a probe's ``protocol`` (its ``valid_source`` and split scheme)."""
+    source = protocol.get("valid_source", "split")
+    if source == "inner":
+        return "train_carveout"
+    if source == "inner_cv":
+        return "train_cv"
+    return "valid_fold" if protocol.get("splits") == "kfold" else "valid"
+
+
+def record_selected_on(record: dict[str, Any]) -> str:
+    """``record["selected_on"]``, or for records written before that field, derived from its protocol."""
+    return record.get("selected_on") or selected_on(record.get("protocol") or {})
+
+
+def selection_score(record: dict[str, Any]) -> float | None:
+    """The validation accuracy that ranks ``record`` (``selection_score``); None when it has none."""
+    score = record.get("selection_score")
+    return float(score) if score is not None and math.isfinite(score) else None
+
+
+def choose_best(records: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The record with the highest :func:`selection_score` (ties: the first in order), or None when
+    no record has one. Only validation scores are read: test metrics never choose."""
+    best, top = None, -math.inf
+    for rec in records:
+        score = selection_score(rec)
+        if score is not None and score > top:
+            best, top = rec, score
+    return best
+
+
 def build_record(
     result: Any,
     *,
@@ -102,6 +145,7 @@ def build_record(
         "preset": preset if head == "mlp" else "default",
         "hparams": result.hparams,
         "selection_score": result.selection_score,
+        "selected_on": selected_on(result.protocol),
         "seeds": result.seeds,
         "protocol": result.protocol,
         "metrics": result.metrics,

@@ -152,6 +152,7 @@ def test_fisher_ratio_direct():
 from pathlib import Path  # noqa: E402
 
 import embedstore.analysis as analysis  # noqa: E402
+from embedstore.analysis import layer_curves, projection  # noqa: E402
 from embedstore.errors import EmbedstoreError, ModelError, StoreError  # noqa: E402
 from embedstore.heads.results import save_result  # noqa: E402
 from embedstore.store import TrackTable, open_store  # noqa: E402
@@ -204,11 +205,16 @@ def store_path(built_store, tmp_path):
     return dst
 
 
+# validation and test disagree: valid chooses layer 2 (and the mlp head at layer 0), test would choose
+# layer 1 (and logreg at layer 0)
 PROBE_RESULTS = [
-    {"task": "genre", "dataset": "toy", "model": "enc", "layer": k, "head": "logreg",
-     "metrics": {"test": {"accuracy": acc, "macro_f1": acc - 0.01}}}
-    for k, acc in enumerate((0.40, 0.90, 0.70))
-] + [{"task": "genre", "dataset": "toy", "model": "enc", "layer": "weighted", "head": "mlp",
+    {"task": "genre", "dataset": "toy", "model": "enc", "layer": k, "head": head, "selection_score": valid,
+     "selected_on": "valid",
+     "metrics": {"valid": {"accuracy": valid}, "test": {"accuracy": test, "macro_f1": test - 0.01}}}
+    for k, head, valid, test in ((0, "logreg", 0.45, 0.40), (0, "mlp", 0.50, 0.30), (1, "logreg", 0.60, 0.90),
+                                 (2, "logreg", 0.85, 0.70))
+] + [{"task": "genre", "dataset": "toy", "model": "enc", "layer": "weighted", "head": "mlp", "selection_score": 0.8,
+      "selected_on": "valid",
       "metrics": {"test": {"accuracy": 0.8, "macro_f1": 0.78, "labels": list(CLASSES),
                            "confusion": [[9, 1, 0], [2, 7, 1], [0, 0, 10]]}}}]
 
@@ -270,13 +276,25 @@ def test_pca_default_out_dir_all_layers_and_best(store_path, no_results):
     res = analysis.pca(store_path, models="enc", layer="all", split=None)
     assert [p.layer for p in res.panels] == [0, 1, 2]
     assert res.figures[0].parent == store_path.parent / "toy.zarr.analysis"
-    best = analysis.pca(store_path, models="enc", layer="best")
-    assert best.panels[0].layer == 2 and best.panels[0].layer_choice == "silhouette"
+    best = analysis.pca(store_path, models="enc", layer="best")  # toy has no valid rows: train chooses
+    assert best.panels[0].layer == 2 and best.panels[0].layer_choice == "silhouette on train rows"
+    assert best.panels[0].selected_on == "train"
 
 
-def test_pca_best_layer_uses_probe_results(store_path, with_results):
-    best = analysis.pca(store_path, models="enc", layer="best")
-    assert best.panels[0].layer == 1 and best.panels[0].layer_choice == "probe accuracy"
+def _titles(fig) -> str:
+    """Every axes title, suptitle and legend title of a figure, one text."""
+    parts = [ax.get_title() for ax in fig.axes] + [fig._suptitle.get_text() if fig._suptitle else ""]
+    parts += [ax.get_legend().get_title().get_text() for ax in fig.axes if ax.get_legend()]
+    return " | ".join(parts)
+
+
+def test_pca_best_layer_uses_probe_validation_accuracy(store_path, with_results, tmp_path):
+    best = analysis.pca(store_path, models="enc", layer="best", out=tmp_path)
+    p = best.panels[0]
+    assert (p.layer, p.layer_choice, p.selected_on) == (2, "valid accuracy", "valid")  # test would pick 1
+    assert json.loads(best.json_path.read_text())["panels"][0]["selected_on"] == "valid"
+    assert "[best by valid accuracy]" in analysis.format_projection(best)
+    assert "best by valid accuracy" in _titles(projection._figure(best, [[p]], "genre", 2000))
 
 
 def test_subsampling_is_seeded(store_path, no_results, tmp_path):
@@ -329,14 +347,22 @@ def test_layers_curves_and_best(store_path, with_results, tmp_path):
     enc, ft = res.curves
     assert len(enc.separability) == 3 and len(ft.separability) == 2
     assert enc.separability[0] < enc.separability[1] < enc.separability[2]
-    assert enc.probe_accuracy == {0: 0.40, 1: 0.90, 2: 0.70}
-    assert enc.mixed_probe_accuracy == {"weighted": 0.8}
-    assert (enc.best_layer, enc.best_by) == (1, "probe accuracy")
-    assert (ft.best_layer, ft.best_by) == (1, "silhouette")
+    assert enc.valid_accuracy == {0: 0.50, 1: 0.60, 2: 0.85}  # per layer the head chosen on valid
+    assert enc.mixed_valid_accuracy == {"weighted": 0.8}
+    assert (enc.best_layer, enc.choice.by, enc.choice.selected_on, enc.choice.head) == (2, "probe accuracy",
+                                                                                        "valid", "logreg")
+    assert enc.choice.test_accuracy == 0.70  # the one test number: the chosen layer's
+    assert (ft.best_layer, ft.choice.by, ft.choice.selected_on) == (1, "silhouette", "train")
+    saved = json.loads(res.json_path.read_text())
+    assert saved["models"][0]["best"]["selected_on"] == "valid" and saved["models"][0]["best_layer"] == 2
+    assert "valid accuracy" in saved["selection"]
+    assert "best layer by silhouette on train rows / valid accuracy" in _titles(layer_curves._figure(res))
     emb = _load(store_path, "enc", 2, "train")
     assert enc.separability[2] == pytest.approx(metrics.separability(emb.X, emb.labels, max_points=None))
     _assert_png(res.figures[0])
-    assert "<- best" in analysis.format_layers(res)
+    text = analysis.format_layers(res)
+    assert "<- best" in text and "enc: best layer 2 (block2) by valid accuracy" in text
+    assert "test accuracy 0.700" in text and "0.900" not in text  # other layers' test numbers are not shown
     fisher = analysis.layers(store_path, models="enc", method="fisher", out=tmp_path)
     assert fisher.curves[0].separability[2] > fisher.curves[0].separability[0]
 
@@ -359,7 +385,8 @@ def test_cka_one_model_and_two_models(store_path, tmp_path):
 
 def test_confusion_figure(store_path, with_results, tmp_path):
     res = analysis.confusion(store_path, "genre", "enc", "weighted", "mlp", out=tmp_path)
-    assert res.labels == list(CLASSES)
+    assert res.labels == list(CLASSES) and res.selected_on == "valid"
+    assert json.loads(res.json_path.read_text())["selected_on"] == "valid"
     np.testing.assert_array_equal(res.confusion, [[9, 1, 0], [2, 7, 1], [0, 0, 10]])
     np.testing.assert_allclose(res.row_normalized.sum(1), 1.0)
     _assert_png(res.figures[0])
@@ -412,3 +439,47 @@ def test_unlabelled_dataset(tmp_path):
         analysis.pca(path, layer="best", split=None, out=tmp_path / "o")
     cos = analysis.cosine(path, out=tmp_path / "o")
     assert np.isnan(cos.rows[0].within) and np.isfinite(cos.rows[0].mean)
+
+
+def test_every_best_follows_valid_when_valid_and_test_disagree(tmp_path):
+    """A store written with the store writer where layer 0 separates the classes on valid rows only
+    and layer 1 on test rows only (``disagreeing``): every "best" must be layer 0."""
+    from sklearn.metrics import silhouette_score
+    from sklearn.preprocessing import StandardScaler
+    from test_probe import disagreeing, write_store
+
+    from embedstore.heads.probe import compare_records, run_probe
+    from embedstore.heads.results import load_results
+
+    X, labels, splits, ids = disagreeing()
+    path = tmp_path / "disagree.zarr"
+    write_store(path, {"enc": X}, labels, splits, ids)
+
+    def sil(layer, split):  # independent: sklearn on standardised rows of one split
+        rows = splits == split
+        return silhouette_score(StandardScaler().fit_transform(X[rows, layer]), labels[rows], metric="cosine")
+
+    assert sil(0, "valid") > sil(1, "valid") and sil(1, "test") > sil(0, "test")
+    # no probes yet: separability chooses on the valid rows, even when the figure draws the test rows
+    shown = analysis.pca(path, layer="best", split="test", out=tmp_path / "o")
+    assert (shown.panels[0].layer, shown.panels[0].layer_choice) == (0, "silhouette on valid rows")
+
+    rep = run_probe(path, "genre", layer="all", head="logreg", progress=False)
+    acc = {r["layer"]: {s: r["metrics"][s]["accuracy"] for s in ("valid", "test")} for r in rep.records}
+    assert acc[0]["valid"] > acc[1]["valid"] and acc[1]["test"] > acc[0]["test"]  # the disagreement
+    assert all(r["selected_on"] == "valid" for r in load_results(path))
+    rows = compare_records(load_results(path))
+    assert [(r["record"]["layer"], r["best"]) for r in rows] == [(0, True), (1, False)]
+
+    curves = analysis.layers(path, split=None, out=tmp_path / "o")
+    c = curves.curves[0]
+    assert (c.best_layer, c.choice.selected_on, c.choice.test_accuracy) == (0, "valid", acc[0]["test"])
+    starred = [line for line in analysis.format_layers(curves).splitlines() if line.endswith("<- best")]
+    assert len(starred) == 1 and starred[0].split()[1] == "0"
+    assert json.loads(curves.json_path.read_text())["models"][0]["best"]["selected_on"] == "valid"
+    assert "best layer by valid accuracy" in _titles(layer_curves._figure(curves))
+
+    best = analysis.pca(path, layer="best", split=None, out=tmp_path / "o")
+    p = best.panels[0]
+    assert (p.layer, p.layer_choice, p.selected_on) == (0, "valid accuracy", "valid")
+    assert json.loads(best.json_path.read_text())["panels"][0]["selected_on"] == "valid"

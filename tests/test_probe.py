@@ -47,6 +47,24 @@ def layered(n: int = 200, layers: int = 4, dim: int = 12, informative: int = 2, 
     return X.astype(np.float32), GENRES[y], splits, ids
 
 
+def disagreeing(n: int = 240, dim: int = 6, sep: float = 3.0, seed: int = 0):
+    """Two layers whose best layer differs between valid and test by construction: layer 0 carries
+    the class (Gaussian centres) on train and valid rows and is pure noise on test rows; layer 1
+    carries it on train and test rows and is noise on valid rows. Returns ``X [n, 2, dim]``
+    (float32), labels ``[n]``, splits ``[n]`` (60/20/20 train/valid/test), track ids ``[n]``."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % len(GENRES)
+    splits = np.empty(n, dtype=object)
+    splits[rng.permutation(n)] = ["train"] * (n * 3 // 5) + ["valid"] * (n // 5) + ["test"] * (n - n * 4 // 5)
+    centers = sep * rng.normal(size=(len(GENRES), dim))
+    X = rng.normal(size=(n, 2, dim))
+    for layer, blind in ((0, "test"), (1, "valid")):
+        rows = splits != blind
+        X[rows, layer] += centers[y[rows]]
+    ids = np.array([f"d{i:04d}" for i in range(n)], dtype=object)
+    return X.astype(np.float32), GENRES[y], splits, ids
+
+
 # ---- metrics ------------------------------------------------------------------------------------
 
 
@@ -223,6 +241,7 @@ def test_kfold_probe_tests_every_clip_once():
     assert len(res.folds) == 4 and res.protocol["splits"] == "kfold"
     assert res.metrics["test"]["n"] == 160
     assert res.metrics["test"]["accuracy"] == pytest.approx(np.mean([f["test_accuracy"] for f in res.folds]))
+    assert _record(res, 2)["selected_on"] == "valid_fold"
 
 
 def test_no_valid_split_uses_inner_validation():
@@ -232,6 +251,8 @@ def test_no_valid_split_uses_inner_validation():
     assert lr.hparams["selected_by"] == "inner_cv" and "valid" not in lr.metrics
     mlp = probe_arrays(X[:, 2], labels, splits, head="mlp", n_boot=50)
     assert mlp.protocol["valid_source"] == "inner" and mlp.metrics["valid"]["n"] > 0
+    assert _record(lr, 2)["selected_on"] == "train_cv"
+    assert _record(mlp, 2, head="mlp")["selected_on"] == "train_carveout"
 
 
 def test_unlabelled_rows_are_dropped():
@@ -297,6 +318,35 @@ def test_format_comparison_pvalues_match_mcnemar():
     assert "best" in text and "McNemar" in text and "C=" in text
 
 
+def test_reference_row_is_chosen_on_valid_when_test_disagrees():
+    from scipy.stats import binomtest
+
+    X, labels, splits, ids = disagreeing()
+    recs = [_record(probe_arrays(X[:, li], labels, splits, head="logreg", track_ids=ids, n_boot=50), li)
+            for li in range(2)]
+    # the construction: layer 0 wins on valid, layer 1 on test
+    assert recs[0]["metrics"]["valid"]["accuracy"] > 0.8 > 0.45 > recs[1]["metrics"]["valid"]["accuracy"]
+    assert recs[1]["metrics"]["test"]["accuracy"] > 0.6 > 0.45 > recs[0]["metrics"]["test"]["accuracy"]
+    assert [r["selected_on"] for r in recs] == ["valid", "valid"]
+    rows = compare_records(recs)
+    assert [r["best"] for r in rows] == [True, False]
+    # the other row is tested against layer 0's test predictions: exact binomial on discordant clips
+    y = np.array(recs[0]["predictions"]["test"]["y_true"])
+    ok0 = np.array(recs[0]["predictions"]["test"]["y_pred"][0]) == y
+    ok1 = np.array(recs[1]["predictions"]["test"]["y_pred"][0]) == y
+    b, c = int(np.sum(ok0 & ~ok1)), int(np.sum(~ok0 & ok1))
+    assert rows[1]["p_value"] == pytest.approx(binomtest(b, b + c, 0.5).pvalue) and rows[1]["test"] == "McNemar"
+    text = format_comparison(recs)
+    table = {line.split()[1]: line for line in text.splitlines() if line.startswith("m ")}
+    assert table["0"].endswith("best") and not table["1"].endswith("best")
+    assert f"{100 * recs[0]['selection_score']:.1f}" in table["0"].split()  # the valid acc % column
+    assert "selected on: valid" in text and "valid acc %" in text
+    # records without a validation score cannot be chosen: no reference row, no p-values
+    blind = [dict(r, selection_score=None) for r in recs]
+    assert [(r["best"], r["p_value"]) for r in compare_records(blind)] == [(False, None), (False, None)]
+    assert "best: none" in format_comparison(blind)
+
+
 # ---- through the store --------------------------------------------------------------------------
 
 
@@ -348,11 +398,27 @@ def test_run_probe_best_and_weighted(probe_store):
     best = run_probe(probe_store, "genre", models=["enc_a"], layer="best", head="logreg", progress=False)
     assert len(best.records) == 1 and best.records[0]["layer"] == 2
     assert set(best.records[0]["layer_selection"]["scores"]) == {"0", "1", "2", "3"}
+    assert best.records[0]["layer_selection"]["selected_on"] == "valid"
     w = run_probe(probe_store, "genre", models=["enc_b"], layer="weighted", head="mlp", progress=False)
     rec = w.records[0]
     assert rec["layer"] == "weighted" and rec["layers"] == [0, 1, 2, 3]
     assert sum(rec["layer_weights"]) == pytest.approx(1.0, abs=1e-5) and np.argmax(rec["layer_weights"]) == 0
     assert "layer weights enc_b" in format_comparison(w)
+
+
+def test_run_probe_best_layer_follows_valid_not_test(tmp_path):
+    from embedstore.heads.probe import run_probe
+
+    X, labels, splits, ids = disagreeing()
+    path = tmp_path / "disagree.zarr"
+    write_store(path, {"enc": X}, labels, splits, ids)
+    rep = run_probe(path, "genre", layer="best", head="logreg", progress=False)
+    assert rep.best_layers == {("gtzan", "enc"): 0} and [r["layer"] for r in rep.records] == [0]
+    on_disk = json.loads(rep.paths[0].read_text())
+    assert on_disk["selected_on"] == "valid" and on_disk["layer_selection"]["selected_on"] == "valid"
+    scores = on_disk["layer_selection"]["scores"]
+    assert scores["0"] > scores["1"]  # chosen by these validation scores ...
+    assert on_disk["metrics"]["test"]["accuracy"] < 0.45  # ... although its test accuracy is near chance
 
 
 def test_run_probe_errors(probe_store):
