@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from embedstore.errors import EmbedstoreError
+from embedstore.extract.audio import DEFAULT_GAIN, check_gain
 from embedstore.extract.pooling import POOLINGS
 
 
@@ -24,6 +25,9 @@ class ExtractOptions:
         split: only clips of these splits.
         strict: any failed clip is an error.
         progress: show a progress bar (on a terminal) or log lines (otherwise).
+        gain: the gain rule of decoding (``"none"``: the decoded amplitude, what the encoders' own
+            feature extractors expect; ``"peak"``: peak-normalised to [-1, 1]); recorded in each
+            model entry, and an entry refuses rows made with another rule.
     """
 
     batch_size: int = 8
@@ -36,8 +40,10 @@ class ExtractOptions:
     split: Sequence[str] | None = None
     strict: bool = False
     progress: bool = True
+    gain: str = DEFAULT_GAIN
 
     def __post_init__(self) -> None:
+        check_gain(self.gain)
         if self.batch_size < 1:
             raise EmbedstoreError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.pooling not in POOLINGS:
