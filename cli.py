@@ -42,6 +42,7 @@ OutOption = Annotated[Optional[Path], typer.Option(help="Output folder (default:
 FormatOption = Annotated[Optional[list[str]], typer.Option("--format", help="Figure formats: png, svg, pdf (repeatable; default png).")]
 SeedOption = Annotated[int, typer.Option(help="Seed of subsampling and UMAP.")]
 MaxPointsOption = Annotated[int, typer.Option(help="Subsample (seeded) to at most this many clips for plots.")]
+GainOption = Annotated[str, typer.Option(help="Input gain: none (the decoded amplitude, what each encoder's own feature extractor expects) or peak (peak-normalise each clip to [-1, 1], the rule of stores made before this option).")]
 
 
 def _version_callback(value: bool) -> None:
@@ -198,6 +199,7 @@ def extract(
     concurrency: Annotated[int, typer.Option(help="ray: number of encoder actors.")] = 1,
     num_gpus_per_worker: Annotated[Optional[float], typer.Option(help="ray: GPUs per encoder actor (default 1 when the cluster has GPUs, else 0).")] = None,
     num_cpus_per_worker: Annotated[float, typer.Option(help="ray: CPUs per encoder actor.")] = 1.0,
+    gain: GainOption = "none",
 ) -> None:
     """Run encoders over a dataset and store the pooled embeddings of EVERY layer (resumable)."""
     from embedstore.extract.pipeline import ExtractOptions, format_summary, run_extract
@@ -214,6 +216,7 @@ def extract(
         strict=strict,
         progress=progress,
         flush_seconds=flush_seconds,
+        gain=gain,
     )
     common = dict(
         checkpoint=checkpoint,
@@ -338,6 +341,7 @@ def finetune(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     t5: Annotated[str, typer.Option(help="--task caption: T5 checkpoint id or local directory.")] = "t5-small",
     bert: Annotated[str, typer.Option(help="--task caption: BERT checkpoint for the BERT-similarity metric.")] = "bert-base-uncased",
+    gain: GainOption = "none",
 ) -> None:
     """Fine-tune an encoder end to end on raw audio (the unfrozen path) and report as probe does.
 
@@ -351,7 +355,7 @@ def finetune(
             crop_seconds=crop_seconds, freeze_feature_encoder=freeze_feature_encoder, spec_augment=spec_augment,
             patience=patience, device=device, precision=precision, out=out, store=export_to_store, resume=resume,
             seed=seed, split_scheme=split_scheme, split_dir=split_dir, dataset_type=dataset_type, workers=workers,
-            progress=progress,
+            progress=progress, gain=gain,
         )
         typer.echo(format_caption_finetune_report(report))
         return
@@ -364,7 +368,7 @@ def finetune(
         grad_accum=grad_accum, crop_seconds=crop_seconds, freeze_feature_encoder=freeze_feature_encoder,
         gradient_checkpointing=gradient_checkpointing, spec_augment=spec_augment, precision=precision, device=device,
         patience=patience, out=out, resume=resume, export_to_store=export_to_store, dataset_type=dataset_type,
-        split_scheme=split_scheme, split_dir=split_dir, workers=workers, seed=seed, progress=progress,
+        split_scheme=split_scheme, split_dir=split_dir, workers=workers, seed=seed, progress=progress, gain=gain,
     )
     typer.echo(format_finetune_report(report))
 

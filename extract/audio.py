@@ -13,7 +13,11 @@ Pipeline of :func:`load_audio` (the exact preprocessing, in this order):
 3. mix to mono by the mean over channels -> ``[frames]``;
 4. resample with soxr (``quality="HQ"``, soxr's default and librosa's ``soxr_hq``: 20-bit precision,
    linear phase) from the file's rate to ``sample_rate`` (``None`` keeps the native rate);
-5. peak-normalise to [-1, 1] (``x / max|x|``); an all-zero clip stays all zeros.
+5. the gain rule (:data:`GAINS`): ``"none"`` (the default) keeps the decoded amplitude, which is what
+   every encoder's own feature extractor expects (MERT-v1: ``do_normalize`` false; wav2vec 2.0:
+   zero mean / unit variance inside the encoder; CLAP: the waveform as decoded); ``"peak"`` divides
+   by ``max|x|`` (to [-1, 1]; an all-zero clip stays all zeros), the rule of stores made before the
+   gain was an option.
 
 Every failure is an :class:`~embedstore.errors.AudioError` naming the file and a one-line reason.
 """
@@ -29,14 +33,18 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from embedstore.errors import AudioError
+from embedstore.errors import AudioError, EmbedstoreError
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "DEFAULT_GAIN",
+    "GAINS",
+    "LEGACY_GAIN",
     "RESAMPLE_QUALITY",
     "AudioInfo",
     "audio_duration",
     "audio_info",
+    "check_gain",
     "is_audio_path",
     "load_audio",
     "preprocessing_description",
@@ -44,6 +52,13 @@ __all__ = [
 
 #: soxr quality preset used for every resampling (see module docstring).
 RESAMPLE_QUALITY = "HQ"
+
+#: Gain rules of :func:`load_audio`: the decoded amplitude as is, or peak-normalised to [-1, 1].
+GAINS = ("none", "peak")
+#: The gain rule unless asked otherwise: what the encoders' own feature extractors expect.
+DEFAULT_GAIN = "none"
+#: The gain rule of model entries that predate the ``gain`` metadata key (always peak-normalised).
+LEGACY_GAIN = "peak"
 
 #: File name suffixes (lower case) treated as audio when scanning a folder.
 AUDIO_EXTENSIONS = frozenset(
@@ -77,14 +92,28 @@ def is_audio_path(path: str | Path) -> bool:
     return p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".")
 
 
-def preprocessing_description(sample_rate: int | None, normalize: bool = True) -> dict:
-    """The exact preprocessing :func:`load_audio` applies, as JSON-able metadata for a store."""
+def check_gain(gain: str) -> str:
+    """Return ``gain`` if it is one of :data:`GAINS`, else raise :class:`EmbedstoreError` naming ``--gain``."""
+    if gain not in GAINS:
+        raise EmbedstoreError(f"--gain must be one of {', '.join(GAINS)}, got {gain!r}")
+    return gain
+
+
+def preprocessing_description(sample_rate: int | None, gain: str = DEFAULT_GAIN) -> dict:
+    """The exact preprocessing :func:`load_audio` applies, as JSON-able metadata for a store.
+
+    Rules only (decoder, window, mono, resampler and its quality, gain, dtype); the library versions
+    are recorded separately, so that resuming with an upgraded library is not a different rule.
+    """
     return {
-        "decoder": f"libsndfile {sf.__libsndfile_version__} (soundfile {sf.__version__})",
+        "decoder": "soundfile (libsndfile)",
+        "window": "seek to the track offset, read its duration (MP3: 8 frames of pre-roll dropped)",
         "mono": "mean over channels",
-        "resampler": f"soxr {soxr.__version__} quality={RESAMPLE_QUALITY}",
+        "resampler": "soxr",
+        "resample_quality": RESAMPLE_QUALITY,
         "sample_rate": sample_rate,
-        "normalize": "peak to [-1, 1]" if normalize else "none",
+        "gain": check_gain(gain),
+        "gain_rule": "peak-normalise to [-1, 1] (x / max|x|)" if gain == "peak" else "none (decoded amplitude)",
         "dtype": "float32",
     }
 
@@ -166,7 +195,7 @@ def load_audio(
     *,
     offset: float = 0.0,
     duration: float | None = None,
-    normalize: bool = True,
+    gain: str = DEFAULT_GAIN,
 ) -> np.ndarray:
     """Decode a window of an audio file into mono float32 at ``sample_rate``.
 
@@ -176,7 +205,8 @@ def load_audio(
         offset: start of the window in seconds (>= 0, before the end of the file).
         duration: window length in seconds (> 0); ``None`` reads to the end. A window running past
             the end of the file is cut at the end (the result is shorter, never padded).
-        normalize: peak-normalise to [-1, 1]; an all-zero clip stays zeros.
+        gain: ``"none"`` keeps the decoded amplitude; ``"peak"`` peak-normalises to [-1, 1] (an
+            all-zero clip stays zeros). Anything else raises :class:`EmbedstoreError`.
 
     Returns:
         float32 array ``[samples]``, ``samples ~= round(frames_read * sample_rate / native_rate)``.
@@ -186,6 +216,7 @@ def load_audio(
             contains NaN/inf, or the window is invalid (negative, empty, or past the end).
     """
     p = Path(path)
+    check_gain(gain)
     _check_rate(p, sample_rate)
     if not math.isfinite(offset) or offset < 0:
         raise AudioError(p, f"invalid offset {offset!r} s (need a finite value >= 0)")
@@ -218,7 +249,7 @@ def load_audio(
     if sample_rate is not None and int(sample_rate) != info.sample_rate:
         mono = soxr.resample(mono, info.sample_rate, int(sample_rate), quality=RESAMPLE_QUALITY)
     mono = np.ascontiguousarray(mono, dtype=np.float32)
-    if normalize:
+    if gain == "peak":
         peak = float(np.max(np.abs(mono))) if mono.size else 0.0
         if peak > 0.0:
             mono = mono / np.float32(peak)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from embedstore.errors import EmbedstoreError
+from embedstore.extract.audio import DEFAULT_GAIN, check_gain
 from embedstore.extract.pooling import POOLINGS
 from embedstore.store.writer import DEFAULT_FLUSH_SECONDS
 
@@ -28,6 +29,9 @@ class ExtractOptions:
         flush_seconds: finished rows are made durable (marked done) at the first write at least this
             many seconds after they were produced, whatever the chunk size, so a killed run loses at
             most about this much work (0: after every batch).
+        gain: the gain rule of decoding (``"none"``: the decoded amplitude, what the encoders' own
+            feature extractors expect; ``"peak"``: peak-normalised to [-1, 1]); recorded in each
+            model entry, and an entry refuses rows made with another rule.
     """
 
     batch_size: int = 8
@@ -41,8 +45,10 @@ class ExtractOptions:
     strict: bool = False
     progress: bool = True
     flush_seconds: float = DEFAULT_FLUSH_SECONDS
+    gain: str = DEFAULT_GAIN
 
     def __post_init__(self) -> None:
+        check_gain(self.gain)
         if self.batch_size < 1:
             raise EmbedstoreError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.pooling not in POOLINGS:

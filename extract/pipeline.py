@@ -2,7 +2,7 @@
 
 Flow for every block of clips (a DataLoader batch)::
 
-    worker processes: load_audio (decode, mono, resample to each encoder's rate, peak-normalise)
+    worker processes: load_audio (decode, mono, resample to each encoder's rate, the --gain rule)
     main process, per encoder: cut clips into equal-length windows (extract/windowing) -> batches of
         equal-length windows -> encoder (inference mode, autocast on GPU) -> per-window moments of every
         layer on the device (extract/pooling) -> merged per clip -> pooled rows -> store writer
@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from embedstore.devices import resolve_device
 from embedstore.errors import AudioError, EmbedstoreError
-from embedstore.extract.audio import load_audio
+from embedstore.extract.audio import DEFAULT_GAIN, load_audio
 from embedstore.extract.datasets import Dataset, Track
 from embedstore.extract.encoders import Encoder
 from embedstore.extract.encoding import encode_clips
@@ -66,10 +66,11 @@ def model_key(encoder: Encoder, weights: str, name: str | None = None) -> str:
     return f"{encoder.name}+random" if weights == "random" else encoder.name
 
 
-def decode_clip(path: Path, rates: Sequence[int], *, offset: float = 0.0, duration: float | None = None) -> dict[int, np.ndarray]:
-    """Decode one clip at every sample rate in ``rates``: ``{rate: float32 [samples]}`` (see
-    :func:`~embedstore.extract.audio.load_audio`). Raises :class:`AudioError` naming the file."""
-    return {sr: load_audio(path, sr, offset=offset, duration=duration) for sr in sorted(set(rates))}
+def decode_clip(path: Path, rates: Sequence[int], *, offset: float = 0.0, duration: float | None = None,
+                gain: str = DEFAULT_GAIN) -> dict[int, np.ndarray]:
+    """Decode one clip at every sample rate in ``rates`` with the ``gain`` rule: ``{rate: float32 [samples]}``
+    (see :func:`~embedstore.extract.audio.load_audio`). Raises :class:`AudioError` naming the file."""
+    return {sr: load_audio(path, sr, offset=offset, duration=duration, gain=gain) for sr in sorted(set(rates))}
 
 
 def is_silent(waves: dict[int, np.ndarray]) -> bool:
@@ -89,8 +90,9 @@ class _Decoded:
 class _ClipSource(torch.utils.data.Dataset):
     """Map-style dataset that decodes clips at every sample rate the encoders need."""
 
-    def __init__(self, root: Path, tracks: Sequence[Track], rows: Sequence[int], rates: Sequence[int]):
+    def __init__(self, root: Path, tracks: Sequence[Track], rows: Sequence[int], rates: Sequence[int], gain: str):
         self.root, self.tracks, self.rows, self.rates = root, tracks, list(rows), sorted(set(rates))
+        self.gain = gain
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -99,7 +101,8 @@ class _ClipSource(torch.utils.data.Dataset):
         row = self.rows[i]
         track = self.tracks[row]
         try:
-            waves = decode_clip(self.root / track.path, self.rates, offset=track.offset, duration=track.duration)
+            waves = decode_clip(self.root / track.path, self.rates, offset=track.offset, duration=track.duration,
+                                gain=self.gain)
         except AudioError as exc:
             return _Decoded(row, {}, exc.reason)
         return _Decoded(row, waves)
@@ -144,7 +147,7 @@ def _decoded_blocks(
 ) -> Iterator[list[_Decoded]]:
     """Blocks of decoded clips, decoded in worker processes ahead of the model."""
     all_tracks: dict[int, Track] = dict(zip(rows, tracks))
-    source = _ClipSource(root, _RowView(all_tracks), rows, [enc.sample_rate for _, enc in encoders])
+    source = _ClipSource(root, _RowView(all_tracks), rows, [enc.sample_rate for _, enc in encoders], options.gain)
     workers = default_workers() if options.workers is None else options.workers
     loader = DataLoader(
         source,

@@ -155,13 +155,13 @@ def _col(model: int, what: str) -> str:
     return f"m{model}_{what}"
 
 
-def _decode_item(item: dict[str, Any], rates: Sequence[int]) -> dict[str, Any]:
-    """Ray ``map`` stage: one pending row -> its waveforms ``wave_<rate>`` (float32 ``[samples]``),
-    ``error`` ("" when decoded) and ``silent``. Failed clips carry empty waveforms."""
+def _decode_item(item: dict[str, Any], rates: Sequence[int], gain: str) -> dict[str, Any]:
+    """Ray ``map`` stage: one pending row -> its waveforms ``wave_<rate>`` (float32 ``[samples]``, decoded
+    with the ``gain`` rule), ``error`` ("" when decoded) and ``silent``. Failed clips carry empty waveforms."""
     duration = None if math.isnan(item["duration"]) else float(item["duration"])
     out: dict[str, Any] = {k: item[k] for k in ("row", *(k for k in item if k.startswith("todo_")))}
     try:
-        waves = decode_clip(Path(item["path"]), rates, offset=float(item["offset"]), duration=duration)
+        waves = decode_clip(Path(item["path"]), rates, offset=float(item["offset"]), duration=duration, gain=gain)
         out.update(error="", silent=is_silent(waves))
     except AudioError as exc:
         waves = {sr: np.zeros(0, dtype=np.float32) for sr in rates}
@@ -373,7 +373,7 @@ def _clip_dataset(
         ray.data.from_items(items)
         .map(
             _decode_item,
-            fn_kwargs={"rates": sorted({enc.sample_rate for _, enc in encoders})},
+            fn_kwargs={"rates": sorted({enc.sample_rate for _, enc in encoders}), "gain": options.gain},
             num_cpus=ray_options.decode_cpus,
         )
         .map_batches(

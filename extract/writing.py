@@ -8,6 +8,8 @@ silent-clip warnings through, so resume and failure records behave the same ever
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import platform
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -19,8 +21,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from embedstore import __version__
-from embedstore.errors import EmbedstoreError, ModelError
-from embedstore.extract.audio import audio_duration
+from embedstore.errors import EmbedstoreError, ModelError, StoreError
+from embedstore.extract.audio import LEGACY_GAIN, audio_duration, preprocessing_description
 from embedstore.extract.datasets import Dataset, Track
 from embedstore.extract.encoders import Encoder
 from embedstore.extract.encoding import EncodedClips
@@ -161,8 +163,48 @@ def select_tracks(dataset: Dataset, options: ExtractOptions) -> list[Track]:
     return tracks
 
 
-def model_metadata(key: str, encoder: Encoder, options: ExtractOptions, frame_layers: Sequence[int]) -> dict:
-    """The JSON-able metadata of a model entry (identity, preprocessing, pooling, windows, frames)."""
+#: distributions whose versions every model entry records, besides python, embedstore, libsndfile
+#: and the store backend's library (:func:`software_versions`)
+VERSIONED_PACKAGES = ("torch", "transformers", "numpy", "soundfile", "soxr", "librosa")
+_BACKEND_PACKAGE = {"zarr": "zarr", "hdf5": "h5py"}
+
+
+def _installed(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def software_versions(backend: str) -> dict[str, str | None]:
+    """The versions of what computes and writes a model entry's numbers (None: not installed).
+
+    Returns ``{"python", "embedstore", "torch", "transformers", "numpy", "soundfile", "soxr",
+    "librosa", "libsndfile", "zarr" | "h5py"}`` (``backend``: ``"zarr"`` or ``"hdf5"``). Read from the
+    installed distributions' metadata, so no package is imported for it (librosa only computes the MFCC
+    baseline); libsndfile's comes from soundfile, which decoding has loaded already.
+    """
+    import soundfile
+
+    versions: dict[str, str | None] = {"python": platform.python_version(), "embedstore": __version__}
+    versions.update({name: _installed(name) for name in VERSIONED_PACKAGES})
+    versions["libsndfile"] = soundfile.__libsndfile_version__  # the C library soundfile decodes with
+    package = _BACKEND_PACKAGE.get(backend, backend)
+    versions[package] = _installed(package)
+    return versions
+
+
+def _pipeline_summary(gain: str) -> str:
+    """One line of the decoding steps (a store identity key: unchanged for stores made before --gain)."""
+    last = "peak-normalise to [-1, 1]" if gain == "peak" else "no gain change"
+    return f"decode (soundfile) -> mono (channel mean) -> resample (soxr HQ) -> {last}"
+
+
+def model_metadata(key: str, encoder: Encoder, options: ExtractOptions, frame_layers: Sequence[int],
+                   backend: str = "zarr") -> dict:
+    """The JSON-able metadata of a model entry: identity, preprocessing (``gain``, ``decoding``: the
+    rules of :func:`~embedstore.extract.audio.preprocessing_description`, ``windowing``), pooling,
+    frames, and ``versions`` (:func:`software_versions` for the store ``backend``)."""
     return {
         **encoder.describe(),
         "model": key,
@@ -176,10 +218,27 @@ def model_metadata(key: str, encoder: Encoder, options: ExtractOptions, frame_la
         "windowing": WindowRule(encoder.window_seconds, encoder.sample_rate).describe(),
         "frames_hop_seconds": options.frames_hop,
         "frame_layers": list(frame_layers),
-        "audio_preprocessing": "decode (soundfile) -> mono (channel mean) -> resample (soxr HQ) "
-        "-> peak-normalise to [-1, 1]",
+        "gain": options.gain,
+        "decoding": preprocessing_description(encoder.sample_rate, options.gain),
+        "audio_preprocessing": _pipeline_summary(options.gain),
+        "versions": software_versions(backend),
         "embedstore_version": __version__,
     }
+
+
+def check_gain_matches(store: Store, dataset: str, key: str, gain: str) -> None:
+    """Refuse to add rows decoded with ``gain`` to an existing model entry made with another rule.
+
+    An entry without a ``gain`` key predates the option and was peak-normalised
+    (:data:`~embedstore.extract.audio.LEGACY_GAIN`). Raises a one-line :class:`StoreError`.
+    """
+    if key not in store.models(dataset):
+        return
+    stored = store.model_attrs(dataset, key).get("gain", LEGACY_GAIN)
+    if stored != gain:
+        raise StoreError(
+            f"{store.path}: model entry {key!r} of dataset {dataset!r} was extracted with --gain {stored}, "
+            f"not --gain {gain}; rerun with --gain {stored}, or write under another --as name or into another store")
 
 
 @dataclass
@@ -316,10 +375,11 @@ def open_extraction(
                 if layers:
                     longest = max_duration or max(audio_duration(dataset.root / t.path) for t in tracks)
                     n_frames = int(np.ceil(longest / options.frames_hop))
+                check_gain_matches(store, dataset.name, key, options.gain)
                 writer = store.model_writer(
                     dataset.name,
                     key,
-                    model_metadata(key, enc, options, layers),
+                    model_metadata(key, enc, options, layers, store.kind),
                     [pooled_width(w, options.pooling) for w in enc.layer_widths],
                     storage_dtype=options.storage_dtype,
                     frame_layers=layers or None,

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from embedstore.errors import DatasetError, EmbedstoreError, ModelError
+from embedstore.extract.audio import DEFAULT_GAIN, check_gain
 from embedstore.finetune.data import (
     ClipDataset,
     CropDataset,
@@ -223,6 +224,7 @@ def finetune_caption(
     workers: int | None = None,
     trust_remote_code: bool = False,
     progress: bool = True,
+    gain: str = DEFAULT_GAIN,
 ) -> CaptionFinetuneReport:
     """Fine-tune ``model`` end to end with a T5 captioner on a dataset's captions (e.g. MusicCaps).
 
@@ -247,6 +249,7 @@ def finetune_caption(
         generation: beam-search settings for the test captions (None: the defaults).
         split_scheme, split_dir, dataset_type, dataset_name: passed to ``discover_dataset``.
         window_seconds: the encoder's window; workers: decoding processes (None: as extraction).
+        gain: the gain rule of decoding, as extraction's ``--gain`` (``"none"`` or ``"peak"``).
 
     Returns:
         A :class:`CaptionFinetuneReport` (print it with :func:`format_caption_finetune_report`).
@@ -269,6 +272,7 @@ def finetune_caption(
     _check_options(epochs=epochs, lr_encoder=lr_encoder, lr_head=lr_head, batch_size=batch_size,
                    crop_seconds=crop_seconds, block_seconds=block_seconds, patience=patience,
                    weight_decay=weight_decay, max_grad_norm=max_grad_norm, resume=resume)
+    check_gain(gain)
     generation = generation or GenerationSettings()
     notes: list[str] = []
     dataset = discover_dataset(dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed,
@@ -309,7 +313,7 @@ def finetune_caption(
         return net(waves, lengths, labels), int((labels != -100).sum())
 
     def eval_batches(split: str):
-        data = ClipDataset(dataset.root, tracks[split], list(range(len(tracks[split]))), sr)
+        data = ClipDataset(dataset.root, tracks[split], list(range(len(tracks[split]))), sr, gain)
         for items in make_loader(data, batch_size, workers):
             good = [it for it in items if it.wave is not None]
             for it in items:
@@ -331,7 +335,7 @@ def finetune_caption(
             raise EmbedstoreError("no validation clip could be decoded")
         return total / tokens
 
-    crops = CropDataset(dataset.root, tracks["train"], list(range(len(tracks["train"]))), sr, crop, seed)
+    crops = CropDataset(dataset.root, tracks["train"], list(range(len(tracks["train"]))), sr, crop, seed, gain)
     history: list[dict[str, Any]] = []
     best_loss, best_epoch, best_state, stale = math.inf, 0, None, 0
     for epoch in range(1, epochs + 1):
@@ -404,7 +408,7 @@ def finetune_caption(
         "hparams": {"epochs": epochs, "batch_size": batch_size, "lr_encoder": lr_encoder, "lr_head": lr_head,
                     "weight_decay": weight_decay, "patience": patience, "crop_seconds": crop,
                     "block_seconds": block_seconds, "freeze_feature_encoder": freeze_feature_encoder,
-                    "spec_augment": spec_augment, "weights": weights, "best_epoch": best_epoch,
+                    "spec_augment": spec_augment, "weights": weights, "best_epoch": best_epoch, "gain": gain,
                     **asdict(generation)},
         "seeds": [seed],
         "protocol": {"split": split_note, "selection": "best epoch by validation loss (centre crops)",

@@ -3,8 +3,8 @@
 - :class:`CropDataset` yields one random crop of ``crop_seconds`` per training clip. The crop's start
   is drawn from ``numpy.random.default_rng((seed, epoch, index))``, so an epoch's crops are the same
   whatever the worker count and whether the run was resumed. Only the crop is decoded
-  (``load_audio`` with ``offset``/``duration``); it is peak-normalised on its own, which the
-  wav2vec2/MERT feature extractors' per-input standardisation makes irrelevant.
+  (``load_audio`` with ``offset``/``duration``) with the run's gain rule, the same as extraction's
+  (``"none"``: the decoded amplitude; ``"peak"``: each crop peak-normalised on its own).
 - :class:`ClipDataset` yields full clips (the track's own segment) for evaluation.
 - :func:`task_splits` picks the labelled tracks of a task and their train/valid/test split, holding
   out a stratified share of train as validation when the dataset has no valid split.
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from embedstore.errors import AudioError, DatasetError
-from embedstore.extract.audio import audio_duration, load_audio
+from embedstore.extract.audio import DEFAULT_GAIN, audio_duration, load_audio
 from embedstore.extract.datasets import Dataset, Track
 from embedstore.heads.protocol import INNER_VALID_FRACTION
 
@@ -110,13 +110,14 @@ class CropDataset(torch.utils.data.Dataset):
     Args:
         root: dataset root; tracks: the clips; codes: class code per track ``[n]``.
         sample_rate: the encoder's rate. crop_seconds: crop length (a shorter clip is used whole).
-        seed: seed of the crop positions.
+        seed: seed of the crop positions. gain: the gain rule of decoding (``"none"`` or ``"peak"``).
     """
 
     def __init__(self, root: Path, tracks: Sequence[Track], codes: Sequence[int], sample_rate: int,
-                 crop_seconds: float, seed: int = 0) -> None:
+                 crop_seconds: float, seed: int = 0, gain: str = DEFAULT_GAIN) -> None:
         self.root, self.tracks, self.codes = Path(root), list(tracks), [int(c) for c in codes]
         self.sample_rate, self.crop_seconds, self.seed = int(sample_rate), float(crop_seconds), int(seed)
+        self.gain = gain
         self.epoch = 0
         self.available = [self._available(t) for t in self.tracks]
 
@@ -142,17 +143,21 @@ class CropDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng((self.seed, self.epoch, i))
         start = float(rng.uniform(0.0, span - crop)) if span > crop else 0.0
         try:
-            wave = load_audio(self.root / track.path, self.sample_rate, offset=track.offset + start, duration=crop)
+            wave = load_audio(self.root / track.path, self.sample_rate, offset=track.offset + start, duration=crop,
+                              gain=self.gain)
         except AudioError as exc:
             return Item(i, None, self.codes[i], exc.reason)
         return Item(i, wave[: int(round(self.crop_seconds * self.sample_rate))], self.codes[i])
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Full clips (each track's own segment) at ``sample_rate``, for evaluation and export checks."""
+    """Full clips (each track's own segment) at ``sample_rate`` with the ``gain`` rule, for evaluation
+    and export checks."""
 
-    def __init__(self, root: Path, tracks: Sequence[Track], codes: Sequence[int], sample_rate: int) -> None:
+    def __init__(self, root: Path, tracks: Sequence[Track], codes: Sequence[int], sample_rate: int,
+                 gain: str = DEFAULT_GAIN) -> None:
         self.root, self.tracks, self.codes, self.sample_rate = Path(root), list(tracks), list(codes), int(sample_rate)
+        self.gain = gain
 
     def __len__(self) -> int:
         return len(self.tracks)
@@ -160,7 +165,8 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> Item:
         track = self.tracks[i]
         try:
-            wave = load_audio(self.root / track.path, self.sample_rate, offset=track.offset, duration=track.duration)
+            wave = load_audio(self.root / track.path, self.sample_rate, offset=track.offset, duration=track.duration,
+                              gain=self.gain)
         except AudioError as exc:
             return Item(i, None, int(self.codes[i]), exc.reason)
         return Item(i, wave, int(self.codes[i]))

@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from embedstore.errors import EmbedstoreError, ModelError
+from embedstore.extract.audio import DEFAULT_GAIN, LEGACY_GAIN, check_gain
 from embedstore.finetune.checkpoint import (
     BEST,
     LAST,
@@ -61,7 +62,7 @@ HEAD = "finetune"
 N_BOOT = 1000
 # Options that must not change when resuming (they change the network or its classes).
 _RESUME_FIXED = ("model", "checkpoint", "weights", "task", "dataset", "layer", "head_hidden", "head_dropout",
-                 "freeze_feature_encoder", "window_seconds")
+                 "freeze_feature_encoder", "window_seconds", "gain")
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class FinetuneConfig:
     head_dropout: float
     max_grad_norm: float | None
     window_seconds: float
+    gain: str = DEFAULT_GAIN
 
 
 def _check_options(*, epochs: int, lr_encoder: float, lr_head: float, batch_size: int, grad_accum: int,
@@ -233,7 +235,7 @@ def _state(net: FinetuneModel, config: FinetuneConfig, labels: list[str], epoch:
 
 
 def _check_resume(state: dict[str, Any], config: FinetuneConfig, labels: list[str], path: Path) -> None:
-    saved = state.get("config", {})
+    saved = {"gain": LEGACY_GAIN, **state.get("config", {})}  # runs before --gain peak-normalised
     for key in _RESUME_FIXED:
         if saved.get(key) != getattr(config, key):
             raise EmbedstoreError(f"{path}: cannot resume, {key} was {saved.get(key)!r} and is now "
@@ -243,7 +245,7 @@ def _check_resume(state: dict[str, Any], config: FinetuneConfig, labels: list[st
 
 
 def _split_record_metrics(net: FinetuneModel, splits: TaskSplits, root: Path, *, batch_size: int, workers: int,
-                          progress: bool, seed: int, notes: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+                          progress: bool, seed: int, gain: str, notes: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics of every split (full clips) and the test predictions, in the probes' format."""
     from embedstore.heads.protocol import split_metrics  # the probes' per-split aggregation
 
@@ -252,7 +254,7 @@ def _split_record_metrics(net: FinetuneModel, splits: TaskSplits, root: Path, *,
     for split in ("train", "valid", "test"):
         tracks = splits.tracks[split]
         codes = splits.codes(split)
-        data = ClipDataset(root, tracks, codes, net.encoder.sample_rate)
+        data = ClipDataset(root, tracks, codes, net.encoder.sample_rate, gain)
         logits, ok, failed = predict_logits(net, data, batch_size=batch_size, workers=workers,
                                             desc=f"eval {split}", progress=progress)
         if failed:
@@ -304,6 +306,7 @@ def finetune(
     workers: int | None = None,
     trust_remote_code: bool = False,
     progress: bool = True,
+    gain: str = DEFAULT_GAIN,
 ) -> FinetuneReport:
     """Fine-tune ``model`` end to end on the raw audio of a dataset's classification ``task``.
 
@@ -340,6 +343,8 @@ def finetune(
         workers: decoding processes (None: as extraction, ``min(4, cpus - 1)``; 0: in-process).
         trust_remote_code: let MERT load its checkpoint's own code.
         progress: tqdm bars.
+        gain: the gain rule of decoding, as extraction's ``--gain`` (``"none"``: the decoded amplitude;
+            ``"peak"``: peak-normalised); training, evaluation and the export all use it.
 
     Returns:
         A :class:`~embedstore.finetune.report.FinetuneReport` (print it with
@@ -358,7 +363,7 @@ def finetune(
             patience=patience, device=device, precision=precision, out=out, store=export_to_store, resume=resume,
             seed=seed, split_scheme=split_scheme, split_dir=split_dir, dataset_type=dataset_type,
             dataset_name=dataset_name, window_seconds=window_seconds, workers=workers,
-            trust_remote_code=trust_remote_code, progress=progress)
+            trust_remote_code=trust_remote_code, progress=progress, gain=gain)
     from embedstore.extract.datasets import discover_dataset
     from embedstore.extract.encoders import load_encoder
     from embedstore.devices import resolve_device
@@ -369,6 +374,7 @@ def finetune(
     _check_options(epochs=epochs, lr_encoder=lr_encoder, lr_head=lr_head, batch_size=batch_size,
                    grad_accum=grad_accum, crop_seconds=crop_seconds, precision=precision, patience=patience,
                    weight_decay=weight_decay, head_dropout=head_dropout, max_grad_norm=max_grad_norm)
+    check_gain(gain)
     notes: list[str] = []
     dataset = discover_dataset(dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed,
                                name=dataset_name)
@@ -404,7 +410,7 @@ def finetune(
         grad_accum=grad_accum, crop_seconds=crop, freeze_feature_encoder=freeze_feature_encoder,
         gradient_checkpointing=gradient_checkpointing, spec_augment=spec_augment, precision=prec,
         patience=patience, seed=seed, head_hidden=head_hidden, head_dropout=head_dropout,
-        max_grad_norm=max_grad_norm, window_seconds=encoder.window_seconds,
+        max_grad_norm=max_grad_norm, window_seconds=encoder.window_seconds, gain=gain,
     )
 
     lrs = {"encoder": lr_encoder, "head": lr_head}
@@ -438,9 +444,10 @@ def finetune(
     elif last_path.exists():
         notes.append(f"{out_dir}: held an earlier run; its checkpoints were replaced (use --resume to continue one)")
 
-    crops = CropDataset(dataset.root, splits.tracks["train"], splits.codes("train"), encoder.sample_rate, crop, seed)
+    crops = CropDataset(dataset.root, splits.tracks["train"], splits.codes("train"), encoder.sample_rate, crop, seed,
+                        gain)
     valid_codes = splits.codes("valid")
-    valid_data = ClipDataset(dataset.root, splits.tracks["valid"], valid_codes, encoder.sample_rate)
+    valid_data = ClipDataset(dataset.root, splits.tracks["valid"], valid_codes, encoder.sample_rate, gain)
     n_train = len(crops)
     drop_last = n_train > batch_size and n_train % batch_size == 1  # never a lone clip for BatchNorm
     epoch = start_epoch - 1
@@ -478,7 +485,7 @@ def finetune(
     best = load_checkpoint(best_path)
     net.load_state_dict(best["model"])
     metrics, predictions = _split_record_metrics(net, splits, dataset.root, batch_size=batch_size, workers=workers,
-                                                 progress=progress, seed=seed, notes=notes)
+                                                 progress=progress, seed=seed, gain=gain, notes=notes)
     key = model_key(model, task, weights)
     hparams = {"lr_encoder": lr_encoder, "lr_head": lr_head, "weight_decay": weight_decay, "epochs": best_epoch,
                "batch_size": batch_size * grad_accum, "crop_seconds": crop, "precision": prec,
@@ -512,7 +519,7 @@ def finetune(
                       "best_epoch": best_epoch, "base_checkpoint": checkpoint or _default_checkpoint(model),
                       "config": asdict(config)}
         export = extract_dataset(dataset, [(key, FinetunedEncoder(encoder, provenance))], export_to_store,
-                                 ExtractOptions(batch_size=batch_size, workers=workers, progress=progress))
+                                 ExtractOptions(batch_size=batch_size, workers=workers, progress=progress, gain=gain))
         record_paths.append(save_result(export_to_store, record))
 
     curve = plot_training_curve(history, out_dir, best_epoch) if history else None

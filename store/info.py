@@ -9,6 +9,8 @@ from embedstore.store.schema import model_node
 from embedstore.store.store import Store, open_store
 
 _MAX_FAILURES_SHOWN = 10
+#: the gain rule of entries written before the ``gain`` metadata key existed (always peak-normalised)
+_GAIN_BEFORE_RECORDED = "peak"
 
 
 def info(path: str | Path | Store) -> dict:
@@ -19,7 +21,11 @@ def info(path: str | Path | Store) -> dict:
                        "models": [{"name", "layers", "layer_names", "layer_widths", "storage_dtype",
                                    "frame_layers", "max_frames", "done", "failed",
                                    "failures": [[row, track_id, reason], ...], "size_bytes",
-                                   "metadata"}]}]}
+                                   "preprocessing": {...}, "versions": {...}, "metadata"}]}]}
+
+    ``preprocessing`` collects the rules the extraction recorded (gain, mono, resampler, windows, the
+    feature extractor's normalisation); ``versions`` the software versions it ran with (entries made
+    before they were recorded hold only ``embedstore``).
     """
     st = path if isinstance(path, Store) else open_store(path, "r")
     with st.snapshot():
@@ -46,9 +52,48 @@ def _describe(st: Store) -> dict:
                 "frame_layers": meta.get("frame_layers", []), "max_frames": meta.get("max_frames", 0),
                 "done": int(st.done(dataset, model).sum()), "failed": len(failures),
                 "failures": [list(f) for f in failures],
-                "size_bytes": st.backend.size_bytes(model_node(dataset, model)), "metadata": meta})
+                "size_bytes": st.backend.size_bytes(model_node(dataset, model)),
+                "preprocessing": _preprocessing(meta), "versions": _versions(meta), "metadata": meta})
         out["datasets"].append(entry)
     return out
+
+
+def _preprocessing(meta: dict) -> dict:
+    """The preprocessing rules of a model entry's metadata, flat (None where not recorded)."""
+    decoding = meta.get("decoding") or {}
+    windowing = meta.get("windowing") or {}
+    feature = meta.get("preprocessing") if isinstance(meta.get("preprocessing"), dict) else {}
+    return {
+        "gain": meta.get("gain", _GAIN_BEFORE_RECORDED),
+        "gain_recorded": "gain" in meta,
+        "mono": decoding.get("mono"),
+        "resampler": decoding.get("resampler"),
+        "resample_quality": decoding.get("resample_quality"),
+        "sample_rate": meta.get("sample_rate"),
+        "window_seconds": windowing.get("window_seconds"),
+        "last_window": windowing.get("last_window"),
+        "do_normalize": feature.get("do_normalize"),
+        "pipeline": meta.get("audio_preprocessing"),
+    }
+
+
+def _versions(meta: dict) -> dict:
+    """Software versions a model entry was made with (``embedstore`` only for entries that predate them)."""
+    return dict(meta.get("versions") or {"embedstore": meta.get("embedstore_version")})
+
+
+def _preprocessing_line(pre: dict) -> str:
+    gain = pre["gain"] if pre["gain_recorded"] else f"{pre['gain']} (not recorded: made before --gain)"
+    parts = [f"gain {gain}"]
+    if pre["mono"]:
+        parts.append(f"mono: {pre['mono']}")
+    if pre["resampler"]:
+        parts.append(f"resample: {pre['resampler']} {pre['resample_quality']} to {pre['sample_rate']} Hz")
+    if pre["window_seconds"]:
+        parts.append(f"windows of {pre['window_seconds']:g} s")
+    if pre["do_normalize"] is not None:
+        parts.append(f"feature extractor do_normalize {str(pre['do_normalize']).lower()}")
+    return "; ".join(parts)
 
 
 def _size(n: int) -> str:
@@ -80,6 +125,8 @@ def format_info(d: dict) -> str:
                          f"done {m['done']}/{ds['tracks']}, failed {m['failed']}, {_size(m['size_bytes'])}; "
                          f"from {source}" + (f", frames of layers {m['frame_layers']} (max {m['max_frames']})"
                                              if m["frame_layers"] else ""))
+            lines.append(f"      preprocessing: {_preprocessing_line(m['preprocessing'])}")
+            lines.append("      versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
             for row, track, reason in m["failures"][:_MAX_FAILURES_SHOWN]:
                 lines.append(f"      failed row {row} ({track}): {reason}")
             if m["failed"] > _MAX_FAILURES_SHOWN:

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from embedstore.errors import EmbedstoreError
+from embedstore.errors import EmbedstoreError, StoreError
 from embedstore.extract.audio import load_audio
 from embedstore.extract.datasets import discover_dataset
 from embedstore.extract.encoders import load_encoder
@@ -19,7 +19,8 @@ from embedstore.extract.synthetic import make_gtzan_like
 from embedstore.extract.writing import ExtractionRun
 from embedstore.store import writer as store_writer
 from embedstore.store import load_embeddings, load_frames, open_store
-from tiny_models import save_tiny_wav2vec2
+from embedstore.store.info import format_info, info
+from tiny_models import build_tiny_hubert, save_tiny_clap, save_tiny_mert, save_tiny_wav2vec2
 
 BACKENDS = ["zarr", "h5"]
 
@@ -276,3 +277,166 @@ def test_bad_options_are_one_line_errors(small_dir, tmp_path):
     # the same store entry refuses a different checkpoint
     with pytest.raises(EmbedstoreError):
         run_extract(copy, ["wav2vec2"], tmp_path / "y.zarr", checkpoint=str(small_dir), model_name="mfcc")
+
+
+# ---- input gain: the decoded amplitude reaches the encoders unchanged unless --gain peak ----------------
+
+MERT_SR = 24_000
+TINY_MERT_CONV = {"feat_extract_norm": "layer", "conv_bias": True}
+
+
+@pytest.fixture(scope="module")
+def gain_dir(tmp_path_factory) -> Path:
+    """A manifest of one 1 s clip ``x`` at MERT's rate and its quiet copy ``0.1 * x`` (float WAV: exact)."""
+    root = tmp_path_factory.mktemp("gain")
+    t = np.arange(MERT_SR) / MERT_SR
+    rng = np.random.default_rng(7)
+    x = (0.6 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 1330 * t)
+         + 0.1 * rng.standard_normal(t.size)).astype(np.float32)
+    sf.write(root / "loud.wav", x, MERT_SR, subtype="FLOAT")
+    sf.write(root / "quiet.wav", (np.float32(0.1) * x).astype(np.float32), MERT_SR, subtype="FLOAT")
+    (root / "manifest.csv").write_text("path,split\nloud.wav,train\nquiet.wav,train\n", encoding="utf-8")
+    return root
+
+
+# the first conv's bias, set in the checkpoint and the reference alike (transformers initialises it to 0)
+FIRST_CONV_BIAS = "feature_extractor.conv_layers.0.conv.bias"
+
+
+@pytest.fixture(scope="module")
+def tiny_mert_dir(tmp_path_factory) -> Path:
+    # MERT-v1's feature extractor: do_normalize false. MERT-v1-330M's conv stack (layer norm, trained conv
+    # bias) is not gain-invariant; 95M's (group norm over time of a bias-free conv) is, up to the norm's epsilon.
+    directory = save_tiny_mert(tmp_path_factory.mktemp("mert"), do_normalize=False, **TINY_MERT_CONV)
+    state = torch.load(directory / "pytorch_model.bin", weights_only=True)
+    state[FIRST_CONV_BIAS] = torch.linspace(-0.5, 0.5, state[FIRST_CONV_BIAS].numel())
+    torch.save(state, directory / "pytorch_model.bin")
+    return directory
+
+
+def hubert_layer_means(wave: np.ndarray) -> np.ndarray:
+    """``[layers, dim]``: the tiny MERT's HubertModel run directly on ``wave``, each layer's frames averaged."""
+    model = build_tiny_hubert(0, **TINY_MERT_CONV)
+    bias = model.get_parameter(FIRST_CONV_BIAS)
+    with torch.no_grad():
+        bias.copy_(torch.linspace(-0.5, 0.5, bias.numel()))
+    with torch.inference_mode():
+        out = model(torch.from_numpy(wave[None].astype(np.float32)), output_hidden_states=True)
+    return np.stack([h[0].numpy().mean(axis=0) for h in out.hidden_states])
+
+
+def _rows(path: Path, model: str) -> dict[str, np.ndarray]:
+    """``{track id: [layers, dim]}`` (``[sum of widths]``, layers joined, where the widths differ)."""
+    n = len(open_store(path).model_attrs("gain", model)["layer_widths"])
+    per_layer = [load_embeddings(path, model=model, layer=i) for i in range(n)]
+    join = np.stack if len({e.X.shape[1] for e in per_layer}) == 1 else np.concatenate
+    return {tid: join([e.X[i] for e in per_layer]).astype(np.float32) for i, tid in enumerate(per_layer[0].track_ids)}
+
+
+def _gain_run(gain_dir: Path, path: Path, gain: str, encoders) -> None:
+    ds = discover_dataset(gain_dir, name="gain")
+    extract_dataset(ds, encoders, path, ExtractOptions(workers=0, progress=False, gain=gain))
+
+
+def test_quiet_clip_gives_the_reference_models_output_for_its_gain(gain_dir, tiny_mert_dir, tmp_path):
+    mert = load_encoder("mert", str(tiny_mert_dir))
+    assert mert.describe()["preprocessing"]["do_normalize"] is False
+    path = tmp_path / "none.zarr"
+    _gain_run(gain_dir, path, "none", [("mert", mert)])
+    rows = _rows(path, "mert")
+    x, _ = sf.read(gain_dir / "loud.wav", dtype="float32")
+    quiet, _ = sf.read(gain_dir / "quiet.wav", dtype="float32")
+    np.testing.assert_allclose(rows["quiet"], hubert_layer_means(quiet), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(rows["loud"], hubert_layer_means(x), rtol=1e-4, atol=1e-5)
+    # the quiet copy is a different input to MERT: its embeddings differ from the loud copy's
+    assert np.abs(rows["quiet"] - rows["loud"]).max() > 0.1
+    meta = open_store(path).model_attrs("gain", "mert")
+    assert meta["gain"] == "none" and meta["decoding"]["gain"] == "none"
+    assert meta["decoding"]["resampler"] == "soxr" and meta["decoding"]["resample_quality"] == "HQ"
+
+
+def test_gain_peak_makes_quiet_and_loud_copies_equal(gain_dir, tiny_mert_dir, tmp_path):
+    mert = load_encoder("mert", str(tiny_mert_dir))
+    path = tmp_path / "peak.zarr"
+    _gain_run(gain_dir, path, "peak", [("mert", mert)])
+    rows = _rows(path, "mert")
+    x, _ = sf.read(gain_dir / "loud.wav", dtype="float32")
+    np.testing.assert_allclose(rows["loud"], hubert_layer_means(x / np.abs(x).max()), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(rows["quiet"], rows["loud"], rtol=1e-4, atol=1e-5)
+    assert open_store(path).model_attrs("gain", "mert")["gain"] == "peak"
+
+
+def test_mert_without_preprocessor_config_feeds_the_waveform_as_decoded(gain_dir, tiny_mert_dir, tmp_path):
+    # MERT-v1's published preprocessor_config.json has do_normalize false: the built-in default must agree
+    bare = shutil.copytree(tiny_mert_dir, tmp_path / "bare")
+    (bare / "preprocessor_config.json").unlink()
+    mert = load_encoder("mert", str(bare))
+    assert mert.describe()["preprocessing"]["do_normalize"] is False
+    path = tmp_path / "bare.zarr"
+    _gain_run(gain_dir, path, "none", [("mert", mert)])
+    quiet, _ = sf.read(gain_dir / "quiet.wav", dtype="float32")
+    np.testing.assert_allclose(_rows(path, "mert")["quiet"], hubert_layer_means(quiet), rtol=1e-4, atol=1e-5)
+
+
+def test_clap_sees_the_decoded_amplitude(gain_dir, tmp_path):
+    clap = load_encoder("clap", str(save_tiny_clap(tmp_path / "clap")))
+    for gain, equal in (("none", False), ("peak", True)):
+        path = tmp_path / f"clap-{gain}.zarr"
+        _gain_run(gain_dir, path, gain, [("clap", clap)])
+        rows = _rows(path, "clap")
+        assert np.allclose(rows["quiet"], rows["loud"], rtol=1e-4, atol=1e-5) == equal, gain
+
+
+def test_a_different_gain_is_refused_in_an_existing_entry(small_dir, tmp_path, monkeypatch):
+    import embedstore.extract.writing as writing
+
+    path = tmp_path / "g.zarr"
+
+    def opts(**changes) -> ExtractOptions:
+        return ExtractOptions(**{"workers": 0, "progress": False, "limit": 2, **changes})
+
+    run_extract(small_dir, ["mfcc"], path, options=opts())
+    with pytest.raises(StoreError, match=r"extracted with --gain none, not --gain peak") as err:
+        run_extract(small_dir, ["mfcc"], path, options=opts(gain="peak", limit=3))
+    assert "\n" not in str(err.value)
+    with pytest.raises(EmbedstoreError, match="--gain must be one of none, peak"):
+        ExtractOptions(gain="loud")
+
+    # an entry written before the gain was recorded: peak-normalised, with the old one-line summary
+    real = writing.model_metadata
+
+    def old_metadata(*args, **kwargs):
+        meta = real(*args, **kwargs)
+        for key in ("gain", "decoding", "versions"):
+            meta.pop(key)
+        meta["audio_preprocessing"] = ("decode (soundfile) -> mono (channel mean) -> resample (soxr HQ) "
+                                       "-> peak-normalise to [-1, 1]")
+        return meta
+
+    old = tmp_path / "old.zarr"
+    monkeypatch.setattr(writing, "model_metadata", old_metadata)
+    run_extract(small_dir, ["mfcc"], old, options=opts(gain="peak"))
+    monkeypatch.setattr(writing, "model_metadata", real)
+    with pytest.raises(StoreError, match="extracted with --gain peak, not --gain none"):
+        run_extract(small_dir, ["mfcc"], old, options=opts(limit=3))
+    resumed = run_extract(small_dir, ["mfcc"], old, options=opts(limit=3, gain="peak"))
+    assert (resumed.models[0].already_done, resumed.models[0].written) == (2, 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_entry_records_versions_and_info_shows_them(small_dir, tmp_path, backend):
+    import importlib.metadata
+    import sys
+
+    path = store_path(tmp_path, backend)
+    run_extract(small_dir, ["mfcc"], path, options=ExtractOptions(workers=0, progress=False, limit=1))
+    versions = open_store(path).model_attrs("gtzan", "mfcc")["versions"]
+    store_package = "zarr" if backend == "zarr" else "h5py"
+    for package in ("torch", "transformers", "numpy", store_package, "soundfile", "soxr", "librosa", "embedstore"):
+        assert versions[package] == importlib.metadata.version(package), package
+    assert versions["python"] == "{}.{}.{}".format(*sys.version_info[:3])
+    assert f"libsndfile-{versions['libsndfile']}" == sf._ffi.string(sf._snd.sf_version_string()).decode()
+    text = format_info(info(path))
+    assert f"torch {versions['torch']}" in text and f"{store_package} {versions[store_package]}" in text
+    assert f"libsndfile {versions['libsndfile']}" in text
+    assert "preprocessing: gain none; mono: mean over channels; resample: soxr HQ to 22050 Hz" in text

@@ -154,12 +154,15 @@ def test_feature_encoder_frozen_transformer_trained(run, ckpt):
 
 def test_export_matches_clip_features_and_feeds_probes(run, data_dir):
     from embedstore.heads.probe import run_probe
-    from embedstore.store import load_embeddings
+    from embedstore.store import load_embeddings, open_store
 
     report, store = run
     assert report.export.models[0].written == N_CLIPS
     emb = load_embeddings(store, model="wav2vec2+ft-label", layer="all")
     assert emb.X.shape == (N_CLIPS, 3, 32)
+    # training, evaluation and the exported entry decode with one gain rule
+    with open_store(store) as st:
+        assert st.model_attrs(emb.dataset, "wav2vec2+ft-label")["gain"] == report.record["finetune"]["config"]["gain"] == "none"
     # what the store holds is what the fine-tuned network pooled from the full clips
     loaded = load_finetuned(report.best_path)
     ds = discover_dataset(data_dir)
@@ -275,12 +278,16 @@ def test_crops_are_deterministic_per_epoch(data_dir):
     assert all(np.array_equal(x, crops[i].wave) for i, x in enumerate(a))
     crops.set_epoch(2)
     assert not all(np.array_equal(x, crops[i].wave) for i, x in enumerate(a))
-    # a crop is a slice of the clip (at the file's own rate: exact samples), peak-normalised on its own
-    full = load_audio(ds.root / splits.tracks["train"][0].path, SR, normalize=False)
+    # a crop is a slice of the clip (at the file's own rate: exact samples), at its decoded amplitude, or
+    # peak-normalised on its own with gain="peak" (as extraction's --gain)
+    full = load_audio(ds.root / splits.tracks["train"][0].path, SR)
     crop = crops[0].wave
     start = int(np.argmax(np.correlate(full, crop, mode="valid")))
     piece = full[start : start + len(crop)]
-    np.testing.assert_allclose(crop, piece / np.abs(piece).max(), atol=1e-6)
+    np.testing.assert_array_equal(crop, piece)
+    peaked = CropDataset(ds.root, splits.tracks["train"], splits.codes("train"), SR, 0.5, seed=3, gain="peak")
+    peaked.set_epoch(2)
+    np.testing.assert_allclose(peaked[0].wave, crop / np.abs(crop).max(), atol=1e-6)
 
 
 def test_task_splits_hold_out_validation_when_missing(gtzan_clean_dir):
@@ -318,6 +325,7 @@ def test_checkpoint_files_are_atomic_and_checked(tmp_path):
         ({"batch_size": 1}, EmbedstoreError, "--batch-size"),
         ({"task": "genre"}, DatasetError, "no such labels"),
         ({"layer": 7}, ModelError, "--layer 7"),
+        ({"gain": "loud"}, EmbedstoreError, "--gain"),
     ],
 )
 def test_bad_options_are_clear_errors(data_dir, ckpt, tmp_path, options, error, match):

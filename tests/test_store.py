@@ -330,6 +330,32 @@ def test_info_reports_counts_failures_and_size(store_path):
     assert "gtzan" in text and "3 x 8" in text and "done 5/9" in text and "empty file" in text
 
 
+def test_info_shows_preprocessing_and_versions(store_path):
+    versions = {"python": "3.11.7", "embedstore": "0.1.0", "torch": "2.13.0+cpu", "transformers": "5.24.0",
+                "numpy": "2.4.6", "soundfile": "0.14.0", "soxr": "1.1.0", "librosa": "0.11.0",
+                "libsndfile": "1.2.2", "zarr": "3.1.6"}
+    recorded = {**META, "preprocessing": {"do_normalize": False}, "gain": "none", "versions": versions,
+                "decoding": {"mono": "mean over channels", "resampler": "soxr", "resample_quality": "HQ"},
+                "windowing": {"window_seconds": 10.0}}
+    fill(store_path, n=4, model="new", meta=recorded)
+    fill(store_path, n=4, model="old")  # made before the gain and versions were recorded
+    models = {m["name"]: m for m in info(store_path)["datasets"][0]["models"]}
+    assert models["new"]["versions"] == versions
+    assert models["old"]["versions"] == {"embedstore": __version__}
+    pre = models["new"]["preprocessing"]
+    assert (pre["gain"], pre["resampler"], pre["resample_quality"], pre["sample_rate"], pre["window_seconds"],
+            pre["do_normalize"]) == ("none", "soxr", "HQ", 24000, 10.0, False)
+    assert models["old"]["preprocessing"]["gain"] == "peak"
+    text = format_info(info(store_path)).splitlines()
+    new = text.index(next(line for line in text if "model new" in line))
+    assert text[new + 1] == ("      preprocessing: gain none; mono: mean over channels; resample: soxr HQ to 24000 Hz; "
+                             "windows of 10 s; feature extractor do_normalize false")
+    assert text[new + 2] == "      versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())
+    old = text.index(next(line for line in text if "model old" in line))
+    assert text[old + 1] == "      preprocessing: gain peak (not recorded: made before --gain)"
+    assert text[old + 2] == f"      versions: embedstore {__version__}"
+
+
 def test_plain_libraries_read_the_layout(store_path):
     """docs/store-format.md: the store is readable without embedstore."""
     fill(store_path, n=5, rows=[0, 1, 2])

@@ -120,7 +120,8 @@ BUILTIN_CONFIGS: dict[str, dict[str, Any]] = {
         "conv_bias": True, "attention_relax": 32.0,
     },
 }
-BUILTIN_PREPROCESSOR: dict[str, Any] = {"do_normalize": True, "sampling_rate": SAMPLE_RATE}
+#: MERT-v1's published preprocessor_config.json (m-a-p/MERT-v1-95M and -330M): no normalisation, 24 kHz.
+BUILTIN_PREPROCESSOR: dict[str, Any] = {"do_normalize": False, "sampling_rate": SAMPLE_RATE}
 
 
 def mert_to_hubert_config(mert: dict[str, Any], source: str = "config.json") -> Any:
