@@ -20,7 +20,8 @@ from embedstore.extract.writing import ExtractionRun
 from embedstore.store import writer as store_writer
 from embedstore.store import load_embeddings, load_frames, open_store
 from embedstore.store.info import format_info, info
-from tiny_models import build_tiny_hubert, save_tiny_clap, save_tiny_mert, save_tiny_wav2vec2
+from reference_forward import read_checkpoint, reference_layers
+from tiny_models import save_tiny_clap, save_tiny_mert, save_tiny_wav2vec2
 
 BACKENDS = ["zarr", "h5"]
 
@@ -314,15 +315,13 @@ def tiny_mert_dir(tmp_path_factory) -> Path:
     return directory
 
 
-def hubert_layer_means(wave: np.ndarray) -> np.ndarray:
-    """``[layers, dim]``: the tiny MERT's HubertModel run directly on ``wave``, each layer's frames averaged."""
-    model = build_tiny_hubert(0, **TINY_MERT_CONV)
-    bias = model.get_parameter(FIRST_CONV_BIAS)
-    with torch.no_grad():
-        bias.copy_(torch.linspace(-0.5, 0.5, bias.numel()))
+def reference_layer_means(checkpoint: Path, wave: np.ndarray) -> np.ndarray:
+    """``[layers, dim]``: the tiny MERT's forward pass written out (tests/reference_forward.py) on ``wave``,
+    each layer's frames averaged."""
+    weights, config = read_checkpoint(checkpoint)
     with torch.inference_mode():
-        out = model(torch.from_numpy(wave[None].astype(np.float32)), output_hidden_states=True)
-    return np.stack([h[0].numpy().mean(axis=0) for h in out.hidden_states])
+        layers = reference_layers(weights, config, torch.from_numpy(wave.astype(np.float32)))
+    return np.stack([h.numpy().mean(axis=0) for h in layers])
 
 
 def _rows(path: Path, model: str) -> dict[str, np.ndarray]:
@@ -346,8 +345,8 @@ def test_quiet_clip_gives_the_reference_models_output_for_its_gain(gain_dir, tin
     rows = _rows(path, "mert")
     x, _ = sf.read(gain_dir / "loud.wav", dtype="float32")
     quiet, _ = sf.read(gain_dir / "quiet.wav", dtype="float32")
-    np.testing.assert_allclose(rows["quiet"], hubert_layer_means(quiet), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(rows["loud"], hubert_layer_means(x), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(rows["quiet"], reference_layer_means(tiny_mert_dir, quiet), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(rows["loud"], reference_layer_means(tiny_mert_dir, x), rtol=1e-4, atol=1e-5)
     # the quiet copy is a different input to MERT: its embeddings differ from the loud copy's
     assert np.abs(rows["quiet"] - rows["loud"]).max() > 0.1
     meta = open_store(path).model_attrs("gain", "mert")
@@ -361,7 +360,7 @@ def test_gain_peak_makes_quiet_and_loud_copies_equal(gain_dir, tiny_mert_dir, tm
     _gain_run(gain_dir, path, "peak", [("mert", mert)])
     rows = _rows(path, "mert")
     x, _ = sf.read(gain_dir / "loud.wav", dtype="float32")
-    np.testing.assert_allclose(rows["loud"], hubert_layer_means(x / np.abs(x).max()), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(rows["loud"], reference_layer_means(tiny_mert_dir, x / np.abs(x).max()), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(rows["quiet"], rows["loud"], rtol=1e-4, atol=1e-5)
     assert open_store(path).model_attrs("gain", "mert")["gain"] == "peak"
 
@@ -375,7 +374,7 @@ def test_mert_without_preprocessor_config_feeds_the_waveform_as_decoded(gain_dir
     path = tmp_path / "bare.zarr"
     _gain_run(gain_dir, path, "none", [("mert", mert)])
     quiet, _ = sf.read(gain_dir / "quiet.wav", dtype="float32")
-    np.testing.assert_allclose(_rows(path, "mert")["quiet"], hubert_layer_means(quiet), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(_rows(path, "mert")["quiet"], reference_layer_means(tiny_mert_dir, quiet), rtol=1e-4, atol=1e-5)
 
 
 def test_clap_sees_the_decoded_amplitude(gain_dir, tmp_path):
