@@ -38,6 +38,7 @@ StoreOption = Annotated[
 
 ModelsOption = Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Model entries (repeat or comma-separate; default: all).")]
 DatasetOption = Annotated[Optional[str], typer.Option(help="Dataset in the store (default: the only one, or the one holding the models).")]
+LabelNameOption = Annotated[Optional[str], typer.Option("--label-name", help="Name of the class-label task (default genre for GTZAN, label for class folders and manifests), e.g. genre for a folder of genres.")]
 OutOption = Annotated[Optional[Path], typer.Option(help="Output folder (default: <store>.analysis/ next to the store).")]
 FormatOption = Annotated[Optional[list[str]], typer.Option("--format", help="Figure formats: png, svg, pdf (repeatable; default png).")]
 SeedOption = Annotated[int, typer.Option(help="Seed of subsampling and UMAP.")]
@@ -96,18 +97,20 @@ def _layer_arg(layer: str):
 def datasets(
     dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder (or a MusicCaps / manifest CSV).")],
     dataset_type: Annotated[Optional[str], typer.Option("--type", help="gtzan, musiccaps, folder or manifest (default: detected).")] = None,
-    split_scheme: Annotated[str, typer.Option("--split-scheme", help="auto, fault-filtered, random, random-val, kfold, audioset-eval, manifest.")] = "auto",
+    split_scheme: Annotated[str, typer.Option("--split-scheme", help="auto, fault-filtered, random, random-val, kfold, audioset-eval, manifest, folders.")] = "auto",
     split_dir: Annotated[Optional[Path], typer.Option(help="Folder with GTZAN's train/valid/test_filtered.txt lists.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of random splits.")] = 0,
     folds: Annotated[int, typer.Option(help="Folds for --split-scheme kfold.")] = 5,
+    label_name: LabelNameOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Show what a dataset folder holds: clips per label and split, and unreadable files."""
+    """Show what a dataset folder holds: where its labels are, clips per label and split (and why that split), unreadable files."""
     import json
 
     from embedstore.extract.datasets import discover_dataset, format_dataset_summary, summarize_dataset
 
-    ds = discover_dataset(dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed, folds=folds)
+    ds = discover_dataset(dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed, folds=folds,
+                          label_name=label_name)
     typer.echo(json.dumps(summarize_dataset(ds), indent=2) if as_json else format_dataset_summary(ds))
 
 
@@ -176,7 +179,8 @@ def extract(
     as_name: Annotated[Optional[str], typer.Option("--as", help="Store key of the model entry (default: the encoder name, +random for random weights).")] = None,
     dataset_type: Annotated[Optional[str], typer.Option(help="gtzan, musiccaps, folder or manifest (default: detected).")] = None,
     dataset_name: Annotated[Optional[str], typer.Option(help="Dataset name inside the store (default: from the folder).")] = None,
-    split_scheme: Annotated[str, typer.Option("--split-scheme", help="auto, fault-filtered, random, kfold (GTZAN); random, audioset-eval (MusicCaps).")] = "auto",
+    label_name: LabelNameOption = None,
+    split_scheme: Annotated[str, typer.Option("--split-scheme", help="auto, fault-filtered, random, kfold (GTZAN); random, audioset-eval (MusicCaps); manifest; folders.")] = "auto",
     split_dir: Annotated[Optional[Path], typer.Option(help="Folder with GTZAN's train/valid/test_filtered.txt lists.")] = None,
     split: Annotated[Optional[list[str]], typer.Option(help="Only extract clips of these splits (e.g. train,test).")] = None,
     batch_size: Annotated[int, typer.Option(help="Windows per encoder call.")] = 8,
@@ -224,6 +228,7 @@ def extract(
         model_name=as_name,
         dataset_type=dataset_type,
         dataset_name=dataset_name,
+        label_name=label_name,
         split_scheme=split_scheme,
         split_dir=split_dir,
         dtype=dtype,
@@ -253,7 +258,7 @@ def extract(
 @app.command()
 def probe(
     store: StoreOption = None,
-    task: Annotated[str, typer.Option(help="Label column to predict (genre for GTZAN), or 'caption' for the T5 captioner.")] = "genre",
+    task: Annotated[Optional[str], typer.Option(help="Label task to predict (genre for GTZAN; default: the store's only one), or 'caption' for the T5 captioner.")] = None,
     model: ModelsOption = None,
     dataset: DatasetOption = None,
     layer: Annotated[str, typer.Option(help="Layer index or name, 'all' (one probe per layer), 'best' or 'weighted' (learned softmax sum of layers).")] = "all",
@@ -313,7 +318,7 @@ def probe(
 def finetune(
     dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder (as for extract).")],
     model: Annotated[str, typer.Option("--model", "-m", help="Encoder name (see `embedstore models`).")] = "mert",
-    task: Annotated[str, typer.Option(help="Label column to learn (genre for GTZAN).")] = "genre",
+    task: Annotated[Optional[str], typer.Option(help="Label task to learn (genre for GTZAN; default: the dataset's only one), or caption.")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(help="Hub id or local directory of the starting weights.")] = None,
     weights: Annotated[str, typer.Option(help="pretrained or random (same architecture, seeded).")] = "pretrained",
     layer: Annotated[str, typer.Option(help="weighted (learned softmax sum of layers), or one layer index/name.")] = "weighted",
@@ -334,6 +339,7 @@ def finetune(
     resume: Annotated[bool, typer.Option(help="Continue from <out>/last.pt.")] = False,
     export_to_store: Annotated[Optional[Path], typer.Option(help="After training, extract the fine-tuned encoder into this store as <model>+ft-<task>.")] = None,
     dataset_type: Annotated[Optional[str], typer.Option(help="gtzan, musiccaps, folder or manifest (default: detected).")] = None,
+    label_name: LabelNameOption = None,
     split_scheme: Annotated[str, typer.Option("--split-scheme", help="As for extract (auto, fault-filtered, random, ...).")] = "auto",
     split_dir: Annotated[Optional[Path], typer.Option(help="Folder with GTZAN's train/valid/test_filtered.txt lists.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Decoding processes.")] = None,
@@ -368,7 +374,7 @@ def finetune(
         grad_accum=grad_accum, crop_seconds=crop_seconds, freeze_feature_encoder=freeze_feature_encoder,
         gradient_checkpointing=gradient_checkpointing, spec_augment=spec_augment, precision=precision, device=device,
         patience=patience, out=out, resume=resume, export_to_store=export_to_store, dataset_type=dataset_type,
-        split_scheme=split_scheme, split_dir=split_dir, workers=workers, seed=seed, progress=progress, gain=gain,
+        label_name=label_name, split_scheme=split_scheme, split_dir=split_dir, workers=workers, seed=seed, progress=progress, gain=gain,
     )
     typer.echo(format_finetune_report(report))
 

@@ -2,33 +2,51 @@
 
 Four kinds, picked from the folder's contents or named by ``dataset_type``:
 
-- ``gtzan``: ``genres_original/<genre>/<genre>.000NN.wav``, ``genres/<genre>/<genre>.000NN.au``, or
-  the genre folders directly under the root. Track id = file stem (``blues.00012``), task ``genre``.
+- ``gtzan``: genre folders whose files are named ``<folder>.<digits>.<ext>``, under
+  ``genres_original/``, ``genres/`` or the root (recognised by this structure, whatever the genre
+  names: :mod:`embedstore.extract.layout`). Track id = file stem (``blues.00012``), task ``genre``.
 - ``musiccaps``: ``musiccaps-public.csv`` plus pre-downloaded clips named ``<ytid>.<ext>`` in the
   root or in ``audio/`` or ``clips/``. Track id = ytid, task ``caption``.
-- ``folder``: one sub-folder per class (label = folder name), task ``label``.
+- ``folder``: one sub-folder per class (label = folder name), task ``label``; wrapper folders above
+  the classes are descended (``mydata/train_audio/<class>/``), and split folders
+  (``train/<class>/``, ``test/<class>/``) give the splits. Fewer than two classes is an error.
 - ``manifest``: a CSV with header ``path,label[,split][,caption]``, paths relative to the CSV.
+  A path outside the CSV's folder (``../x.wav`` or absolute) gets the id
+  ``ext/<8 hex digits of the SHA-1 of its folder as written>/<stem>``: stable for the same manifest
+  text, and never holding ``..`` or a leading ``/``.
 
-Every audio file is checked at discovery (a header read, :func:`~embedstore.extract.audio.audio_info`);
-unreadable or missing files go to ``Dataset.skipped`` as ``(path, reason)`` and never into ``tracks``.
-Split schemes are described in :mod:`embedstore.extract.splits`.
+``label_name`` names the class-label task (``--label-name genre``: a folder of genres answers to
+``--task genre``). Every audio file is checked at discovery (a header read,
+:func:`~embedstore.extract.audio.audio_info`); unreadable or missing files go to ``Dataset.skipped`` as
+``(path, reason)`` and never into ``tracks``. Split schemes are described in
+:mod:`embedstore.extract.splits`; ``Dataset.split_reason`` says why ``auto`` chose the one it did.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from embedstore.errors import AudioError, DatasetError
-from embedstore.extract.audio import AudioInfo, audio_info, is_audio_path
+from embedstore.extract.audio import AudioInfo, audio_info
+from embedstore.extract.layout import (
+    audio_files,
+    audio_subdirs,
+    descend_wrappers,
+    gtzan_genre_root,
+    names_missing_extra,
+    split_folders,
+)
 from embedstore.extract.splits import (
     assign_splits,
     audioset_eval_splits,
     download_fault_filtered,
+    fault_filtered_cache_dir,
     find_fault_filtered,
     read_fault_filtered,
 )
@@ -51,8 +69,7 @@ MUSICCAPS_AUDIO_DIRS = (".", "audio", "clips")
 #: A MusicCaps file longer than its segment by more than this (seconds) is taken as the full video.
 MUSICCAPS_FULL_VIDEO_TOLERANCE = 1.0
 
-_GTZAN_LAYOUTS = ("genres_original", "genres", ".")
-_GTZAN_NAME = re.compile(r"^(?P<genre>[a-z]+)\.\d{5}$")
+_LABEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "val": "valid",
                   "validation": "valid", "dev": "valid", "test": "test", "eval": "test"}
 _SPLIT_ORDER = ("train", "valid", "test")
@@ -83,7 +100,11 @@ class Dataset:
     ``tasks`` maps a task name to the :class:`Track` attribute that holds its target, e.g.
     ``{"genre": "label"}`` for GTZAN or ``{"caption": "caption"}`` for MusicCaps.
     ``split_scheme`` is the scheme actually used (``"auto"`` resolved), ``split_options`` its
-    parameters (seed, folds, list folder).
+    parameters (seed, folds, list folder), ``split_reason`` one line on why that scheme (where
+    ``auto`` looked for split lists, ...). ``layout`` is JSON-able facts on how the folder was read:
+    ``genre_root``, ``genres``, ``missing_standard_genres``, ``extra_genres`` (GTZAN);
+    ``class_root`` (relative to the folder given, after wrapper folders), ``classes``,
+    ``split_folders`` (class folders).
     """
 
     name: str
@@ -94,6 +115,8 @@ class Dataset:
     tasks: dict[str, str]
     split_scheme: str
     split_options: dict = field(default_factory=dict)
+    split_reason: str = ""
+    layout: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.tracks)
@@ -126,15 +149,9 @@ def _probe(path: Path, root: Path, skipped: list[tuple[str, str]]) -> AudioInfo 
         return None
 
 
-def _audio_files(folder: Path, recursive: bool = False) -> list[Path]:
-    """Audio files (by suffix, hidden files excluded) under ``folder``, sorted by path."""
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in it if p.is_file() and is_audio_path(p)
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _stem_id(rel: str) -> str:
+    """Track id of a file at ``rel`` (POSIX, relative): the path without its suffix."""
+    return PurePosixPath(rel).with_suffix("").as_posix()
 
 
 def _dedupe(tracks: list[Track], skipped: list[tuple[str, str]]) -> list[Track]:
@@ -168,85 +185,143 @@ def _fault_filtered_splits(tracks: list[Track], split_dir: _OptPath) -> tuple[li
     return [by_stem.get(Path(t.path).stem) for t in tracks], str(folder)
 
 
+def _auto_scheme(split_dir: _OptPath, allow_fault_filtered: bool, why_random: str) -> tuple[str, str]:
+    """``auto`` resolved: ``(scheme, why)``; fault-filtered when its lists are found."""
+    if not allow_fault_filtered:
+        return "random", why_random
+    lists = find_fault_filtered(split_dir)
+    if lists is not None:
+        return "fault-filtered", f"auto: GTZAN's fault-filtered lists found in {lists}"
+    return "random", (f"auto: GTZAN's fault-filtered lists not found (looked in {fault_filtered_cache_dir()}); "
+                      "pass --split-dir with train/valid/test_filtered.txt for the published split")
+
+
 def _apply_labelled_split(
-    tracks: list[Track], split: str, split_dir: _OptPath, seed: int, folds: int, *, allow_fault_filtered: bool
-) -> tuple[list[Track], str, dict]:
-    """Assign splits to labelled tracks; returns (tracks, resolved scheme, options)."""
+    tracks: list[Track], split: str, split_dir: _OptPath, seed: int, folds: int, *, allow_fault_filtered: bool,
+    why_random: str = "",
+) -> tuple[list[Track], str, dict, str]:
+    """Assign splits to labelled tracks; returns (tracks, resolved scheme, options, why that scheme).
+    ``why_random``: the reason given when ``auto`` falls back to ``random`` without looking for lists."""
+    why = f"asked for (--split-scheme {split})"
     if split == "auto":
-        has_lists = allow_fault_filtered and find_fault_filtered(split_dir) is not None
-        split = "fault-filtered" if has_lists else "random"
+        split, why = _auto_scheme(split_dir, allow_fault_filtered, why_random)
     if split == "fault-filtered":
         splits, folder = _fault_filtered_splits(tracks, split_dir)
-        return _with_splits(tracks, splits), split, {"split_dir": folder}
+        unlisted = sum(s is None for s in splits)
+        if unlisted:
+            why += f"; {unlisted} of {len(splits)} clips are in no list (no split)"
+        return _with_splits(tracks, splits), split, {"split_dir": folder}, why
     if split in ("random", "random-val", "kfold"):
         opts = {"seed": seed, **({"folds": folds} if split == "kfold" else {})}
-        return _with_splits(tracks, _seeded_splits(tracks, split, seed, folds)), split, opts
+        return _with_splits(tracks, _seeded_splits(tracks, split, seed, folds)), split, opts, why
     raise DatasetError(f"unknown split scheme {split!r} (use auto, fault-filtered, random, random-val or kfold)")
+
+
+def _check_label_name(label_name: str | None) -> str | None:
+    if label_name is None:
+        return None
+    if not _LABEL_NAME.fullmatch(label_name) or label_name == "caption":
+        raise DatasetError(f"--label-name {label_name!r}: use a word of letters, digits, '_' or '-' "
+                           "starting with a letter (not 'caption'), e.g. genre")
+    return label_name
 
 
 # ---- GTZAN -------------------------------------------------------------------------------------
 
 
-def _gtzan_genre_root(root: Path) -> Path | None:
-    """The folder holding GTZAN's genre folders, or None if ``root`` is not laid out like GTZAN."""
-    for layout in _GTZAN_LAYOUTS:
-        cand = root / layout
-        if not cand.is_dir():
-            continue
-        subs = _subdirs(cand)
-        if not subs or any(s.name not in GTZAN_GENRES for s in subs):
-            continue
-        for sub in subs:
-            if any(_GTZAN_NAME.match(p.stem) for p in sub.iterdir() if is_audio_path(p)):
-                return cand
-    return None
-
-
-def _discover_gtzan(root: Path, split: str, split_dir: _OptPath, seed: int, folds: int) -> Dataset:
-    genre_root = _gtzan_genre_root(root)
+def _discover_gtzan(root: Path, split: str, split_dir: _OptPath, seed: int, folds: int, label_name: str | None
+                    ) -> Dataset:
+    genre_root = gtzan_genre_root(root)
     if genre_root is None:
         raise DatasetError(
-            f"{root}: not a GTZAN folder (expected genres_original/<genre>/<genre>.000NN.wav, "
-            f"genres/<genre>/<genre>.000NN.au or <genre>/ folders)"
+            f"{root}: not a GTZAN folder (expected genre folders of files named <genre>.<digits>.<ext>, "
+            f"e.g. genres_original/jazz/jazz.00054.wav, under genres_original/, genres/ or the folder itself)"
         )
     skipped: list[tuple[str, str]] = []
     tracks = []
-    for genre_dir in _subdirs(genre_root):
-        for path in _audio_files(genre_dir):
+    genres = audio_subdirs(genre_root)
+    for genre_dir in genres:
+        for path in audio_files(genre_dir):
             if _probe(path, root, skipped) is not None:
                 tracks.append(Track(path.stem, _rel(path, root), genre_dir.name, None, None))
     tracks = _dedupe(tracks, skipped)
-    tracks, scheme, opts = _apply_labelled_split(tracks, split, split_dir, seed, folds, allow_fault_filtered=True)
-    return Dataset("gtzan", "gtzan", root, tracks, skipped, {"genre": "label"}, scheme, opts)
+    tracks, scheme, opts, why = _apply_labelled_split(tracks, split, split_dir, seed, folds,
+                                                      allow_fault_filtered=True)
+    missing, extra = names_missing_extra([g.name for g in genres], GTZAN_GENRES)
+    layout = {"genre_root": _rel(genre_root, root), "genres": [g.name for g in genres],
+              "missing_standard_genres": missing, "extra_genres": extra}
+    return Dataset("gtzan", "gtzan", root, tracks, skipped, {label_name or "genre": "label"}, scheme, opts,
+                   why, layout)
 
 
 # ---- folder of class sub-folders ---------------------------------------------------------------
 
 
-def _discover_folder(root: Path, split: str, split_dir: _OptPath, seed: int, folds: int) -> Dataset:
+def _one_class_error(given: Path, level: Path, classes: list[Path], loose: list[Path]) -> DatasetError:
+    """The error for a folder that holds fewer than two classes: what was found and where to point."""
+    if not classes:  # wrappers descended down to one folder of loose files
+        found = f"all {len(loose)} audio files sit in one folder, {_rel(level, given)}/"
+        hint = f", or at {level} to extract its files unlabelled"
+    else:
+        n = sum(len(audio_files(c, recursive=True)) for c in classes)
+        found = f"{classes[0].name!r} ({', '.join(_rel(c, given) + '/' for c in classes)}: {n} audio files)"
+        if loose:
+            found += f", and {len(loose)} loose audio files in {_rel(level, given)}/"
+        hint = (", or move the loose files into class folders" if loose
+                else f", or at {classes[0]} to extract its files unlabelled" if len(classes) == 1 else "")
+    return DatasetError(f"{given}: only one class: {found}; a folder dataset needs one sub-folder per class "
+                        f"(at least 2): point at the folder that holds all the class folders{hint}")
+
+
+def _class_groups(given: Path, level: Path) -> tuple[list[tuple[str | None, Path]], list[Path], dict]:
+    """``([(split or None, class folder)], loose files outside every class folder, layout)`` of a
+    folder dataset whose wrappers are already descended to ``level``."""
+    by_split = split_folders(level, _SPLIT_ALIASES)
+    bases = [(None, level)] if by_split is None else sorted(by_split.items(), key=lambda kv: _split_key(kv[0]))
+    groups = [(s, c) for s, base in bases for c in audio_subdirs(base)]
+    loose = [p for _, base in bases for p in audio_files(base)]
+    classes = sorted({c.name for _, c in groups})
+    if len(classes) < 2 and (groups or level != given):
+        raise _one_class_error(given, level, [c for _, c in groups], loose)
+    layout = {"class_root": _rel(level, given), "classes": classes}
+    if by_split is not None:
+        layout["split_folders"] = {s: _rel(d, level) for s, d in bases}
+    return groups, loose, layout
+
+
+def _discover_folder(given: Path, level: Path, split: str, split_dir: _OptPath, seed: int, folds: int,
+                     label_name: str | None) -> Dataset:
+    """Class folders at ``level`` (``given`` with its wrapper folders descended)."""
+    groups, loose, layout = _class_groups(given, level)
     skipped: list[tuple[str, str]] = []
     tracks = []
-    classes = [d for d in _subdirs(root) if _audio_files(d, recursive=True)]
-    if classes:
-        for class_dir in classes:
-            for path in _audio_files(class_dir, recursive=True):
-                if _probe(path, root, skipped) is not None:
-                    rel = _rel(path, root)
-                    tracks.append(Track(rel.rsplit(".", 1)[0], rel, class_dir.name, None, None))
-        tasks = {"label": "label"}
-    else:  # loose files, no classes: an unlabelled collection
-        for path in _audio_files(root):
-            if _probe(path, root, skipped) is not None:
-                rel = _rel(path, root)
-                tracks.append(Track(rel.rsplit(".", 1)[0], rel, None, None, None))
-        tasks = {}
+    for split_name, class_dir in groups:
+        for path in audio_files(class_dir, recursive=True):
+            if _probe(path, level, skipped) is not None:
+                rel = _rel(path, level)
+                tracks.append(Track(_stem_id(rel), rel, class_dir.name, split_name, None))
+    for path in loose:
+        if groups:
+            skipped.append((_rel(path, level), "not in a class folder"))
+        elif _probe(path, level, skipped) is not None:  # no class folders at all: an unlabelled collection
+            rel = _rel(path, level)
+            tracks.append(Track(_stem_id(rel), rel, None, None, None))
     if not tracks and not skipped:
-        raise DatasetError(f"{root}: no audio files found (expected one sub-folder of audio files per class)")
+        raise DatasetError(f"{given}: no audio files found (expected one sub-folder of audio files per class)")
+    if label_name and not groups:
+        raise DatasetError(f"--label-name {label_name}: {given} has no class folders, so no labels to name")
+    tasks = {label_name or "label": "label"} if groups else {}
     tracks = _dedupe(tracks, skipped)
-    tracks, scheme, opts = _apply_labelled_split(
-        tracks, split, split_dir, seed, folds, allow_fault_filtered=split_dir is not None
-    )
-    return Dataset(root.name, "folder", root, tracks, skipped, tasks, scheme, opts)
+    if "split_folders" in layout and split in ("auto", "folders"):
+        scheme, opts = "folders", {}
+        why = f"auto: the clips sit in split folders ({', '.join(layout['split_folders'].values())})"
+    elif split == "folders":
+        raise DatasetError(f"--split-scheme folders: {level} has no split folders (train/, valid/, test/)")
+    else:
+        tracks, scheme, opts, why = _apply_labelled_split(
+            tracks, split, split_dir, seed, folds, allow_fault_filtered=split_dir is not None,
+            why_random="auto: the class folders name no split")
+    return Dataset(given.name, "folder", level, tracks, skipped, tasks, scheme, opts, why, layout)
 
 
 # ---- manifest CSV ------------------------------------------------------------------------------
@@ -275,47 +350,74 @@ def _normalize_split(value: str, where: str) -> str | None:
     raise DatasetError(f"{where}: unknown split {value!r} (use train, valid, test or foldN)")
 
 
-def _discover_manifest(csv_path: Path, split: str, split_dir: _OptPath, seed: int, folds: int) -> Dataset:
+def _manifest_location(raw: str, root: Path) -> tuple[Path, str, str]:
+    """``(file, path as stored, track id)`` of a manifest's ``path`` value, read relative to ``root``
+    (the manifest's folder). Inside ``root``: the relative path and its id. Outside (``../``, or
+    absolute): the path as written (normalised) and the id ``ext/<sha1 of its folder, 8 hex>/<stem>``."""
+    written = os.path.normpath(raw)
+    full = Path(written) if Path(written).is_absolute() else Path(os.path.normpath(root / written))
+    try:
+        rel = full.relative_to(root).as_posix()
+    except ValueError:
+        posix = PurePosixPath(Path(written).as_posix())
+        digest = hashlib.sha1(str(posix.parent).encode("utf-8")).hexdigest()[:8]
+        return full, posix.as_posix(), f"ext/{digest}/{posix.stem}"
+    return full, rel, _stem_id(rel)
+
+
+def _manifest_tasks(tracks: list[Track], label_task: str) -> dict[str, str]:
+    tasks = {}
+    if any(t.label is not None for t in tracks):
+        tasks[label_task] = "label"
+    if any(t.caption is not None for t in tracks):
+        tasks["caption"] = "caption"
+    return tasks
+
+
+def _discover_manifest(csv_path: Path, split: str, split_dir: _OptPath, seed: int, folds: int,
+                       label_name: str | None) -> Dataset:
     root = csv_path.parent
     header, rows = _read_csv(csv_path)
     if "path" not in header:
         raise DatasetError(f"{csv_path}: manifest needs a 'path' column (header: {','.join(header) or 'empty'})")
+    label_col = label_name if label_name in header else "label"
+    if label_name and label_col not in header:
+        raise DatasetError(f"--label-name {label_name}: {csv_path} has neither a {label_name!r} nor a 'label' column")
     skipped: list[tuple[str, str]] = []
     tracks = []
     for lineno, row in enumerate(rows, start=2):
         if not row.get("path"):
             raise DatasetError(f"{csv_path}:{lineno}: empty path")
-        path = Path(row["path"])
-        path = path if path.is_absolute() else root / path
-        rel = _rel(path, root)
+        path, rel, track_id = _manifest_location(row["path"], root)
         if not path.exists():
             skipped.append((rel, "missing on disk"))
             continue
         if _probe(path, root, skipped) is None:
             continue
         tracks.append(Track(
-            id=rel.rsplit(".", 1)[0],
+            id=track_id,
             path=rel,
-            label=row.get("label") or None,
+            label=row.get(label_col) or None,
             split=_normalize_split(row.get("split", ""), f"{csv_path}:{lineno}"),
             caption=row.get("caption") or None,
         ))
     tracks = _dedupe(tracks, skipped)
-    tasks = {}
-    if any(t.label is not None for t in tracks):
-        tasks["label"] = "label"
-    if any(t.caption is not None for t in tracks):
-        tasks["caption"] = "caption"
-    has_splits = "split" in header and tracks and all(t.split is not None for t in tracks)
+    tasks = _manifest_tasks(tracks, label_name or "label")
+    unsplit = sum(t.split is None for t in tracks)
+    has_splits = "split" in header and tracks and not unsplit
     if split == "manifest" or (split == "auto" and has_splits):
         if not has_splits:
             raise DatasetError(f"{csv_path}: split='manifest' needs a 'split' value on every row")
         scheme, opts = "manifest", {}
+        why = ("asked for (--split-scheme manifest)" if split == "manifest"
+               else f"auto: {csv_path.name}'s split column is filled on every row")
     else:
-        tracks, scheme, opts = _apply_labelled_split(
-            tracks, split, split_dir, seed, folds, allow_fault_filtered=split_dir is not None
+        why_random = (f"auto: {csv_path.name}'s split column is empty on {unsplit} of {len(tracks)} clips"
+                      if "split" in header else f"auto: {csv_path.name} has no split column")
+        tracks, scheme, opts, why = _apply_labelled_split(
+            tracks, split, split_dir, seed, folds, allow_fault_filtered=split_dir is not None, why_random=why_random
         )
-    return Dataset(root.name, "manifest", root, tracks, skipped, tasks, scheme, opts)
+    return Dataset(root.name, "manifest", root, tracks, skipped, tasks, scheme, opts, why)
 
 
 # ---- MusicCaps ---------------------------------------------------------------------------------
@@ -330,22 +432,29 @@ def _musiccaps_clip_index(root: Path) -> dict[str, Path]:
     for sub in MUSICCAPS_AUDIO_DIRS:
         folder = root / sub
         if folder.is_dir():
-            for p in _audio_files(folder):
+            for p in audio_files(folder):
                 index.setdefault(p.stem, p)
     return index
 
 
 def _musiccaps_splits(tracks: list[Track], eval_flags: list[bool], split: str, seed: int, folds: int):
+    """``(splits, scheme, options, why)`` for MusicCaps' tracks."""
+    why = f"asked for (--split-scheme {split})"
     if split in ("auto", "random", "random-val"):
-        return assign_splits(len(tracks), "random-val", seed=seed), "random", {"seed": seed}
+        if split == "auto":
+            why = "auto: seeded 70/10/20 (--split-scheme audioset-eval uses the CSV's is_audioset_eval as test)"
+        return assign_splits(len(tracks), "random-val", seed=seed), "random", {"seed": seed}, why
     if split == "kfold":
-        return assign_splits(len(tracks), "kfold", seed=seed, folds=folds), "kfold", {"seed": seed, "folds": folds}
+        splits = assign_splits(len(tracks), "kfold", seed=seed, folds=folds)
+        return splits, "kfold", {"seed": seed, "folds": folds}, why
     if split == "audioset-eval":
-        return audioset_eval_splits(eval_flags, seed=seed), "audioset-eval", {"seed": seed}
+        return audioset_eval_splits(eval_flags, seed=seed), "audioset-eval", {"seed": seed}, why
     raise DatasetError(f"unknown split scheme {split!r} for MusicCaps (use auto, random, kfold or audioset-eval)")
 
 
-def _discover_musiccaps(csv_path: Path, split: str, seed: int, folds: int) -> Dataset:
+def _discover_musiccaps(csv_path: Path, split: str, seed: int, folds: int, label_name: str | None) -> Dataset:
+    if label_name:
+        raise DatasetError(f"--label-name {label_name}: a MusicCaps dataset has captions, no class labels to name")
     root = csv_path.parent
     header, rows = _read_csv(csv_path)
     missing_cols = [c for c in ("ytid", "start_s", "end_s", "caption") if c not in header]
@@ -383,9 +492,9 @@ def _discover_musiccaps(csv_path: Path, split: str, seed: int, folds: int) -> Da
             offset, duration = start, segment
         tracks.append(Track(ytid, _rel(path, root), None, None, row.get("caption") or None, offset, duration))
         eval_flags.append(_truthy(row.get("is_audioset_eval", "")))
-    splits, scheme, opts = _musiccaps_splits(tracks, eval_flags, split, seed, folds)
+    splits, scheme, opts, why = _musiccaps_splits(tracks, eval_flags, split, seed, folds)
     return Dataset("musiccaps", "musiccaps", root, _with_splits(tracks, splits), skipped,
-                   {"caption": "caption"}, scheme, opts)
+                   {"caption": "caption"}, scheme, opts, why)
 
 
 # ---- detection and the public entry point ------------------------------------------------------
@@ -420,6 +529,21 @@ def _find_csv(root: Path, kind: str) -> Path | None:
     return cands[0] if cands else None
 
 
+def _has_dataset_csv(folder: Path) -> bool:
+    """True when ``folder`` holds a MusicCaps or manifest CSV (wrapper descent stops there)."""
+    return any(_is_musiccaps_csv(p) or "path" in _csv_header(p) for p in folder.glob("*.csv"))
+
+
+def _data_level(root: Path, kind: str | None) -> Path:
+    """``root`` with its wrapper folders descended (:func:`~embedstore.extract.layout.descend_wrappers`);
+    the descent stops at a dataset CSV or GTZAN's layout unless ``kind`` says ``folder``."""
+    if not root.is_dir() or kind in ("manifest", "musiccaps"):
+        return root
+    if kind == "folder":
+        return descend_wrappers(root, lambda d: False)
+    return descend_wrappers(root, lambda d: (kind is None and _has_dataset_csv(d)) or gtzan_genre_root(d) is not None)
+
+
 def _detect_kind(root: Path) -> str:
     if root.is_file():
         if root.suffix.lower() != ".csv":
@@ -427,11 +551,11 @@ def _detect_kind(root: Path) -> str:
         return "musiccaps" if _is_musiccaps_csv(root) else "manifest"
     if _find_csv(root, "musiccaps") is not None:
         return "musiccaps"
-    if _gtzan_genre_root(root) is not None:
+    if gtzan_genre_root(root) is not None:
         return "gtzan"
     if _find_csv(root, "manifest") is not None:
         return "manifest"
-    if any(_audio_files(d, recursive=True) for d in _subdirs(root)) or _audio_files(root):
+    if audio_subdirs(root) or audio_files(root):
         return "folder"
     raise DatasetError(
         f"{root}: cannot tell the dataset type (no GTZAN genre folders, {MUSICCAPS_CSV}, "
@@ -448,48 +572,58 @@ def discover_dataset(
     seed: int = 0,
     folds: int = 5,
     name: str | None = None,
+    label_name: str | None = None,
 ) -> Dataset:
     """Scan ``root`` into a :class:`Dataset` of readable tracks with splits assigned.
 
     Args:
-        root: dataset folder (or, for ``manifest``/``musiccaps``, the CSV file itself).
+        root: dataset folder (or, for ``manifest``/``musiccaps``, the CSV file itself). Wrapper
+            folders (no audio of their own, all of it in one sub-folder) are descended first.
         dataset_type: ``gtzan`` | ``musiccaps`` | ``folder`` | ``manifest``; ``None`` detects it
             (musiccaps CSV > GTZAN genre folders > manifest CSV > class sub-folders).
         split: ``auto`` | ``fault-filtered`` (GTZAN) | ``random`` | ``random-val`` | ``kfold`` |
-            ``audioset-eval`` (MusicCaps) | ``manifest`` (the CSV's split column). ``auto`` means
-            fault-filtered for GTZAN when the lists are local (``split_dir`` or the cache), the CSV's
-            split column for a manifest that has one, else ``random``. ``random`` is stratified
-            80/20 train/test for labelled data and 70/10/20 train/valid/test for MusicCaps.
+            ``audioset-eval`` (MusicCaps) | ``manifest`` (the CSV's split column) | ``folders``
+            (class folders inside ``train/``, ``valid/``, ``test/``). ``auto`` means fault-filtered
+            for GTZAN when the lists are local (``split_dir`` or the cache), the CSV's split column
+            for a manifest that has one, the split folders where there are some, else ``random``.
+            ``random`` is stratified 80/20 train/test for labelled data and 70/10/20
+            train/valid/test for MusicCaps. ``Dataset.split_reason`` says which rule applied.
         split_dir: folder holding GTZAN's ``{train,valid,test}_filtered.txt``.
         seed: seed of the random and k-fold splits (same seed, same files -> same splits).
         folds: number of folds for ``kfold``.
-        name: dataset name (default: ``gtzan``/``musiccaps``, else the folder's name).
+        name: dataset name (default: ``gtzan``/``musiccaps``, else the name of the folder given).
+        label_name: name of the class-label task (default ``genre`` for GTZAN, ``label`` for
+            folders and manifests; a manifest with a column of this name reads its labels there).
 
     Raises:
-        DatasetError: ``root`` is missing, of an unknown type, or a CSV/split list is malformed.
+        DatasetError: ``root`` is missing, of an unknown type, holds fewer than two class folders,
+            or a CSV/split list is malformed.
     """
     root_path = Path(root).expanduser().absolute()
     if not root_path.exists():
         raise DatasetError(f"{root_path}: dataset folder not found")
-    kind = dataset_type.lower() if dataset_type else _detect_kind(root_path)
-    if kind not in DATASET_KINDS:
+    label_name = _check_label_name(label_name)
+    kind = dataset_type.lower() if dataset_type else None
+    if kind is not None and kind not in DATASET_KINDS:
         raise DatasetError(f"unknown dataset type {dataset_type!r} (use {', '.join(DATASET_KINDS)})")
-    if root_path.is_file() and kind not in ("manifest", "musiccaps"):
+    if root_path.is_file() and kind not in (None, "manifest", "musiccaps"):
         raise DatasetError(f"{root_path}: a {kind} dataset is a folder, not a file")
+    level = _data_level(root_path, kind)
+    kind = kind or _detect_kind(level)
 
     if kind == "gtzan":
-        ds = _discover_gtzan(root_path, split, split_dir, seed, folds)
+        ds = _discover_gtzan(level, split, split_dir, seed, folds, label_name)
     elif kind == "folder":
-        ds = _discover_folder(root_path, split, split_dir, seed, folds)
+        ds = _discover_folder(root_path, level, split, split_dir, seed, folds, label_name)
     else:
-        csv_path = _find_csv(root_path, kind)
+        csv_path = _find_csv(level, kind)
         if csv_path is None:
             what = MUSICCAPS_CSV if kind == "musiccaps" else "a manifest CSV with a 'path' column"
-            raise DatasetError(f"{root_path}: no {what} found")
+            raise DatasetError(f"{level}: no {what} found")
         if kind == "musiccaps":
-            ds = _discover_musiccaps(csv_path, split, seed, folds)
+            ds = _discover_musiccaps(csv_path, split, seed, folds, label_name)
         else:
-            ds = _discover_manifest(csv_path, split, split_dir, seed, folds)
+            ds = _discover_manifest(csv_path, split, split_dir, seed, folds, label_name)
     if name:
         ds.name = name
     return ds
@@ -510,9 +644,10 @@ def _split_key(split: str | None) -> tuple:
 def summarize_dataset(ds: Dataset) -> dict:
     """Counts for a report: clips per label, per split, per (label, split), and the skipped files.
 
-    Returns a JSON-able dict with keys ``name, kind, root, split_scheme, split_options, tasks,
-    n_tracks, n_skipped, labels {label: n}, splits {split: n}, table {label: {split: n}},
-    skipped [{"path", "reason"}]``; a missing label or split is the key ``null``/``None``.
+    Returns a JSON-able dict with keys ``name, kind, root, split_scheme, split_options,
+    split_reason, layout, tasks, n_tracks, n_skipped, labels {label: n}, splits {split: n},
+    table {label: {split: n}}, skipped [{"path", "reason"}]``; a missing label or split is the key
+    ``null``/``None``. ``layout`` is :attr:`Dataset.layout`.
     """
     labels = Counter(t.label for t in ds.tracks)
     splits = Counter(t.split for t in ds.tracks)
@@ -527,6 +662,8 @@ def summarize_dataset(ds: Dataset) -> dict:
         "root": str(ds.root),
         "split_scheme": ds.split_scheme,
         "split_options": dict(ds.split_options),
+        "split_reason": ds.split_reason,
+        "layout": dict(ds.layout),
         "tasks": dict(ds.tasks),
         "n_tracks": len(ds.tracks),
         "n_skipped": len(ds.skipped),
@@ -538,6 +675,21 @@ def summarize_dataset(ds: Dataset) -> dict:
     }
 
 
+def _layout_lines(layout: dict) -> list[str]:
+    """Header lines of :func:`format_dataset_summary` on where the labels were read."""
+    lines = []
+    if "genres" in layout:
+        lines.append(f"genre folders: {len(layout['genres'])} under {layout['genre_root']}/")
+        if layout["missing_standard_genres"]:
+            lines.append(f"standard GTZAN genres missing: {', '.join(layout['missing_standard_genres'])}")
+        if layout["extra_genres"]:
+            lines.append(f"not standard GTZAN genres: {', '.join(layout['extra_genres'])}")
+    if "classes" in layout:
+        where = ", ".join(f"{d}/" for d in layout.get("split_folders", {}).values()) or f"{layout['class_root']}/"
+        lines.append(f"class folders: {len(layout['classes'])} under {where}")
+    return lines
+
+
 def format_dataset_summary(ds: Dataset, *, max_skipped: int = 20) -> str:
     """A terminal table of :func:`summarize_dataset`: labels x splits with totals, then skipped files."""
     s = summarize_dataset(ds)
@@ -545,6 +697,8 @@ def format_dataset_summary(ds: Dataset, *, max_skipped: int = 20) -> str:
     lines = [
         f"dataset {s['name']} ({s['kind']}) at {s['root']}",
         f"tasks: {', '.join(s['tasks']) or 'none'}   split: {s['split_scheme']}" + (f" ({opts})" if opts else ""),
+        *([f"split chosen: {s['split_reason']}"] if s["split_reason"] else []),
+        *_layout_lines(s["layout"]),
         f"{s['n_tracks']} tracks, {s['n_skipped']} skipped",
     ]
     if s["n_tracks"]:

@@ -210,6 +210,7 @@ def run_extract(
     model_name: str | None = None,
     dataset_type: str | None = None,
     dataset_name: str | None = None,
+    label_name: str | None = None,
     split_scheme: str = "auto",
     split_dir: str | Path | None = None,
     device: str = "auto",
@@ -228,6 +229,8 @@ def run_extract(
         checkpoint: hub id or local path for the (single) model, instead of its default checkpoint.
         weights: ``"pretrained"`` or ``"random"`` (same architecture, seeded random initialisation).
         model_name: the store key for the (single) model entry (default: the encoder name).
+        label_name: name of the dataset's class-label task (e.g. ``genre`` for a folder of genres;
+            see :func:`~embedstore.extract.datasets.discover_dataset`).
 
     Returns:
         The run's :class:`ExtractSummary`.
@@ -237,7 +240,8 @@ def run_extract(
 
     check_model_args(models, checkpoint, model_name)
     dataset = discover_dataset(
-        dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed, name=dataset_name
+        dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed, name=dataset_name,
+        label_name=label_name,
     )
     device = str(resolve_device(device))
     encoders = []

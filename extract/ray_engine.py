@@ -405,6 +405,7 @@ def run_extract_ray(
     model_name: str | None = None,
     dataset_type: str | None = None,
     dataset_name: str | None = None,
+    label_name: str | None = None,
     split_scheme: str = "auto",
     split_dir: str | Path | None = None,
     dtype: str = "auto",
@@ -439,7 +440,8 @@ def run_extract_ray(
     )
     import_ray()  # fail fast, before discovering the dataset
     dataset = discover_dataset(
-        dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed, name=dataset_name
+        dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed, name=dataset_name,
+        label_name=label_name,
     )
     loads = [
         EncoderLoad(name, checkpoint, weights, dtype, seed, trust_remote_code, window_seconds, model_name)

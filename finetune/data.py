@@ -6,7 +6,8 @@
   (``load_audio`` with ``offset``/``duration``) with the run's gain rule, the same as extraction's
   (``"none"``: the decoded amplitude; ``"peak"``: each crop peak-normalised on its own).
 - :class:`ClipDataset` yields full clips (the track's own segment) for evaluation.
-- :func:`task_splits` picks the labelled tracks of a task and their train/valid/test split, holding
+- :func:`label_task` names the class-label task to learn (the dataset's only one when ``--task`` is
+  omitted); :func:`task_splits` picks the labelled tracks of a task and their train/valid/test split, holding
   out a stratified share of train as validation when the dataset has no valid split.
 
 A clip that fails to decode is dropped from its batch (and reported), never stopping the run.
@@ -47,6 +48,24 @@ class TaskSplits:
         """Class codes ``[n]`` (int64) of ``split``'s tracks."""
         index = {c: i for i, c in enumerate(self.labels)}
         return np.array([index[t.label] for t in self.tracks[split]], dtype=np.int64)
+
+
+def label_task(dataset: Dataset, task: str | None) -> str:
+    """``task`` itself, or (``None``) the dataset's only class-label task, e.g. ``genre`` for GTZAN.
+
+    Raises:
+        DatasetError: ``task`` is None and the dataset has no class-label task, or several (listed).
+    """
+    if task is not None:
+        return task
+    found = sorted(t for t, column in dataset.tasks.items() if column == "label")
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise DatasetError(f"--task: dataset {dataset.name!r} has no class labels to learn "
+                           f"(tasks: {', '.join(dataset.tasks) or 'none'}); use --task caption for captions")
+    raise DatasetError(f"--task: dataset {dataset.name!r} has several label tasks ({', '.join(found)}); "
+                       "choose one with --task")
 
 
 def task_splits(dataset: Dataset, task: str, seed: int = 0) -> TaskSplits:

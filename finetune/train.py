@@ -42,7 +42,15 @@ from embedstore.finetune.checkpoint import (
     set_rng_state,
     write_json,
 )
-from embedstore.finetune.data import ClipDataset, CropDataset, TaskSplits, make_loader, pad_batch, task_splits
+from embedstore.finetune.data import (
+    ClipDataset,
+    CropDataset,
+    TaskSplits,
+    label_task,
+    make_loader,
+    pad_batch,
+    task_splits,
+)
 from embedstore.finetune.model import (
     WEIGHTED,
     FinetunedEncoder,
@@ -274,7 +282,7 @@ def finetune(
     dataset_dir: str | Path,
     *,
     model: str = "mert",
-    task: str = "genre",
+    task: str | None = None,
     checkpoint: str | None = None,
     weights: str = "pretrained",
     epochs: int = 10,
@@ -297,6 +305,7 @@ def finetune(
     split_dir: str | Path | None = None,
     dataset_type: str | None = None,
     dataset_name: str | None = None,
+    label_name: str | None = None,
     gradient_checkpointing: bool = False,
     spec_augment: bool = True,
     window_seconds: float | None = None,
@@ -314,7 +323,8 @@ def finetune(
         dataset_dir: dataset folder (GTZAN, class folders, manifest; see ``discover_dataset``).
         model, checkpoint, weights: the encoder (registry name), its checkpoint (hub id or local
             directory; None = default) and ``pretrained`` or ``random`` initial weights.
-        task: a class-label task of the dataset (``genre`` for GTZAN, ``label`` for folders/manifests).
+        task: a class-label task of the dataset (``genre`` for GTZAN, ``label`` for folders/manifests);
+            None = the dataset's only class-label task (several: the error lists them).
         epochs: the most epochs to train (in total, counting epochs done before a resume).
         lr_encoder, lr_head: AdamW learning rates of the encoder and of the head (layer weights + MLP).
         weight_decay: AdamW weight decay (both groups).
@@ -333,7 +343,8 @@ def finetune(
         seed: seeds initialisation, crops, batch order, dropout and the inner validation split.
         export_to_store: a store path: extract every clip with the fine-tuned encoder into it as
             model entry ``<model>+ft-<task>``, and save the record in its results folder.
-        split_scheme, split_dir, dataset_type, dataset_name: passed to ``discover_dataset``.
+        split_scheme, split_dir, dataset_type, dataset_name, label_name: passed to ``discover_dataset``
+            (``label_name``: the name of the class-label task, e.g. ``genre`` for a folder of genres).
         gradient_checkpointing: recompute transformer activations in the backward pass (memory).
         spec_augment: keep the checkpoint's SpecAugment time/feature masking while training (off:
             no masking; short crops lose most of their frames to the minimum of 2 masks).
@@ -377,7 +388,8 @@ def finetune(
     check_gain(gain)
     notes: list[str] = []
     dataset = discover_dataset(dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed,
-                               name=dataset_name)
+                               name=dataset_name, label_name=label_name)
+    task = label_task(dataset, task)
     splits = task_splits(dataset, task, seed)
     dev = str(resolve_device(device))
     prec, note = resolve_precision(precision, dev)

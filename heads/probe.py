@@ -50,12 +50,27 @@ class ProbeReport:
     best_layers: dict[tuple[str, str], int | str] = field(default_factory=dict)
 
 
-def _resolve_datasets(st: Any, task: str, dataset: str | None) -> list[str]:
+def _only_label_task(tasks_of: dict[str, dict[str, str]], names: list[str], have: str) -> str:
+    """The one class-label task (column ``label``) of the datasets ``names``, for an omitted ``--task``."""
+    found = sorted({t for ds in names for t, column in tasks_of[ds].items() if column == CLASS_COLUMN})
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise StoreError(f"--task: no dataset has class labels to probe (datasets and tasks: {have}); "
+                         "use --task caption for captions")
+    raise StoreError(f"--task: several label tasks ({', '.join(found)}); choose one with --task "
+                     f"(datasets and tasks: {have})")
+
+
+def _resolve_datasets(st: Any, task: str | None, dataset: str | None) -> tuple[str, list[str]]:
+    """``(task, datasets to probe)``; ``task=None`` takes the only class-label task there is."""
     tasks_of = {ds: dict(st.dataset_attrs(ds).get("tasks") or {}) for ds in st.datasets()}
     have = "; ".join(f"{ds}: {', '.join(t) or 'none'}" for ds, t in tasks_of.items()) or "no datasets"
+    if dataset is not None and dataset not in tasks_of:
+        raise StoreError(f"--dataset {dataset!r}: not in the store (datasets and tasks: {have})")
+    if task is None:
+        task = _only_label_task(tasks_of, list(tasks_of) if dataset is None else [dataset], have)
     if dataset is not None:
-        if dataset not in tasks_of:
-            raise StoreError(f"--dataset {dataset!r}: not in the store (datasets and tasks: {have})")
         if task not in tasks_of[dataset]:
             raise StoreError(f"--task {task!r}: dataset {dataset!r} has no such labels (datasets and tasks: {have})")
         names = [dataset]
@@ -68,7 +83,7 @@ def _resolve_datasets(st: Any, task: str, dataset: str | None) -> list[str]:
         if column != CLASS_COLUMN:
             raise StoreError(f"--task {task!r}: dataset {ds!r} stores it in column {column!r}, "
                              f"not class labels; probes need a {CLASS_COLUMN!r} task")
-    return names
+    return task, names
 
 
 def _resolve_layers(layer: int | str, layer_names: list[str], model: str, widths: list[int]) -> list[int]:
@@ -94,7 +109,7 @@ def _resolve_layers(layer: int | str, layer_names: list[str], model: str, widths
 
 def run_probe(
     store_path: str | Path,
-    task: str = "genre",
+    task: str | None = None,
     *,
     models: list[str] | None = None,
     dataset: str | None = None,
@@ -109,7 +124,8 @@ def run_probe(
 
     Args:
         store_path: the store (Zarr directory or ``.h5``).
-        task: a label task of the datasets (``genre``, ``label``, ...).
+        task: a label task of the datasets (``genre``, ``label``, ...); None = the only class-label
+            task of the store (of ``dataset`` when given); with several, the error lists them.
         models: model entries to probe; None = every model of each dataset.
         dataset: one dataset; None = every dataset that has ``task``.
         layer: an index or layer name, ``all`` (sweep), ``best`` (sweep, keep the best on
@@ -143,9 +159,10 @@ def run_probe(
     if layer == "weighted" and head != "mlp":
         raise ModelError("--layer weighted: needs --head mlp (the learned layer weights feed the MLP)")
     dev = str(resolve_device(device))
-    report = ProbeReport(Path(store_path), task, head, preset)
     with open_store(store_path, mode="r") as st:
-        for ds in _resolve_datasets(st, task, dataset):
+        task, names = _resolve_datasets(st, task, dataset)
+        report = ProbeReport(Path(store_path), task, head, preset)
+        for ds in names:
             available = list(st.models(ds))
             chosen = available if models is None else list(models)
             unknown = [m for m in chosen if m not in available]

@@ -94,3 +94,61 @@ def test_analyze_pca_writes_a_png(tmp_path):
     assert result.returncode == 0, result.stderr
     pngs = list((tmp_path / "fig").glob("*.png"))
     assert len(pngs) == 1 and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- layouts: labels from folders, the task resolved when --task is omitted ---------------------
+
+ODD_GENRES = {"ambient": "classical", "drill": "hiphop", "grindcore": "metal", "jazz": "jazz"}
+
+
+def test_any_genre_names_and_a_named_folder_label_answer_to_task_genre(tmp_path):
+    """A GTZAN-layout folder with non-standard genre names is labelled by genre folder, a folder of
+    genres under a wrapper answers to --task genre with --label-name genre, and probe without
+    --task uses the one label task both have."""
+    from synth import ClipFormat, make_class_folders
+
+    gtzan = tmp_path / "gtzan"
+    mixed = (ClipFormat("wav", 22050), ClipFormat("flac", 16000, 2), ClipFormat("ogg", 22050, 1, "VORBIS"))
+    make_class_folders(gtzan / "genres_original", ODD_GENRES, 5, name="{cls}.{i:05d}", formats=mixed, seconds=0.5)
+    mine = tmp_path / "mine"
+    make_class_folders(mine / "train_audio", {"calm": "classical", "loud": "metal"}, 5, seconds=0.5)
+    store = str(tmp_path / "s.zarr")
+
+    summary = json.loads(run("datasets", str(gtzan), "--json").stdout)
+    assert summary["kind"] == "gtzan" and summary["tasks"] == {"genre": "label"}
+    assert summary["labels"] == {g: 5 for g in ODD_GENRES}
+    assert summary["layout"]["extra_genres"] == ["ambient", "drill", "grindcore"]
+    assert len(summary["layout"]["missing_standard_genres"]) == 9
+    for args in ([str(gtzan)], [str(mine), "--label-name", "genre"]):
+        result = run("extract", *args, "-m", "mfcc", "--store", store, "--workers", "0", "--no-progress")
+        assert result.returncode == 0, result.stderr
+
+    records = json.loads(run("probe", "--store", store, "--task", "genre", "--head", "logreg", "--layer", "0",
+                             "--json", "--no-progress").stdout)
+    labels = {r["dataset"]: r["metrics"]["test"]["labels"] for r in records}
+    assert labels == {"gtzan": sorted(ODD_GENRES), "mine": ["calm", "loud"]}
+    untold = run("probe", "--store", store, "--head", "logreg", "--layer", "0", "--json", "--no-progress")
+    assert untold.returncode == 0, untold.stderr
+    assert [(r["task"], r["dataset"]) for r in json.loads(untold.stdout)] == [("genre", "gtzan"), ("genre", "mine")]
+
+
+def test_omitted_task_with_several_or_no_label_tasks_is_a_one_line_error(tmp_path):
+    import numpy as np
+
+    from embedstore.store import TrackTable, open_store
+
+    store = tmp_path / "s.zarr"
+    with open_store(store, "a") as st:
+        for name, task in (("a", "genre"), ("b", "mood")):
+            table = TrackTable(ids=["t0", "t1"], paths=["0.wav", "1.wav"], labels=["x", "y"], splits=["train", "test"])
+            st.write_tracks(name, table, {"kind": "folder", "tasks": {task: "label"}})
+    assert_one_line_error(run("probe", "--store", str(store)), "--task", "several label tasks (genre, mood)",
+                          "a: genre; b: mood")
+    # fine-tuning a folder of loose files: nothing to learn, said before any model loads
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    import soundfile as sf
+
+    for i in range(5):
+        sf.write(str(loose / f"{i}.wav"), np.zeros(800, np.float32), 8000)
+    assert_one_line_error(run("finetune", str(loose), "-m", "wav2vec2"), "--task", "no class labels", "loose")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 import shutil
 from collections import Counter
@@ -21,7 +22,16 @@ from embedstore.extract.datasets import (
     summarize_dataset,
 )
 from embedstore.extract.splits import FAULT_FILTERED_FILES, read_fault_filtered
-from synth import BROKEN_KINDS, DEFAULT_GENRES, ClipFormat, make_gtzan_like, render_genre, write_broken
+from synth import (
+    BROKEN_KINDS,
+    DEFAULT_GENRES,
+    ClipFormat,
+    make_class_folders,
+    make_gtzan_like,
+    make_musiccaps_like,
+    render_genre,
+    write_broken,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -163,6 +173,195 @@ def test_unknown_split_and_tiny_classes(tmp_path, gtzan_clean_dir):
         discover_dataset(root, split="random")
 
 
+# ---- layouts: GTZAN by structure, wrapper folders, one class, split folders, label names ------
+
+MIXED = (ClipFormat("wav", 22050, 1, "PCM_16"), ClipFormat("flac", 16000, 2, "PCM_16"),
+         ClipFormat("ogg", 22050, 1, "VORBIS"), ClipFormat("au", 8000, 1, "PCM_16"))
+#: folder name -> the synthetic sound it holds; one standard GTZAN genre, three others
+ODD_GENRES = {"ambient": "classical", "drill": "hiphop", "grindcore": "metal", "jazz": "jazz"}
+
+
+def test_gtzan_by_structure_with_any_genre_names(tmp_path):
+    """The issue's case: genres_original/<genre>/<genre>.000NN.<ext>, four genres of which three are
+    not GTZAN's; it used to come out as ONE label, 'genres_original'."""
+    files = make_class_folders(tmp_path / "genres_original", ODD_GENRES, 5, name="{cls}.{i:05d}", formats=MIXED)
+    ds = discover_dataset(tmp_path)
+    assert ds.kind == "gtzan" and ds.tasks == {"genre": "label"} and not ds.skipped
+    assert Counter(t.label for t in ds.tracks) == {g: 5 for g in ODD_GENRES}
+    expected = {f"genres_original/{g}/{p.name}": (p.stem, g) for g, paths in files.items() for p in paths}
+    assert {t.path: (t.id, t.label) for t in ds.tracks} == expected
+    assert {Path(t.path).suffix for t in ds.tracks} == {".wav", ".flac", ".ogg", ".au"}
+    assert ds.layout["genre_root"] == "genres_original"
+    assert ds.layout["missing_standard_genres"] == sorted(set(GTZAN_GENRES) - {"jazz"})
+    assert ds.layout["extra_genres"] == ["ambient", "drill", "grindcore"]
+    text = format_dataset_summary(ds)
+    assert "not standard GTZAN genres: ambient, drill, grindcore" in text
+    assert "standard GTZAN genres missing: blues, classical, country, disco, hiphop, metal, pop, reggae, rock" in text
+    assert summarize_dataset(ds)["layout"]["extra_genres"] == ["ambient", "drill", "grindcore"]
+
+
+@pytest.mark.parametrize("layout", ["genres", "."])
+def test_gtzan_structure_in_every_layout_and_case(tmp_path, layout):
+    make_class_folders(tmp_path / layout, {"Trance": "pop", "dub": "reggae"}, 3,
+                       name="{cls}.{i:05d}")
+    (tmp_path / layout / "Trance" / "Trance.00000.wav").rename(tmp_path / layout / "Trance" / "trance.00000.wav")
+    ds = discover_dataset(tmp_path)
+    assert ds.kind == "gtzan" and Counter(t.label for t in ds.tracks) == {"Trance": 3, "dub": 3}
+    assert ds.layout["genre_root"] == layout
+
+
+def test_class_folders_not_named_like_gtzan_stay_a_folder_dataset(tmp_path):
+    make_class_folders(tmp_path, {"birds": "classical", "frogs": "hiphop"}, 3, name="{cls}_{i}")
+    ds = discover_dataset(tmp_path)
+    assert ds.kind == "folder" and ds.tasks == {"label": "label"}
+    assert Counter(t.label for t in ds.tracks) == {"birds": 3, "frogs": 3}
+
+
+def test_kaggle_gtzan_download_under_a_wrapper(tmp_path):
+    """Kaggle's archive unpacks to Data/{genres_original,images_original,features_30_sec.csv}."""
+    data = tmp_path / "download" / "Data"
+    make_class_folders(data / "genres_original", {"blues": "blues", "rock": "rock"}, 2, name="{cls}.{i:05d}")
+    (data / "images_original" / "blues").mkdir(parents=True)
+    (data / "images_original" / "blues" / "blues00000.png").write_bytes(b"\x89PNG")
+    (data / "features_30_sec.csv").write_text("filename,length,label\nblues.00000.wav,661794,blues\n")
+    ds = discover_dataset(tmp_path / "download")
+    assert ds.kind == "gtzan" and ds.root == data
+    assert sorted(t.path for t in ds.tracks) == [f"genres_original/{g}/{g}.{i:05d}.wav"
+                                                 for g in ("blues", "rock") for i in range(2)]
+
+
+@pytest.mark.parametrize("wrappers", [("train_audio",), ("mydata-v2", "train_audio")])
+def test_class_folders_under_wrapper_folders(tmp_path, wrappers):
+    given = tmp_path / "mydata"
+    level = given.joinpath(*wrappers)
+    files = make_class_folders(level, {"crow": "blues", "owl": "classical", "wren": "pop"}, 3)
+    (given / "README.txt").write_text("not audio: a wrapper may hold other files")
+    ds = discover_dataset(given)
+    assert ds.kind == "folder" and ds.name == "mydata" and ds.root == level
+    assert ds.tasks == {"label": "label"} and not ds.skipped
+    assert {t.id: t.label for t in ds.tracks} == {f"{c}/{p.stem}": c for c, ps in files.items() for p in ps}
+    assert ds.layout == {"class_root": "/".join(wrappers), "classes": ["crow", "owl", "wren"]}
+    assert f"class folders: 3 under {'/'.join(wrappers)}/" in format_dataset_summary(ds)
+    # pointing at the class level itself gives the same table (same ids, paths, labels, splits)
+    direct = discover_dataset(level, name="mydata")
+    assert direct.tracks == ds.tracks and direct.layout["class_root"] == "."
+
+
+@pytest.mark.parametrize("where", ["", "train_audio"])
+def test_one_class_folder_is_an_error(tmp_path, where):
+    given = tmp_path / "mydata"
+    make_class_folders(given / where, {"dog": "metal"}, 4)
+    with pytest.raises(DatasetError) as err:
+        discover_dataset(given)
+    msg = str(err.value)
+    dog = given / where / "dog"
+    rel = f"{where}/dog" if where else "dog"
+    assert msg == (f"{given}: only one class: all 4 audio files sit in one folder, {rel}/; a folder dataset "
+                   "needs one sub-folder per class (at least 2): point at the folder that holds all the class "
+                   f"folders, or at {dog} to extract its files unlabelled")
+    # pointed at the class folder itself, its files are an unlabelled collection, as the error says
+    ds = discover_dataset(dog)
+    assert ds.tasks == {} and len(ds.tracks) == 4 and all(t.label is None for t in ds.tracks)
+
+
+def test_one_class_folder_beside_loose_files_is_an_error(tmp_path):
+    make_class_folders(tmp_path, {"dog": "metal"}, 2)
+    sf.write(str(tmp_path / "stray.wav"), render_genre("pop", 8000, 0.2, np.random.default_rng(0)), 8000)
+    with pytest.raises(DatasetError, match=r"only one class: 'dog' \(dog/: 2 audio files\), and 1 loose audio files in "
+                                           r"\./; .* or move the loose files into class folders$"):
+        discover_dataset(tmp_path)
+    # split folders that hold the same single class
+    for split in ("train", "test"):
+        make_class_folders(tmp_path / "splits" / split, {"cat": "pop"}, 2)
+    one_cat = r"only one class: 'cat' \(train/cat/, test/cat/: 4 audio files\); .*folders$"
+    with pytest.raises(DatasetError, match=one_cat):
+        discover_dataset(tmp_path / "splits")
+
+
+def test_loose_files_beside_class_folders_are_skipped_with_a_reason(tmp_path):
+    make_class_folders(tmp_path, {"a": "pop", "b": "rock"}, 3)
+    sf.write(str(tmp_path / "stray.wav"), render_genre("pop", 8000, 0.2, np.random.default_rng(0)), 8000)
+    ds = discover_dataset(tmp_path)
+    assert Counter(t.label for t in ds.tracks) == {"a": 3, "b": 3}
+    assert ds.skipped == [("stray.wav", "not in a class folder")]
+
+
+def test_split_folders_give_the_splits_and_the_classes_below(tmp_path):
+    given = tmp_path / "speech"
+    n = {"train": 4, "val": 2, "test": 2}
+    for split, k in n.items():
+        make_class_folders(given / split, {"yes": "pop", "no": "metal"}, k, seed=k)
+    ds = discover_dataset(given)
+    assert ds.kind == "folder" and ds.split_scheme == "folders"
+    assert Counter((t.label, t.split) for t in ds.tracks) == {
+        (c, {"val": "valid"}.get(s, s)): k for s, k in n.items() for c in ("yes", "no")}
+    assert all(t.id.startswith(f"{t.path.split('/')[0]}/{t.label}/") for t in ds.tracks)
+    assert ds.layout["split_folders"] == {"train": "train", "valid": "val", "test": "test"}
+    assert ds.split_reason == "auto: the clips sit in split folders (train, val, test)"
+    resplit = discover_dataset(given, split="random", seed=0)
+    assert resplit.split_scheme == "random" and Counter(t.split for t in resplit.tracks) == {"train": 12, "test": 4}
+    with pytest.raises(DatasetError, match="--split-scheme folders"):
+        discover_dataset(tmp_path / "speech" / "train", split="folders")
+
+
+def test_label_name_names_the_task(tmp_path):
+    make_class_folders(tmp_path / "f", {"calm": "classical", "loud": "metal"}, 3)
+    assert discover_dataset(tmp_path / "f", label_name="genre").tasks == {"genre": "label"}
+    make_gtzan_like(tmp_path / "g", n_per_class=2, genres=("pop", "rock"), seconds=0.2, broken=False)
+    assert discover_dataset(tmp_path / "g", label_name="style").tasks == {"style": "label"}
+    with pytest.raises(DatasetError, match="--label-name 'two words'"):
+        discover_dataset(tmp_path / "f", label_name="two words")
+    with pytest.raises(DatasetError, match="--label-name genre: a MusicCaps dataset"):
+        discover_dataset(make_musiccaps_like(tmp_path / "mc", n=3, n_missing=0, seconds=0.5), label_name="genre")
+    (tmp_path / "loose").mkdir()
+    sf.write(str(tmp_path / "loose" / "x.wav"), np.zeros(800, np.float32), 8000)
+    with pytest.raises(DatasetError, match="--label-name genre: .* no class folders"):
+        discover_dataset(tmp_path / "loose", label_name="genre")
+
+
+def test_manifest_label_column_named_by_label_name(tmp_path):
+    rows = []
+    for i, genre in enumerate(["pop", "jazz", "pop", "jazz"]):
+        _write_clip(tmp_path / f"{i}.wav", genre, i)
+        rows.append({"path": f"{i}.wav", "genre": genre})
+    _write_manifest(tmp_path / "manifest.csv", rows, ["path", "genre"])
+    ds = discover_dataset(tmp_path, label_name="genre", split="random")
+    assert ds.tasks == {"genre": "label"} and [t.label for t in ds.tracks] == ["pop", "jazz", "pop", "jazz"]
+    assert discover_dataset(tmp_path).tasks == {}  # no 'label' column: unlabelled unless named
+    with pytest.raises(DatasetError, match="--label-name mood: .* neither a 'mood' nor a 'label' column"):
+        discover_dataset(tmp_path, label_name="mood")
+
+
+# ---- why a split scheme ----------------------------------------------------------------------
+
+
+def test_split_reason_says_where_it_looked(tmp_path, gtzan_clean_dir, fault_filtered_dir):
+    cache = tmp_path / "cache" / "embedstore" / "gtzan-fault-filtered"  # the autouse fixture's cache
+    ds = discover_dataset(gtzan_clean_dir)
+    assert ds.split_scheme == "random"
+    assert ds.split_reason == (f"auto: GTZAN's fault-filtered lists not found (looked in {cache}); "
+                               "pass --split-dir with train/valid/test_filtered.txt for the published split")
+    assert f"split chosen: {ds.split_reason}" in format_dataset_summary(ds)
+    listed = discover_dataset(gtzan_clean_dir, split_dir=fault_filtered_dir)
+    by_stem = read_fault_filtered(fault_filtered_dir)
+    n_unlisted = sum(t.id not in by_stem for t in listed.tracks)
+    assert listed.split_reason == (f"auto: GTZAN's fault-filtered lists found in {fault_filtered_dir}; "
+                                   f"{n_unlisted} of {len(listed.tracks)} clips are in no list (no split)")
+    assert discover_dataset(gtzan_clean_dir, split="kfold").split_reason == "asked for (--split-scheme kfold)"
+
+
+def test_split_reason_of_folders_and_manifests(tmp_path):
+    make_class_folders(tmp_path / "f", {"a": "pop", "b": "rock"}, 5)
+    assert discover_dataset(tmp_path / "f").split_reason == "auto: the class folders name no split"
+    rows = []
+    for i in range(5):
+        _write_clip(tmp_path / "m" / f"{i}.wav", "pop", i)
+        rows.append({"path": f"{i}.wav", "label": "ab"[i % 2], "split": "train" if i else ""})
+    _write_manifest(tmp_path / "m" / "list.csv", rows, ["path", "label", "split"])
+    ds = discover_dataset(tmp_path / "m", split="auto")
+    assert ds.split_scheme == "random" and ds.split_reason == "auto: list.csv's split column is empty on 1 of 5 clips"
+
+
 # ---- folder and manifest ---------------------------------------------------------------------
 
 
@@ -214,6 +413,35 @@ def test_manifest_with_split_column(tmp_path):
     # the CSV itself can be passed, and a seeded split overrides the column
     ds2 = discover_dataset(tmp_path / "manifest.csv", split="random")
     assert ds2.split_scheme == "random" and len(ds2.tracks) == 6
+
+
+def test_manifest_paths_outside_its_folder(tmp_path):
+    """Paths resolve relative to the manifest; ids never hold '..' or a leading '/': a file outside
+    the manifest's folder is ext/<sha1 of its folder as written, 8 hex>/<stem>."""
+    lists = tmp_path / "project" / "lists"
+    for rel in ("lists/clips/a.wav", "shared/x.wav", "other/x.wav", "lists/b.wav"):
+        _write_clip(tmp_path / "project" / rel, "pop", len(rel))
+    outside = tmp_path / "elsewhere" / "y.flac"
+    outside.parent.mkdir()
+    sf.write(str(outside), render_genre("jazz", 8000, 0.3, np.random.default_rng(1)), 8000)
+    written = ["clips/a.wav", "../shared/x.wav", "../other/x.wav", "./clips/../b.wav", str(outside),
+               "../shared/gone.wav"]
+    rows = [{"path": p, "label": "ab"[i % 2]} for i, p in enumerate(written)]
+    _write_manifest(lists / "manifest.csv", rows, ["path", "label"])
+    ds = discover_dataset(lists / "manifest.csv", split="random")
+
+    def ext(folder: str, stem: str) -> str:
+        return f"ext/{hashlib.sha1(folder.encode()).hexdigest()[:8]}/{stem}"
+
+    assert [(t.id, t.path) for t in ds.tracks] == [
+        ("clips/a", "clips/a.wav"), (ext("../shared", "x"), "../shared/x.wav"),
+        (ext("../other", "x"), "../other/x.wav"), ("b", "b.wav"), (ext(str(outside.parent), "y"), str(outside)),
+    ]
+    assert ds.skipped == [("../shared/gone.wav", "missing on disk")]
+    for t in ds.tracks:
+        assert ".." not in t.id.split("/") and not t.id.startswith("/")
+        assert ds.abspath(t).resolve().is_file()
+    assert [t.id for t in discover_dataset(lists, split="random").tracks] == [t.id for t in ds.tracks]
 
 
 def test_manifest_errors(tmp_path):
@@ -319,3 +547,20 @@ def test_synthetic_genres_are_learnable(gtzan_clean_dir):
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     acc = cross_val_score(model, np.array(feats), labels, cv=3).mean()
     assert acc >= 0.75  # chance is 0.25
+
+
+# ---- which label task fine-tuning learns when --task is omitted --------------------------------
+
+
+def test_finetune_uses_the_only_label_task(tmp_path):
+    from embedstore.extract.datasets import Dataset
+    from embedstore.finetune.data import label_task
+
+    ds = Dataset("d", "manifest", tmp_path, [], [], {"genre": "label", "caption": "caption"}, "random")
+    assert label_task(ds, None) == "genre" and label_task(ds, "caption") == "caption"
+    ds.tasks = {"genre": "label", "style": "label"}
+    with pytest.raises(DatasetError, match=r"--task: dataset 'd' has several label tasks \(genre, style\)"):
+        label_task(ds, None)
+    ds.tasks = {"caption": "caption"}
+    with pytest.raises(DatasetError, match=r"no class labels to learn \(tasks: caption\); use --task caption"):
+        label_task(ds, None)
