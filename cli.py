@@ -348,11 +348,17 @@ def finetune(
     t5: Annotated[str, typer.Option(help="--task caption: T5 checkpoint id or local directory.")] = "t5-small",
     bert: Annotated[str, typer.Option(help="--task caption: BERT checkpoint for the BERT-similarity metric.")] = "bert-base-uncased",
     gain: GainOption = "none",
+    limit: Annotated[Optional[int], typer.Option(help="Use at most N clips per split (seeded, stratified): a quick run.")] = None,
+    train_eval: Annotated[str, typer.Option(help="Final evaluation of the training split: auto (a seeded subsample as large as validation, at most 64 clips), full, or a number of clips. Validation and test are always whole.")] = "auto",
+    keep_optimizer: Annotated[bool, typer.Option(help="Keep the optimizer state in the finished run's last.pt (about 3x its size) so --resume with more --epochs continues exactly.")] = False,
 ) -> None:
     """Fine-tune an encoder end to end on raw audio (the unfrozen path) and report as probe does.
 
     With --task caption the encoder trains together with the T5 captioner (MusicCaps)."""
     if task == "caption":
+        if limit is not None or train_eval != "auto" or keep_optimizer:
+            raise EmbedstoreError("--limit, --train-eval and --keep-optimizer apply to classification tasks, "
+                                  "not --task caption")
         from embedstore.finetune.caption import finetune_caption, format_caption_finetune_report
 
         report = finetune_caption(
@@ -375,6 +381,7 @@ def finetune(
         gradient_checkpointing=gradient_checkpointing, spec_augment=spec_augment, precision=precision, device=device,
         patience=patience, out=out, resume=resume, export_to_store=export_to_store, dataset_type=dataset_type,
         label_name=label_name, split_scheme=split_scheme, split_dir=split_dir, workers=workers, seed=seed, progress=progress, gain=gain,
+        limit=limit, train_eval=train_eval, keep_optimizer=keep_optimizer,
     )
     typer.echo(format_finetune_report(report))
 

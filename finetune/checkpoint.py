@@ -6,8 +6,11 @@ one. Checkpoints hold only tensors and plain Python values (the RNG states are c
 load with ``torch.load(weights_only=True)``.
 
 ``last.pt``: ``{"format", "epoch", "model" (encoder + head state dict), "optimizer", "scaler",
-"rng", "best_key", "best_epoch", "since_best", "stopped", "history", "config", "labels"}``.
-``best.pt``: ``{"format", "epoch", "model", "config", "labels", "valid"}``.
+"rng", "best_key", "best_epoch", "since_best", "stopped", "history", "config", "labels"}``;
+``"optimizer"``/``"scaler"`` (AdamW's two moments: about twice the trained weights) are written
+while training, so an interrupted run resumes exactly, and left out of the finished run's file
+unless ``--keep-optimizer``.
+``best.pt``: ``{"format", "epoch", "model", "config", "labels", "valid"}`` (no optimizer state).
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@
 - :class:`ClipDataset` yields full clips (the track's own segment) for evaluation.
 - :func:`label_task` names the class-label task to learn (the dataset's only one when ``--task`` is
   omitted); :func:`task_splits` picks the labelled tracks of a task and their train/valid/test split, holding
-  out a stratified share of train as validation when the dataset has no valid split.
+  out a stratified share of train as validation when the dataset has no valid split;
+  :func:`limit_splits` caps each split at ``--limit`` clips and :func:`stratified_subset` draws the
+  seeded, stratified subsets both use (and the training-split evaluation's subsample).
 
 A clip that fails to decode is dropped from its batch (and reported), never stopping the run.
 """
@@ -101,15 +103,40 @@ def task_splits(dataset: Dataset, task: str, seed: int = 0) -> TaskSplits:
         train = tracks["train"]
         if len(train) < 2:
             raise DatasetError(f"dataset {dataset.name!r}: too few train clips to hold out a validation set")
-        y = [t.label for t in train]
-        counts = np.unique(y, return_counts=True)[1]
         n_valid = max(1, int(np.ceil(INNER_VALID_FRACTION * len(train))))
-        strat = y if counts.min() >= 2 and n_valid >= len(counts) else None
-        keep, valid = train_test_split(list(range(len(train))), test_size=n_valid, random_state=seed, stratify=strat)
-        tracks["train"] = [train[i] for i in sorted(keep)]
-        tracks["valid"] = [train[i] for i in sorted(valid)]
+        keep, valid = stratified_subset([t.label for t in train], n_valid, seed)
+        tracks["train"] = [train[i] for i in keep]
+        tracks["valid"] = [train[i] for i in valid]
     labels = sorted({t.label for t in labelled}, key=str)
     return TaskSplits(tracks, labels, valid_source)
+
+
+def stratified_subset(labels: Sequence[object], n: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Pick ``n`` of ``len(labels)`` positions, seeded: ``(rest, picked)``, both sorted lists of int.
+
+    Stratified by ``labels`` (each class keeps its share) when every class has two items and both
+    parts can hold one of each class; plain random otherwise. ``n >= len(labels)`` picks everything.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if n >= len(labels):
+        return [], list(range(len(labels)))
+    counts = np.unique(np.asarray(labels, dtype=str), return_counts=True)[1]
+    strat = labels if counts.min() >= 2 and min(n, len(labels) - n) >= len(counts) else None
+    rest, picked = train_test_split(list(range(len(labels))), test_size=n, random_state=seed, stratify=strat)
+    return sorted(rest), sorted(picked)
+
+
+def limit_splits(splits: TaskSplits, limit: int | None, seed: int = 0) -> TaskSplits:
+    """``splits`` with at most ``limit`` clips per split (seeded, stratified when the labels allow);
+    ``None``: unchanged. The class list stays the task's."""
+    if limit is None:
+        return splits
+    tracks = {}
+    for split, items in splits.tracks.items():
+        picked = stratified_subset([t.label for t in items], limit, seed)[1]
+        tracks[split] = [items[i] for i in picked]
+    return TaskSplits(tracks, splits.labels, splits.valid_source)
 
 
 @dataclass

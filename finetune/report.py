@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from embedstore.analysis.plotting import new_figure, save_figure
 
 CURVE_STEM = "training_curve"
@@ -30,6 +32,8 @@ class FinetuneReport:
         best_path, last_path, history_path, curve_path: files in ``out_dir``.
         export: the :class:`~embedstore.extract.pipeline.ExtractSummary` of ``export_to_store``.
         notes: things the user should know (frozen modules, precision fallback, skipped clips).
+        checkpoint_bytes: ``{"best.pt": bytes, "last.pt": bytes}`` at the end of the run.
+        last_has_optimizer: whether ``last.pt`` holds the optimizer state (``--keep-optimizer``).
     """
 
     out_dir: Path
@@ -47,6 +51,8 @@ class FinetuneReport:
     curve_path: Path | None
     export: Any = None
     notes: list[str] = field(default_factory=list)
+    checkpoint_bytes: dict[str, int] = field(default_factory=dict)
+    last_has_optimizer: bool = False
 
 
 def plot_training_curve(history: Sequence[dict[str, Any]], out_dir: Path, best_epoch: int | None = None) -> Path:
@@ -84,15 +90,24 @@ def format_finetune_report(report: FinetuneReport) -> str:
                      f"{100 * h['valid_accuracy']:>11.1f}  {h['clips_per_s']:>8.1f}{mark}")
     if report.stopped_early:
         lines.append(f"stopped early after epoch {report.epochs_run} (no validation gain)")
-    for split in ("valid", "test"):
+    run = rec.get("finetune", {})
+    if run.get("limit"):
+        lines.append(f"--limit {run['limit']}: at most {run['limit']} clips per split (seeded, stratified)")
+    for split in ("train", "valid", "test"):
         m = rec["metrics"].get(split)
         if m:
             lo, hi = m["ci95"]["accuracy"]
             lines.append(f"{split}: accuracy {100 * m['accuracy']:.1f}% [95% CI {100 * lo:.1f}, {100 * hi:.1f}], "
-                         f"macro-F1 {100 * m['macro_f1']:.1f}% (n={m['n']})")
+                         f"macro-F1 {100 * m['macro_f1']:.1f}% (n={m['n']}{_subsample(run, split)})")
     if rec.get("layer_weights"):
         lines.append("layer weights: " + " ".join(f"{w:.3f}" for w in rec["layer_weights"]))
     lines.append(f"best checkpoint: {report.best_path} (epoch {report.best_epoch})")
+    if report.checkpoint_bytes:
+        what = {"best.pt": "weights", "last.pt": "weights + optimizer state" if report.last_has_optimizer
+                else "weights, no optimizer state"}
+        lines.append("checkpoint sizes: " + ", ".join(f"{name} {tqdm.format_sizeof(size, 'B', 1000)} "
+                                                      f"({what.get(name, '')})"
+                                                      for name, size in report.checkpoint_bytes.items()))
     lines.append("files: " + ", ".join(str(p) for p in [*report.record_paths, report.history_path,
                                                           *([report.curve_path] if report.curve_path else [])]))
     if report.export is not None:
@@ -101,3 +116,11 @@ def format_finetune_report(report: FinetuneReport) -> str:
         lines.append(f"exported {report.model_key} to {ex.store}: {written} clips written, {len(ex.failures)} failed")
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)
+
+
+def _subsample(run: dict[str, Any], split: str) -> str:
+    """`` of N, subsample`` after the train split's n when only a subsample was evaluated."""
+    rule = run.get("train_eval")
+    if split != "train" or not rule or rule["clips"] >= rule["of"]:
+        return ""
+    return f" of {rule['of']}, seeded subsample; --train-eval full for all"

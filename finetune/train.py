@@ -9,13 +9,20 @@ One run::
         -> AdamW (encoder lr, head lr), grad accumulation, clipping, autocast (+GradScaler for fp16)
         -> validation on FULL clips (windows, frame mean per clip) -> best.pt / last.pt / history.json
         -> early stop after ``patience`` epochs without validation gain
-    reload best.pt -> metrics of train/valid/test full clips -> record (the probes' format,
-    head "finetune") -> out/metrics.json (+ the store's results folder) -> training_curve.png
+    reload best.pt -> metrics of valid/test (full splits) and train (a seeded subsample by default,
+    ``train_eval``), all on full clips -> record (the probes' format, head "finetune")
+    -> out/metrics.json (+ the store's results folder) -> training_curve.png
+    optional: ``limit`` caps every split at N clips (seeded, stratified) for quick runs.
     optional: extract the dataset with the fine-tuned encoder into a store as ``<model>+ft-<task>``.
 
 Reproducibility: the global torch/numpy/Python RNGs are seeded with ``seed`` at the start (and
 restored from ``last.pt`` on resume); crop positions and batch order depend only on (seed, epoch),
 so on CPU a resumed run reproduces an uninterrupted one exactly.
+
+Checkpoint sizes: ``best.pt`` holds the weights only. ``last.pt`` also holds the AdamW state (two
+moments per trained weight, about twice the weights) while training, so an interrupted run resumes
+exactly; the last epoch writes it without that state unless ``keep_optimizer`` (then a ``--resume``
+that extends a finished run restarts AdamW's moments, and says so). The report gives both sizes.
 """
 
 from __future__ import annotations
@@ -47,8 +54,10 @@ from embedstore.finetune.data import (
     CropDataset,
     TaskSplits,
     label_task,
+    limit_splits,
     make_loader,
     pad_batch,
+    stratified_subset,
     task_splits,
 )
 from embedstore.finetune.model import (
@@ -68,9 +77,10 @@ HISTORY = "history.json"
 METRICS = "metrics.json"
 HEAD = "finetune"
 N_BOOT = 1000
-# Options that must not change when resuming (they change the network or its classes).
+TRAIN_EVAL_MAX = 64  # "auto": as many training clips as the validation split, at most this many
+# Options that must not change when resuming (they change the network, its classes or its data).
 _RESUME_FIXED = ("model", "checkpoint", "weights", "task", "dataset", "layer", "head_hidden", "head_dropout",
-                 "freeze_feature_encoder", "window_seconds", "gain")
+                 "freeze_feature_encoder", "window_seconds", "gain", "limit")
 
 
 @dataclass(frozen=True)
@@ -105,11 +115,13 @@ class FinetuneConfig:
     max_grad_norm: float | None
     window_seconds: float
     gain: str = DEFAULT_GAIN
+    limit: int | None = None
+    train_eval: str = "auto"
 
 
 def _check_options(*, epochs: int, lr_encoder: float, lr_head: float, batch_size: int, grad_accum: int,
                    crop_seconds: float, precision: str, patience: int | None, weight_decay: float,
-                   head_dropout: float, max_grad_norm: float | None) -> None:
+                   head_dropout: float, max_grad_norm: float | None, limit: int | None) -> None:
     """Raise :class:`EmbedstoreError` naming the first bad option."""
     checks = [
         (epochs >= 1, f"--epochs must be at least 1, got {epochs}"),
@@ -123,10 +135,31 @@ def _check_options(*, epochs: int, lr_encoder: float, lr_head: float, batch_size
         (weight_decay >= 0, f"--weight-decay must be >= 0, got {weight_decay}"),
         (0 <= head_dropout < 1, f"--head-dropout must be in [0, 1), got {head_dropout}"),
         (max_grad_norm is None or max_grad_norm > 0, f"--max-grad-norm must be positive, got {max_grad_norm}"),
+        (limit is None or limit >= 2, f"--limit must be at least 2 clips (a training batch needs 2), got {limit}"),
     ]
     for ok, message in checks:
         if not ok:
             raise EmbedstoreError(message)
+
+
+def train_eval_size(train_eval: str | int, n_train: int, n_valid: int) -> int:
+    """How many training clips the final evaluation reads under the rule ``train_eval``.
+
+    ``"auto"``: as many as the validation split, at most :data:`TRAIN_EVAL_MAX` (the training split's
+    metrics then cost no more than validation's); ``"full"``: all ``n_train``; a positive number N
+    (int or digits): at most N. Never more than ``n_train``.
+
+    Raises:
+        EmbedstoreError: any other value (naming ``--train-eval``).
+    """
+    rule = str(train_eval).strip().lower()
+    if rule == "auto":
+        return min(n_train, n_valid, TRAIN_EVAL_MAX)
+    if rule == "full":
+        return n_train
+    if rule.isdigit() and int(rule) > 0:
+        return min(n_train, int(rule))
+    raise EmbedstoreError(f"--train-eval must be auto, full or a positive number of clips, got {train_eval!r}")
 
 
 def resolve_precision(precision: str, device: str) -> tuple[str, str | None]:
@@ -252,9 +285,14 @@ def _check_resume(state: dict[str, Any], config: FinetuneConfig, labels: list[st
         raise EmbedstoreError(f"{path}: cannot resume, the classes changed ({state.get('labels')} -> {labels})")
 
 
-def _split_record_metrics(net: FinetuneModel, splits: TaskSplits, root: Path, *, batch_size: int, workers: int,
-                          progress: bool, seed: int, gain: str, notes: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics of every split (full clips) and the test predictions, in the probes' format."""
+def _split_record_metrics(net: FinetuneModel, splits: TaskSplits, root: Path, *, train_clips: int, batch_size: int,
+                          workers: int, progress: bool, seed: int, gain: str,
+                          notes: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics of every split (full clips) and the test predictions, in the probes' format.
+
+    Valid and test are read whole; train only on ``train_clips`` clips (a seeded, stratified
+    subsample when fewer than the split holds).
+    """
     from embedstore.heads.protocol import split_metrics  # the probes' per-split aggregation
 
     metrics: dict[str, Any] = {}
@@ -262,6 +300,9 @@ def _split_record_metrics(net: FinetuneModel, splits: TaskSplits, root: Path, *,
     for split in ("train", "valid", "test"):
         tracks = splits.tracks[split]
         codes = splits.codes(split)
+        if split == "train" and train_clips < len(tracks):
+            pick = stratified_subset([t.label for t in tracks], train_clips, seed)[1]
+            tracks, codes = [tracks[i] for i in pick], codes[pick]
         data = ClipDataset(root, tracks, codes, net.encoder.sample_rate, gain)
         logits, ok, failed = predict_logits(net, data, batch_size=batch_size, workers=workers,
                                             desc=f"eval {split}", progress=progress)
@@ -316,6 +357,9 @@ def finetune(
     trust_remote_code: bool = False,
     progress: bool = True,
     gain: str = DEFAULT_GAIN,
+    limit: int | None = None,
+    train_eval: str | int = "auto",
+    keep_optimizer: bool = False,
 ) -> FinetuneReport:
     """Fine-tune ``model`` end to end on the raw audio of a dataset's classification ``task``.
 
@@ -356,6 +400,14 @@ def finetune(
         progress: tqdm bars.
         gain: the gain rule of decoding, as extraction's ``--gain`` (``"none"``: the decoded amplitude;
             ``"peak"``: peak-normalised); training, evaluation and the export all use it.
+        limit: use at most this many clips of each split (seeded, stratified when the labels allow;
+            a quick run; None: all). Recorded, and fixed across ``--resume``.
+        train_eval: the training split's final evaluation: ``"auto"`` (a seeded, stratified
+            subsample as large as the validation split, at most 64 clips), ``"full"``, or a number of
+            clips. Validation and test are always evaluated whole, on full clips.
+        keep_optimizer: keep the AdamW state in the final ``last.pt`` (about twice the weights' size),
+            so that a later ``--resume`` with more epochs continues exactly; without it only an
+            interrupted run resumes exactly.
 
     Returns:
         A :class:`~embedstore.finetune.report.FinetuneReport` (print it with
@@ -384,13 +436,14 @@ def finetune(
 
     _check_options(epochs=epochs, lr_encoder=lr_encoder, lr_head=lr_head, batch_size=batch_size,
                    grad_accum=grad_accum, crop_seconds=crop_seconds, precision=precision, patience=patience,
-                   weight_decay=weight_decay, head_dropout=head_dropout, max_grad_norm=max_grad_norm)
+                   weight_decay=weight_decay, head_dropout=head_dropout, max_grad_norm=max_grad_norm, limit=limit)
     check_gain(gain)
     notes: list[str] = []
     dataset = discover_dataset(dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed,
                                name=dataset_name, label_name=label_name)
     task = label_task(dataset, task)
-    splits = task_splits(dataset, task, seed)
+    splits = limit_splits(task_splits(dataset, task, seed), limit, seed)
+    train_clips = train_eval_size(train_eval, len(splits.tracks["train"]), len(splits.tracks["valid"]))
     dev = str(resolve_device(device))
     prec, note = resolve_precision(precision, dev)
     notes += [note] if note else []
@@ -422,7 +475,8 @@ def finetune(
         grad_accum=grad_accum, crop_seconds=crop, freeze_feature_encoder=freeze_feature_encoder,
         gradient_checkpointing=gradient_checkpointing, spec_augment=spec_augment, precision=prec,
         patience=patience, seed=seed, head_hidden=head_hidden, head_dropout=head_dropout,
-        max_grad_norm=max_grad_norm, window_seconds=encoder.window_seconds, gain=gain,
+        max_grad_norm=max_grad_norm, window_seconds=encoder.window_seconds, gain=gain, limit=limit,
+        train_eval=str(train_eval).strip().lower(),
     )
 
     lrs = {"encoder": lr_encoder, "head": lr_head}
@@ -436,14 +490,11 @@ def finetune(
     history: list[dict[str, Any]] = []
     best_key: tuple[float, float] | None = None
     best_epoch, since_best, stopped, start_epoch, resumed_from = 0, 0, False, 1, None
+    last_has_optimizer = False
     if resume and last_path.exists():
         state = load_checkpoint(last_path)  # on CPU: load_state_dict copies onto the device
         _check_resume(state, config, splits.labels, last_path)
         net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        for g in opt.param_groups:  # the learning rates asked for now
-            g["lr"] = lrs[g["name"]]
-        scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         history = list(state["history"])
         best_key = tuple(state["best_key"]) if state["best_key"] is not None else None
@@ -451,6 +502,15 @@ def finetune(
         stopped = patience is not None and since_best >= patience  # a larger --patience continues
         start_epoch = resumed_from = int(state["epoch"])
         start_epoch += 1
+        last_has_optimizer = "optimizer" in state
+        if last_has_optimizer:
+            opt.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+        elif start_epoch <= epochs and not stopped:
+            notes.append(f"--resume: {last_path} holds no optimizer state (the run had finished; --keep-optimizer "
+                         "keeps it); AdamW's moments restart from zero, so this is not the uninterrupted run")
+        for g in opt.param_groups:  # the learning rates asked for now
+            g["lr"] = lrs[g["name"]]
     elif resume:
         notes.append(f"--resume: {last_path} does not exist; started from scratch")
     elif last_path.exists():
@@ -487,17 +547,21 @@ def finetune(
         else:
             since_best += 1
         stopped = patience is not None and since_best >= patience and epoch < epochs
-        save_checkpoint({**_state(net, config, splits.labels, epoch), "optimizer": opt.state_dict(),
-                         "scaler": scaler.state_dict(), "rng": rng_state(), "best_key": best_key,
-                         "best_epoch": best_epoch, "since_best": since_best, "stopped": stopped,
-                         "history": history}, last_path)
+        final = stopped or epoch == epochs  # the finished run's last.pt keeps the weights only
+        last_has_optimizer = keep_optimizer or not final
+        resumable = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict()} if last_has_optimizer else {}
+        save_checkpoint({**_state(net, config, splits.labels, epoch), **resumable,
+                         "rng": rng_state(), "best_key": best_key, "best_epoch": best_epoch,
+                         "since_best": since_best, "stopped": stopped, "history": history}, last_path)
         write_json(history, history_path)
     epochs_run = history[-1]["epoch"] if history else 0
 
     best = load_checkpoint(best_path)
     net.load_state_dict(best["model"])
-    metrics, predictions = _split_record_metrics(net, splits, dataset.root, batch_size=batch_size, workers=workers,
-                                                 progress=progress, seed=seed, gain=gain, notes=notes)
+    metrics, predictions = _split_record_metrics(net, splits, dataset.root, train_clips=train_clips,
+                                                 batch_size=batch_size, workers=workers, progress=progress, seed=seed,
+                                                 gain=gain, notes=notes)
+    train_eval_rule = {"rule": config.train_eval, "clips": train_clips, "of": n_train}
     key = model_key(model, task, weights)
     hparams = {"lr_encoder": lr_encoder, "lr_head": lr_head, "weight_decay": weight_decay, "epochs": best_epoch,
                "batch_size": batch_size * grad_accum, "crop_seconds": crop, "precision": prec,
@@ -511,6 +575,8 @@ def finetune(
                   "train_input": f"one random {crop:g} s crop per clip per epoch",
                   "eval_input": f"full clips in {encoder.window_seconds:g} s windows, frame mean per clip",
                   "selection": "epoch with the best validation accuracy (then loss)",
+                  "train_eval": _describe_train_eval(train_eval_rule),
+                  "limit": f"at most {limit} clips per split (seeded, stratified)" if limit else "none",
                   "standardise": "none (end-to-end)", "confusion": "counts", "n_boot": N_BOOT},
         predictions=predictions,
     )
@@ -519,8 +585,11 @@ def finetune(
                           layer_name=WEIGHTED if net.layer == WEIGHTED else encoder.layer_names[int(net.layer)],
                           layers=net.layers, head=HEAD, preset="default",
                           checkpoint=checkpoint or _default_checkpoint(model))
+    sizes = {path.name: path.stat().st_size for path in (best_path, last_path)}
     record["finetune"] = {"config": asdict(config), "run_dir": str(out_dir.absolute()), "best_epoch": best_epoch,
-                          "epochs_run": epochs_run, "stopped_early": stopped, "history": history}
+                          "epochs_run": epochs_run, "stopped_early": stopped, "history": history,
+                          "train_eval": train_eval_rule, "limit": limit, "checkpoint_bytes": sizes,
+                          "last_has_optimizer": last_has_optimizer}
     record_paths = [write_json(record, out_dir / METRICS)]
 
     export = None
@@ -538,7 +607,16 @@ def finetune(
     return FinetuneReport(out_dir=out_dir, model_key=key, record=record, record_paths=record_paths, history=history,
                           best_epoch=best_epoch, epochs_run=epochs_run, stopped_early=stopped,
                           resumed_from=resumed_from, best_path=best_path, last_path=last_path,
-                          history_path=history_path, curve_path=curve, export=export, notes=notes)
+                          history_path=history_path, curve_path=curve, export=export, notes=notes,
+                          checkpoint_bytes=sizes, last_has_optimizer=last_has_optimizer)
+
+
+def _describe_train_eval(rule: dict[str, Any]) -> str:
+    """The record's one-line account of the training split's evaluation."""
+    if rule["clips"] >= rule["of"]:
+        return f"all {rule['of']} train clips, full clips (--train-eval {rule['rule']})"
+    return (f"{rule['clips']} of {rule['of']} train clips, a seeded stratified subsample, full clips "
+            f"(--train-eval {rule['rule']})")
 
 
 def _default_checkpoint(model: str) -> str | None:

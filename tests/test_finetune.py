@@ -1,11 +1,13 @@
 """Tests of embedstore.finetune on a tiny random wav2vec2 (CPU): learning, checkpoints, resume,
-export into the store, and the pieces (windowed pooling, frozen conv, gradient checkpointing,
-atomic files, splits, option errors)."""
+export into the store, the cost controls (training-split subsample, --limit, checkpoint sizes),
+and the pieces (windowed pooling, frozen conv, gradient checkpointing, atomic files, splits,
+option errors)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +23,9 @@ from embedstore.extract.encoders import load_encoder
 from embedstore.extract.synthetic import render_genre
 from embedstore.finetune import finetune, format_finetune_report, load_finetuned
 from embedstore.finetune.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from embedstore.finetune.data import CropDataset, task_splits
+from embedstore.finetune.data import CropDataset, stratified_subset, task_splits
 from embedstore.finetune.model import FinetuneModel, enable_gradient_checkpointing, freeze_feature_encoder
-from embedstore.finetune.train import predict_logits
+from embedstore.finetune.train import predict_logits, train_eval_size
 from embedstore.heads.results import load_results
 from tiny_models import save_tiny_wav2vec2
 
@@ -111,7 +113,9 @@ def test_record_has_the_probe_format(run):
     assert key == ("label", "wav2vec2+ft-label", "weighted", "finetune")
     assert json.loads((report.out_dir / "metrics.json").read_text()) == rec
     assert [r for r in load_results(store) if r["head"] == "finetune"] == [rec]
-    for split, n in PER_SPLIT.items():
+    # valid and test whole; train on the default subsample, as many clips as validation
+    sizes = {**PER_SPLIT, "train": PER_SPLIT["valid"]}
+    for split, n in sizes.items():
         m = rec["metrics"][split]
         assert m["n"] == n * len(GENRES) and m["labels"] == sorted(GENRES)
         conf = np.array(m["confusion"])
@@ -181,24 +185,178 @@ def test_export_matches_clip_features_and_feeds_probes(run, data_dir):
     assert {"finetune", "logreg"} <= {r["head"] for r in load_results(store)}
 
 
+# ---- cost controls: training-split subsample, --limit --------------------------------------------
+
+
+def test_train_split_is_evaluated_on_a_seeded_subsample(run):
+    report, _ = run
+    rec = report.record
+    n_train, n_valid = (PER_SPLIT[s] * len(GENRES) for s in ("train", "valid"))
+    assert rec["finetune"]["train_eval"] == {"rule": "auto", "clips": n_valid, "of": n_train}
+    train = rec["metrics"]["train"]
+    assert train["n"] == n_valid and np.array(train["confusion"]).sum(axis=1).tolist() == [n_valid // 2] * 2
+    assert f"{n_valid} of {n_train} train clips" in rec["protocol"]["train_eval"]
+    assert rec["protocol"]["limit"] == "none" and rec["finetune"]["limit"] is None
+    assert f"(n={n_valid} of {n_train}, seeded subsample" in format_finetune_report(report)
+
+
+def test_limit_caps_each_split_and_train_eval_takes_a_count(data_dir, ckpt, tmp_path, monkeypatch):
+    import embedstore.finetune.train as train_module
+
+    evaluated: list[tuple[str, list[str]]] = []  # (desc, clip paths) of every evaluation
+    trained: list[int] = []  # clips offered per training epoch
+    real_predict, real_epoch = train_module.predict_logits, train_module._train_epoch
+
+    def spy_predict(net, data, **kwargs):
+        evaluated.append((kwargs.get("desc", "eval"), [t.path for t in data.tracks]))
+        return real_predict(net, data, **kwargs)
+
+    def spy_epoch(net, loader, *args, **kwargs):
+        trained.append(len(loader.dataset))
+        return real_epoch(net, loader, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "predict_logits", spy_predict)
+    monkeypatch.setattr(train_module, "_train_epoch", spy_epoch)
+    report = finetune(data_dir, checkpoint=str(ckpt), epochs=2, out=tmp_path / "lim", limit=6, train_eval=4,
+                      **{**FAST, "batch_size": 4})
+    assert trained == [6, 6]
+    assert [(desc, len(paths)) for desc, paths in evaluated] == [
+        ("eval", 6), ("eval", 6), ("eval train", 4), ("eval valid", 6), ("eval test", 6)]
+    manifest = list(csv.DictReader(open(data_dir / "manifest.csv")))
+    split_of = {row["path"]: row["split"] for row in manifest}
+    genre_of = {row["path"]: row["label"] for row in manifest}
+    for (desc, paths), split in zip(evaluated[2:], ("train", "valid", "test")):
+        assert {split_of[p] for p in paths} == {split}  # each split's own clips, half of each genre
+        assert sorted(genre_of[p] for p in paths) == sorted(list(GENRES) * (len(paths) // 2))
+    assert set(evaluated[3][1]) == set(evaluated[0][1])  # the clips validated each epoch are the final ones
+    assert set(evaluated[2][1]) < {p for p in split_of if split_of[p] == "train"}
+    fin = report.record["finetune"]
+    assert fin["limit"] == 6 and fin["config"]["limit"] == 6
+    assert fin["train_eval"] == {"rule": "4", "clips": 4, "of": 6}
+    assert [report.record["metrics"][s]["n"] for s in ("train", "valid", "test")] == [4, 6, 6]
+    assert "--limit 6" in format_finetune_report(report)
+    with pytest.raises(EmbedstoreError, match="limit"):  # a different --limit cannot resume this run
+        finetune(data_dir, checkpoint=str(ckpt), epochs=3, out=tmp_path / "lim", resume=True, limit=8,
+                 **{**FAST, "batch_size": 4})
+
+
+@pytest.mark.parametrize(("rule", "n_train", "n_valid", "want"), [
+    ("auto", 48, 16, 16), ("auto", 10, 16, 10), ("auto", 400, 200, 64), ("full", 400, 200, 400),
+    (5, 48, 16, 5), ("5", 48, 16, 5), (100, 48, 16, 48), ("FULL", 7, 3, 7),
+])
+def test_train_eval_size_rules(rule, n_train, n_valid, want):
+    assert train_eval_size(rule, n_train, n_valid) == want
+
+
+@pytest.mark.parametrize("rule", ["some", 0, "-3", "1.5"])
+def test_train_eval_size_rejects_other_values(rule):
+    with pytest.raises(EmbedstoreError, match="--train-eval"):
+        train_eval_size(rule, 10, 5)
+
+
+def test_stratified_subset_keeps_class_shares_and_is_seeded():
+    labels = ["a"] * 10 + ["b"] * 4
+    rest, picked = stratified_subset(labels, 7, seed=1)
+    assert sorted(rest + picked) == list(range(14)) and len(picked) == 7
+    assert [labels[i] for i in picked].count("b") == 2  # 7 * 4/14
+    assert stratified_subset(labels, 7, seed=1) == (rest, picked)
+    assert any(stratified_subset(labels, 7, seed=s)[1] != picked for s in range(2, 6))
+    # a class with one clip cannot be stratified: a plain random pick, not an error
+    assert len(stratified_subset(["a"] * 5 + ["b"], 3, seed=0)[1]) == 3
+    assert stratified_subset(labels, 20) == ([], list(range(14)))
+
+
+def test_cli_passes_the_cost_options(data_dir, ckpt, tmp_path):
+    from typer.testing import CliRunner
+
+    from embedstore.cli import app
+
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, [
+        "finetune", str(data_dir), "--model", "wav2vec2", "--checkpoint", str(ckpt), "--task", "label",
+        "--epochs", "1", "--batch-size", "4", "--crop-seconds", "0.25", "--no-spec-augment", "--workers", "0",
+        "--no-progress", "--out", str(out), "--limit", "4", "--train-eval", "full", "--keep-optimizer"])
+    assert result.exit_code == 0, result.output
+    fin = json.loads((out / "metrics.json").read_text())["finetune"]
+    assert fin["limit"] == 4 and fin["train_eval"] == {"rule": "full", "clips": 4, "of": 4}
+    assert fin["last_has_optimizer"] and "optimizer" in load_checkpoint(out / "last.pt")
+    assert "checkpoint sizes: best.pt" in result.output
+    refused = CliRunner().invoke(app, ["finetune", str(data_dir), "--task", "caption", "--limit", "4"])
+    assert isinstance(refused.exception, EmbedstoreError) and "--limit" in str(refused.exception)
+
+
 # ---- resume and early stopping ------------------------------------------------------------------
 
 
-def test_resume_continues_from_saved_epoch(run, data_dir, ckpt, tmp_path):
+def _trained_weights(ckpt: Path, n_classes: int) -> int:
+    """Weights the optimizer updates: the network's parameters minus the frozen conv feature encoder."""
+    net = FinetuneModel(load_encoder("wav2vec2", str(ckpt)), n_classes)
+    return sum(p.numel() for name, p in net.named_parameters() if ".feature_extractor." not in name)
+
+
+def test_interrupted_run_resumes_exactly(run, data_dir, ckpt, tmp_path, monkeypatch):
+    import embedstore.finetune.train as train_module
+
     report3, _ = run
     out = tmp_path / "resumed"
-    first = finetune(data_dir, checkpoint=str(ckpt), epochs=2, out=out, **FAST)
-    assert [h["epoch"] for h in first.history] == [1, 2]
+    real_epoch, calls = train_module._train_epoch, []
+
+    def interrupt_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "_train_epoch", interrupt_in_epoch_3)
+        with pytest.raises(KeyboardInterrupt):
+            finetune(data_dir, checkpoint=str(ckpt), epochs=3, out=out, **FAST)
+    saved, best = load_checkpoint(out / "last.pt"), load_checkpoint(out / "best.pt")
+    assert saved["epoch"] == 2 and "optimizer" in saved and "optimizer" not in best
+    # mid-run, last.pt carries AdamW's two float32 moments per trained weight; best.pt only the weights
+    moments = 2 * 4 * _trained_weights(ckpt, len(GENRES))
+    grown = (out / "last.pt").stat().st_size - (out / "best.pt").stat().st_size
+    assert moments < grown < 1.3 * moments
+
     resumed = finetune(data_dir, checkpoint=str(ckpt), epochs=3, out=out, resume=True, **FAST)
-    assert resumed.resumed_from == 2
+    assert resumed.resumed_from == 2 and not any("optimizer" in n for n in resumed.notes)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
-    assert resumed.history[:2] == first.history
+    assert resumed.history[:2] == saved["history"]
     # epoch 3 started from the saved weights, optimizer and RNG state: identical to an uninterrupted run
     a, b = load_checkpoint(out / "last.pt"), load_checkpoint(report3.last_path)
     assert a["epoch"] == b["epoch"] == 3
     for k in b["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
     assert resumed.history[2]["train_loss"] == pytest.approx(report3.history[2]["train_loss"], rel=1e-5)
+
+
+def test_finished_run_drops_optimizer_state_unless_kept(data_dir, ckpt, tmp_path):
+    quick = {**FAST, "limit": 4, "batch_size": 4}
+    plain = finetune(data_dir, checkpoint=str(ckpt), epochs=1, out=tmp_path / "plain", **quick)
+    last, best = load_checkpoint(plain.last_path), load_checkpoint(plain.best_path)
+    assert "optimizer" not in last and "optimizer" not in best and not plain.last_has_optimizer
+    assert last["epoch"] == best["epoch"] == 1
+    assert all(torch.equal(last["model"][k], best["model"][k]) for k in best["model"])
+    sizes = {p.name: p.stat().st_size for p in (plain.best_path, plain.last_path)}
+    moments = 2 * 4 * _trained_weights(ckpt, len(GENRES))
+    assert plain.checkpoint_bytes == sizes and plain.record["finetune"]["checkpoint_bytes"] == sizes
+    assert abs(sizes["last.pt"] - sizes["best.pt"]) < 0.2 * moments  # the same weights, a little history
+    text = format_finetune_report(plain)
+    for name, what in (("best.pt", "weights"), ("last.pt", "weights, no optimizer state")):
+        shown = re.search(rf"{re.escape(name)} ([0-9.]+)kB \({what}\)", text)
+        assert shown and float(shown.group(1)) * 1000 == pytest.approx(sizes[name], rel=0.01)
+
+    kept = finetune(data_dir, checkpoint=str(ckpt), epochs=1, out=tmp_path / "kept", keep_optimizer=True, **quick)
+    assert "optimizer" in load_checkpoint(kept.last_path) and kept.last_has_optimizer
+    assert kept.checkpoint_bytes["last.pt"] - kept.checkpoint_bytes["best.pt"] > moments
+    assert "weights + optimizer state" in format_finetune_report(kept)
+
+    # extending a finished run: exact with the kept state, a fresh AdamW (and a note) without it
+    extended = finetune(data_dir, checkpoint=str(ckpt), epochs=2, out=tmp_path / "kept", resume=True,
+                        keep_optimizer=True, **quick)
+    assert extended.resumed_from == 1 and not any("optimizer" in n for n in extended.notes)
+    fresh = finetune(data_dir, checkpoint=str(ckpt), epochs=2, out=tmp_path / "plain", resume=True, **quick)
+    assert fresh.resumed_from == 1 and any("no optimizer state" in n for n in fresh.notes)
 
 
 def test_resume_refuses_a_different_network(run, data_dir, ckpt):
@@ -323,6 +481,8 @@ def test_checkpoint_files_are_atomic_and_checked(tmp_path):
     [
         ({"precision": "fp8"}, EmbedstoreError, "--precision"),
         ({"batch_size": 1}, EmbedstoreError, "--batch-size"),
+        ({"limit": 1}, EmbedstoreError, "--limit"),
+        ({"train_eval": "half"}, EmbedstoreError, "--train-eval"),
         ({"task": "genre"}, DatasetError, "no such labels"),
         ({"layer": 7}, ModelError, "--layer 7"),
         ({"gain": "loud"}, EmbedstoreError, "--gain"),
