@@ -77,7 +77,16 @@ IDENTITY_KEYS: tuple[str, ...] = (
     "windowing",
     "frames_hop_seconds",
     "audio_preprocessing",
+    "layer_convention",
 )
+
+#: values an entry written before a key was recorded is taken to hold for it, when a write brings the key:
+#: an entry that predates the recorded layer convention (stable-layer-norm encoders stored their last layer
+#: before or after the final LayerNorm depending on the transformers version) must not be mixed with one that
+#: states it. Keys absent here are compared only where both sides have them.
+LEGACY_IDENTITY: dict[str, str] = {
+    "layer_convention": "not recorded (written before embedstore recorded the layer convention)",
+}
 
 STORAGE_DTYPES = ("float32", "float16")
 

@@ -38,6 +38,7 @@ from embedstore.store.schema import (
     FRAME_COUNTS,
     FRAMES,
     IDENTITY_KEYS,
+    LEGACY_IDENTITY,
     LAYERS,
     SCHEMA_VERSION,
     STORAGE_DTYPES,
@@ -348,10 +349,11 @@ class Store:
             if model in ds_attrs.get("models", []):
                 stored = self.backend.read_attrs(node)
                 for key in IDENTITY_KEYS:
-                    if key in stored and key in entry and stored[key] != entry[key]:
+                    old = stored.get(key, LEGACY_IDENTITY.get(key))
+                    if old is not None and key in entry and old != entry[key]:
                         raise StoreError(
                             f"{self.path}: model entry {model!r} of dataset {dataset!r} holds {key}="
-                            f"{json.dumps(stored[key])[:120]}, not {json.dumps(entry[key])[:120]}; "
+                            f"{json.dumps(old)[:120]}, not {json.dumps(entry[key])[:120]}; "
                             "write it under another model name or into another store")
                 entry = stored
             else:

@@ -209,6 +209,10 @@ def test_refuses_incompatible_writes(store_path):
             st.model_writer("gtzan", "mert", META, [8, 8, 8, 8])
         with pytest.raises(StoreError, match="storage_dtype"):
             st.model_writer("gtzan", "mert", META, [8, 8, 8], storage_dtype="float16")
+        # the entry predates the recorded layer convention: rows stating one are not mixed into it
+        with pytest.raises(StoreError, match="layer_convention=.*not recorded"):
+            st.model_writer("gtzan", "mert", {**META, "layer_convention": "last layer after the final LayerNorm"},
+                            [8, 8, 8])
         other = table(6)
         other.labels[2] = "jazz"
         with pytest.raises(StoreError, match="id2.*label.*jazz"):
