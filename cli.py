@@ -42,6 +42,7 @@ OutOption = Annotated[Optional[Path], typer.Option(help="Output folder (default:
 FormatOption = Annotated[Optional[list[str]], typer.Option("--format", help="Figure formats: png, svg, pdf (repeatable; default png).")]
 SeedOption = Annotated[int, typer.Option(help="Seed of subsampling and UMAP.")]
 MaxPointsOption = Annotated[int, typer.Option(help="Subsample (seeded) to at most this many clips for plots.")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", help="List every skipped or failed file (default: counts by reason, a few examples each).")]
 
 
 def _version_callback(value: bool) -> None:
@@ -100,6 +101,7 @@ def datasets(
     seed: Annotated[int, typer.Option(help="Seed of random splits.")] = 0,
     folds: Annotated[int, typer.Option(help="Folds for --split-scheme kfold.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Show what a dataset folder holds: clips per label and split, and unreadable files."""
     import json
@@ -107,7 +109,7 @@ def datasets(
     from embedstore.extract.datasets import discover_dataset, format_dataset_summary, summarize_dataset
 
     ds = discover_dataset(dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed, folds=folds)
-    typer.echo(json.dumps(summarize_dataset(ds), indent=2) if as_json else format_dataset_summary(ds))
+    typer.echo(json.dumps(summarize_dataset(ds), indent=2) if as_json else format_dataset_summary(ds, verbose=verbose))
 
 
 # ---- demo --------------------------------------------------------------------------------------
@@ -135,6 +137,7 @@ def info(
     store_path: Annotated[Optional[Path], typer.Argument(help="Store to describe (default: --store, $EMBEDSTORE_STORE or ./embedstore.zarr).")] = None,
     store: StoreOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the documented JSON form (stable keys).")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Describe a store: datasets, clips, models (layers x width), done/failed counts, size, metadata."""
     import json
@@ -143,7 +146,7 @@ def info(
     from embedstore.store import info as store_info
 
     d = store_info(store_path or _store_path(store))
-    typer.echo(json.dumps(d, indent=2, default=str) if as_json else format_info(d))
+    typer.echo(json.dumps(d, indent=2, default=str) if as_json else format_info(d, verbose=verbose))
 
 
 # ---- extraction --------------------------------------------------------------------------------
@@ -197,6 +200,7 @@ def extract(
     concurrency: Annotated[int, typer.Option(help="ray: number of encoder actors.")] = 1,
     num_gpus_per_worker: Annotated[Optional[float], typer.Option(help="ray: GPUs per encoder actor (default 1 when the cluster has GPUs, else 0).")] = None,
     num_cpus_per_worker: Annotated[float, typer.Option(help="ray: CPUs per encoder actor.")] = 1.0,
+    verbose: VerboseOption = False,
 ) -> None:
     """Run encoders over a dataset and store the pooled embeddings of EVERY layer (resumable)."""
     from embedstore.extract.pipeline import ExtractOptions, format_summary, run_extract
@@ -239,7 +243,7 @@ def extract(
         )
     else:
         raise EmbedstoreError(f"--engine must be local or ray, got {engine!r}")
-    typer.echo(format_summary(summary))
+    typer.echo(format_summary(summary, verbose=verbose))
 
 
 # ---- probing -----------------------------------------------------------------------------------
