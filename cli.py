@@ -44,6 +44,7 @@ FormatOption = Annotated[Optional[list[str]], typer.Option("--format", help="Fig
 SeedOption = Annotated[int, typer.Option(help="Seed of subsampling and UMAP.")]
 MaxPointsOption = Annotated[int, typer.Option(help="Subsample (seeded) to at most this many clips for plots.")]
 GainOption = Annotated[str, typer.Option(help="Input gain: none (the decoded amplitude, what each encoder's own feature extractor expects) or peak (peak-normalise each clip to [-1, 1], the rule of stores made before this option).")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", help="List every skipped or failed file (default: counts by reason, a few examples each).")]
 
 
 def _version_callback(value: bool) -> None:
@@ -103,6 +104,7 @@ def datasets(
     folds: Annotated[int, typer.Option(help="Folds for --split-scheme kfold.")] = 5,
     label_name: LabelNameOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Show what a dataset folder holds: where its labels are, clips per label and split (and why that split), unreadable files."""
     import json
@@ -111,7 +113,7 @@ def datasets(
 
     ds = discover_dataset(dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed, folds=folds,
                           label_name=label_name)
-    typer.echo(json.dumps(summarize_dataset(ds), indent=2) if as_json else format_dataset_summary(ds))
+    typer.echo(json.dumps(summarize_dataset(ds), indent=2) if as_json else format_dataset_summary(ds, verbose=verbose))
 
 
 # ---- demo --------------------------------------------------------------------------------------
@@ -139,6 +141,7 @@ def info(
     store_path: Annotated[Optional[Path], typer.Argument(help="Store to describe (default: --store, $EMBEDSTORE_STORE or ./embedstore.zarr).")] = None,
     store: StoreOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the documented JSON form (stable keys).")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Describe a store: datasets, clips, models (layers x width), done/failed counts, size, metadata."""
     import json
@@ -147,7 +150,7 @@ def info(
     from embedstore.store import info as store_info
 
     d = store_info(store_path or _store_path(store))
-    typer.echo(json.dumps(d, indent=2, default=str) if as_json else format_info(d))
+    typer.echo(json.dumps(d, indent=2, default=str) if as_json else format_info(d, verbose=verbose))
 
 
 # ---- extraction --------------------------------------------------------------------------------
@@ -204,6 +207,7 @@ def extract(
     num_gpus_per_worker: Annotated[Optional[float], typer.Option(help="ray: GPUs per encoder actor (default 1 when the cluster has GPUs, else 0).")] = None,
     num_cpus_per_worker: Annotated[float, typer.Option(help="ray: CPUs per encoder actor.")] = 1.0,
     gain: GainOption = "none",
+    verbose: VerboseOption = False,
 ) -> None:
     """Run encoders over a dataset and store the pooled embeddings of EVERY layer (resumable)."""
     from embedstore.extract.pipeline import ExtractOptions, format_summary, run_extract
@@ -249,7 +253,7 @@ def extract(
         )
     else:
         raise EmbedstoreError(f"--engine must be local or ray, got {engine!r}")
-    typer.echo(format_summary(summary))
+    typer.echo(format_summary(summary, verbose=verbose))
 
 
 # ---- probing -----------------------------------------------------------------------------------

@@ -20,6 +20,10 @@ Pipeline of :func:`load_audio` (the exact preprocessing, in this order):
    gain was an option.
 
 Every failure is an :class:`~embedstore.errors.AudioError` naming the file and a one-line reason.
+A file holding less audio than its header promises (a cut download) is such a failure, with the
+reason ``truncated: header says 30.0 s, file holds 0.4 s``: uncompressed WAV/AIFF/AU are caught when
+opened (so at dataset discovery), any format when decoding falls short of the header's length (see
+:mod:`embedstore.extract.truncation`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import soundfile as sf
 import soxr
 
 from embedstore.errors import AudioError, EmbedstoreError
+from embedstore.extract.truncation import declared_frames, decode_slack, truncated_reason
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -163,6 +168,9 @@ def _info_of(path: Path, f: sf.SoundFile) -> AudioInfo:
         raise AudioError(path, f"invalid header ({info.sample_rate} Hz, {info.channels} channels)")
     if info.frames <= 0:
         raise AudioError(path, "contains no audio samples (zero length)")
+    declared = declared_frames(path, info.subtype, info.channels)
+    if declared is not None and declared > info.frames:  # libsndfile cut the length to the bytes present
+        raise AudioError(path, truncated_reason(declared / info.sample_rate, info.duration))
     return info
 
 
@@ -239,9 +247,10 @@ def load_audio(
             data = data[preroll:]  # [frames, channels]
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise AudioError(p, _reason_from_soundfile(exc)) from exc
-
-    if data.shape[0] == 0:
-        raise AudioError(p, f"no samples could be decoded at offset {offset:g} s (truncated file?)")
+    promised = info.frames - start if n_frames < 0 else min(n_frames, info.frames - start)
+    if promised - data.shape[0] > decode_slack(info.format, promised) or data.shape[0] == 0:
+        held = (start + data.shape[0]) / info.sample_rate if data.shape[0] else None
+        raise AudioError(p, truncated_reason(info.duration, held, before=offset))
     if not np.isfinite(data).all():
         raise AudioError(p, "contains NaN or infinite sample values")
 

@@ -50,6 +50,7 @@ from embedstore.extract.splits import (
     find_fault_filtered,
     read_fault_filtered,
 )
+from embedstore.store.failures import format_reason_groups
 
 __all__ = [
     "DATASET_KINDS",
@@ -690,8 +691,9 @@ def _layout_lines(layout: dict) -> list[str]:
     return lines
 
 
-def format_dataset_summary(ds: Dataset, *, max_skipped: int = 20) -> str:
-    """A terminal table of :func:`summarize_dataset`: labels x splits with totals, then skipped files."""
+def format_dataset_summary(ds: Dataset, *, verbose: bool = False) -> str:
+    """A terminal table of :func:`summarize_dataset`: labels x splits with totals, then the skipped
+    files grouped by reason with a few examples each (every file with ``verbose``)."""
     s = summarize_dataset(ds)
     opts = ", ".join(f"{k}={v}" for k, v in s["split_options"].items())
     lines = [
@@ -716,8 +718,6 @@ def format_dataset_summary(ds: Dataset, *, max_skipped: int = 20) -> str:
 
         lines += ["", fmt(head), *(fmt(r) for r in rows[:-1]), "-" * len(fmt(head)), fmt(rows[-1])]
     if s["skipped"]:
-        lines += ["", f"skipped ({s['n_skipped']}):"]
-        lines += [f"  {e['path']}: {e['reason']}" for e in s["skipped"][:max_skipped]]
-        if s["n_skipped"] > max_skipped:
-            lines.append(f"  ... and {s['n_skipped'] - max_skipped} more")
+        lines += ["", f"skipped ({s['n_skipped']:,}):"]
+        lines += format_reason_groups([(e["path"], e["reason"]) for e in s["skipped"]], verbose=verbose)
     return "\n".join(lines)

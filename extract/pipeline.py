@@ -3,6 +3,7 @@
 Flow for every block of clips (a DataLoader batch)::
 
     worker processes: load_audio (decode, mono, resample to each encoder's rate, the --gain rule)
+    main process: clips an encoder refuses as too short (``Encoder.too_short``) fail for that encoder
     main process, per encoder: cut clips into equal-length windows (extract/windowing) -> batches of
         equal-length windows -> encoder (inference mode, autocast on GPU) -> per-window moments of every
         layer on the device (extract/pooling) -> merged per clip -> pooled rows -> store writer
@@ -49,6 +50,7 @@ __all__ = [
     "format_summary",
     "is_silent",
     "model_key",
+    "refusals",
     "run_extract",
 ]
 
@@ -182,9 +184,14 @@ def _process_block(
         if item.error is not None:
             run.fail(item.row, item.error)
             continue
-        if is_silent(item.waves):
-            run.warn_silent(item.row)
-        good.append(item)
+        needs = [item.row in t.todo for t in run.targets]
+        refused = refusals(item.waves, [enc for _, enc in encoders], needs)
+        if refused:
+            run.refuse(item.row, refused)
+        if len(refused) < sum(needs):
+            if is_silent(item.waves):
+                run.warn_silent(item.row)
+            good.append(item)
     audio_seconds = 0.0
     for m_index, ((key, enc), target) in enumerate(zip(encoders, run.targets)):
         items = [it for it in good if it.row in target.todo]
@@ -198,6 +205,17 @@ def _process_block(
         run.write(m_index, rows, encoded, audio_seconds=seconds, model_seconds=time.perf_counter() - t0)
         audio_seconds = max(audio_seconds, seconds)
     run.progress.update(len(block), audio_seconds)
+
+
+def refusals(waves: dict[int, np.ndarray], encoders: Sequence[Encoder], needs: Sequence[bool]) -> dict[int, str]:
+    """``{model index: reason}`` of the encoders that need a clip (``needs[m]``) but refuse it as too
+    short (:meth:`Encoder.too_short`); ``waves`` is the clip at each sample rate, ``{rate: [samples]}``."""
+    out = {}
+    for m, (enc, need) in enumerate(zip(encoders, needs)):
+        reason = enc.too_short(waves[enc.sample_rate].shape[0]) if need else None
+        if reason:
+            out[m] = reason
+    return out
 
 
 def run_extract(

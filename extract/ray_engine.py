@@ -7,7 +7,7 @@ Dataflow (Ray Data, streaming)::
       -> map(_decode_item): CPU tasks decode + resample each clip (pipeline.decode_clip)
       -> map_batches(EncoderActor, ActorPoolStrategy(size=concurrency), num_gpus=...): each actor loads
          the encoders once (load_encoder) and pools clips into store rows (pipeline.encode_clips)
-      -> driver: iter_batches -> ExtractionRun.write / .fail -> ModelWriter (one per model entry)
+      -> driver: iter_batches -> ExtractionRun.write / .fail / .refuse -> ModelWriter (one per model entry)
 
 Why the driver writes: the store allows one writing process (an advisory lock on the store), and
 a single writer owns every chunk, so "no two writers per chunk", the ``done``-after-durable rule,
@@ -39,7 +39,7 @@ from embedstore.extract.datasets import Dataset
 from embedstore.extract.encoders import Encoder
 from embedstore.extract.encoding import EncodedClips, encode_clips
 from embedstore.extract.options import ExtractOptions
-from embedstore.extract.pipeline import check_model_args, decode_clip, is_silent, model_key
+from embedstore.extract.pipeline import check_model_args, decode_clip, is_silent, model_key, refusals
 from embedstore.extract.writing import ExtractionRun, ExtractSummary, open_extraction
 from embedstore.extract.pooling import pooled_width
 from embedstore.store import IDENTITY_KEYS
@@ -177,7 +177,8 @@ class EncoderActor:
 
     Input batch: ``row`` ``[n]``, ``error`` ``[n]`` str, ``silent`` ``[n]``, ``todo_<m>`` ``[n]`` bool
     (model m still needs the row), ``wave_<rate>`` ``[n]`` of float32 ``[samples_i]``.
-    Output batch: ``row``, ``error``, ``silent`` and per model m: ``m<m>_ok`` ``[n]`` (row encoded),
+    Output batch: ``row``, ``error``, ``silent`` and per model m: ``m<m>_refused`` ``[n]`` str (why the
+    encoder refused the clip as too short, "" when it did not), ``m<m>_ok`` ``[n]`` (row encoded),
     ``m<m>_layer<l>`` ``[n, pooled_width_l]`` float32 (zeros where not ok), ``m<m>_audio_seconds`` and
     ``m<m>_model_seconds`` ``[n]``, with frames ``m<m>_frames<j>`` ``[n, max_frames, width]`` and
     ``m<m>_counts`` ``[n]``.
@@ -225,8 +226,15 @@ class EncoderActor:
         out: dict[str, np.ndarray] = {"row": np.asarray(batch["row"], dtype=np.int64),
                                       "error": np.asarray(batch["error"], dtype=str),
                                       "silent": np.asarray(batch["silent"], dtype=bool)}
+        refused = np.full((len(self.encoders), n), "", dtype=object)
+        for i in np.flatnonzero(ok_clip):
+            waves = {enc.sample_rate: batch[f"wave_{enc.sample_rate}"][i] for enc in self.encoders}
+            needs = [bool(batch[f"todo_{m}"][i]) for m in range(len(self.encoders))]
+            for m, reason in refusals(waves, self.encoders, needs).items():
+                refused[m, i] = reason
         for m, enc in enumerate(self.encoders):
-            ok = ok_clip & np.asarray(batch[f"todo_{m}"], dtype=bool)
+            ok = ok_clip & np.asarray(batch[f"todo_{m}"], dtype=bool) & (refused[m] == "")
+            out[_col(m, "refused")] = refused[m].astype(str)
             idx = np.flatnonzero(ok)
             waves = [np.asarray(batch[f"wave_{enc.sample_rate}"][i], dtype=np.float32) for i in idx]
             t0 = time.perf_counter()
@@ -277,10 +285,14 @@ def _write_batch(run: ExtractionRun, batch: dict[str, np.ndarray]) -> None:
         cls = getattr(errors, name, EmbedstoreError)
         raise cls(message) if isinstance(cls, type) and issubclass(cls, EmbedstoreError) else EmbedstoreError(message)
     rows = np.asarray(batch["row"], dtype=np.int64)
-    for row, error, silent in zip(rows.tolist(), batch["error"], batch["silent"]):
+    for i, (row, error, silent) in enumerate(zip(rows.tolist(), batch["error"], batch["silent"])):
         if error:
             run.fail(row, str(error))
-        elif silent:
+            continue
+        refused = {m: str(batch[_col(m, "refused")][i]) for m in range(len(run.targets)) if batch[_col(m, "refused")][i]}
+        if refused:
+            run.refuse(row, refused)
+        if silent and any(batch[_col(m, "ok")][i] for m in range(len(run.targets))):
             run.warn_silent(row)
     audio_seconds = 0.0
     for m, target in enumerate(run.targets):

@@ -30,6 +30,7 @@ from embedstore.extract.options import ExtractOptions
 from embedstore.extract.pooling import pooled_width
 from embedstore.extract.windowing import WindowRule
 from embedstore.store import ModelWriter, Store, TrackTable, open_store
+from embedstore.store.failures import format_reason_groups, merge_model_reasons
 
 
 @dataclass
@@ -54,13 +55,21 @@ class ModelSummary:
 
 @dataclass
 class ExtractSummary:
-    """What one extraction run did: per model entry, plus wall time."""
+    """What one extraction run did: per model entry, plus wall time and the files not extracted.
+
+    Attributes:
+        failures: ``(path, reason)`` of every file of the dataset that was not extracted, each once:
+            first the ``skipped`` files found unreadable while scanning, then the clips that failed
+            in this run (a clip refused by some encoders only names them in its reason).
+        skipped: how many of ``failures`` (at its head) were skipped while scanning.
+    """
 
     store: str
     dataset: str
     models: list[ModelSummary] = field(default_factory=list)
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    skipped: int = 0
 
     @property
     def written(self) -> int:
@@ -73,8 +82,11 @@ class ExtractSummary:
 
 def file_hash(path: Path) -> str:
     """SHA-1 of a file's bytes (hex): identifies a clip's content in the track table."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha1").hexdigest()
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:  # 1 MiB blocks (not hashlib.file_digest, which is Python 3.11+ only)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def track_table(dataset: Dataset, tracks: Sequence[Track]) -> TrackTable:
@@ -280,13 +292,20 @@ class ExtractionRun:
         return sorted(set().union(*(t.todo for t in self.targets)))
 
     def fail(self, row: int, reason: str) -> None:
-        """Record that the clip at ``row`` failed (reported, and kept in each entry's failure list)."""
+        """Record that the clip at ``row`` failed for every entry that still needs it (reported, and
+        kept in each entry's failure list)."""
+        self.refuse(row, {m: reason for m, target in enumerate(self.targets) if row in target.todo})
+
+    def refuse(self, row: int, reasons: dict[int, str]) -> None:
+        """Record that the clip at ``row`` failed for the entries ``{entry index: reason}`` only (e.g. too
+        short for one encoder): kept in those entries' failure lists, reported once."""
         track = self.by_row[row]
+        reason = merge_model_reasons({self.targets[m].key: r for m, r in reasons.items()})
         self.summary.failures.append((track.path, reason))
         self.progress.note(f"failed: {track.path}: {reason}")
-        for target in self.targets:
-            if row in target.todo:
-                target.writer.fail(row, reason)
+        for m, why in reasons.items():
+            self.targets[m].writer.fail(row, why)
+            self.targets[m].todo.discard(row)
 
     def warn_silent(self, row: int) -> None:
         """Warn that the clip at ``row`` is silent (it is stored all the same)."""
@@ -344,11 +363,13 @@ def open_extraction(
     """
     started = time.perf_counter()
     tracks = select_tracks(dataset, options)
-    summary = ExtractSummary(store=str(store_path), dataset=dataset.name)
-    # unreadable files found at discovery never reach the track table: report and record them here
+    summary = ExtractSummary(store=str(store_path), dataset=dataset.name, skipped=len(dataset.skipped))
+    # unreadable files found at discovery never reach the track table: the dataset's "skipped"
+    # attribute records them (the store's failure list joins it with the failed rows)
     summary.failures.extend(dataset.skipped)
-    for path, reason in dataset.skipped:
-        print(f"failed: {path}: {reason}", file=sys.stderr, flush=True)
+    if dataset.skipped:
+        lines = format_reason_groups(dataset.skipped)
+        print(f"skipped while scanning {len(dataset.skipped):,} file(s):", *lines, sep="\n", file=sys.stderr, flush=True)
 
     with open_store(store_path, mode="a") as store:
         store.write_tracks(
@@ -403,8 +424,9 @@ def open_extraction(
 
 
 
-def format_summary(summary: ExtractSummary) -> str:
-    """The end-of-run summary printed by ``embedstore extract``."""
+def format_summary(summary: ExtractSummary, *, verbose: bool = False) -> str:
+    """The end-of-run summary printed by ``embedstore extract``: per model entry, then the files not
+    extracted grouped by reason with a few examples each (every file with ``verbose``)."""
     lines = [f"store {summary.store}, dataset {summary.dataset}, {summary.seconds:.1f} s"]
     for m in summary.models:
         rate = m.audio_seconds / m.model_seconds if m.model_seconds > 0 else 0.0
@@ -414,8 +436,8 @@ def format_summary(summary: ExtractSummary) -> str:
             f"{m.audio_seconds:.0f} audio-s in {m.model_seconds:.1f} model-s ({rate:.1f} audio-s/s)"
         )
     if summary.failures:
-        lines.append(f"  {len(summary.failures)} clip(s) failed (recorded in the store's failure list):")
-        lines.extend(f"    {path}: {reason}" for path, reason in summary.failures[:20])
-        if len(summary.failures) > 20:
-            lines.append(f"    ... and {len(summary.failures) - 20} more (see `embedstore info`)")
+        failed = len(summary.failures) - summary.skipped
+        lines.append(f"  {len(summary.failures):,} file(s) not extracted ({summary.skipped:,} skipped while scanning, "
+                     f"{failed:,} failed), recorded in the store (`embedstore info`):")
+        lines.extend(format_reason_groups(summary.failures, indent="    ", verbose=verbose))
     return "\n".join(lines)

@@ -12,7 +12,10 @@
   :func:`limit_splits` caps each split at ``--limit`` clips and :func:`stratified_subset` draws the
   seeded, stratified subsets both use (and the training-split evaluation's subsample).
 
-A clip that fails to decode is dropped from its batch (and reported), never stopping the run.
+A clip that fails to decode, or that the encoder refuses as too short (:func:`usable_items`, with
+the encoder's :attr:`~embedstore.extract.encoders.Encoder.min_samples` at the time, which for
+wav2vec2/MERT grows in training mode with SpecAugment on), is dropped from its batch (and reported),
+never stopping the run.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 from embedstore.errors import AudioError, DatasetError
 from embedstore.extract.audio import DEFAULT_GAIN, audio_duration, load_audio
 from embedstore.extract.datasets import Dataset, Track
+from embedstore.extract.encoders import Encoder
 from embedstore.heads.protocol import INNER_VALID_FRACTION
 
 SPLITS = ("train", "valid", "test")
@@ -221,6 +225,20 @@ class ClipDataset(torch.utils.data.Dataset):
 def collate_items(items: list[Item]) -> list[Item]:
     """Keep a batch as a list of :class:`Item` (clips differ in length)."""
     return items
+
+
+def usable_items(items: Sequence[Item], encoder: Encoder) -> tuple[list[Item], list[tuple[int, str]]]:
+    """Split a batch into the items ``encoder`` can take and the failures ``[(index, reason)]``: clips
+    that failed to decode, and clips shorter than ``encoder.min_samples`` (its current mode's)."""
+    good: list[Item] = []
+    failed: list[tuple[int, str]] = []
+    for it in items:
+        reason = it.error if it.wave is None else encoder.too_short(len(it.wave))
+        if reason is None:
+            good.append(it)
+        else:
+            failed.append((it.index, reason))
+    return good, failed
 
 
 def pad_batch(items: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

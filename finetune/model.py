@@ -255,6 +255,11 @@ class FinetunedEncoder(Encoder):
         self.provenance = dict(provenance)
         self.to(base.device)
 
+    @property
+    def min_samples(self) -> int:
+        """The base encoder's :attr:`~Encoder.min_samples`."""
+        return self.base.min_samples
+
     def encode_batch(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         """The base encoder's :meth:`~Encoder.encode_batch` (hidden states ``[batch, frames, dim]``)."""
         return self.base.encode_batch(waveforms, lengths)

@@ -59,6 +59,7 @@ from embedstore.finetune.data import (
     pad_batch,
     stratified_subset,
     task_splits,
+    usable_items,
 )
 from embedstore.finetune.model import (
     WEIGHTED,
@@ -202,8 +203,8 @@ def _train_epoch(net: FinetuneModel, loader: torch.utils.data.DataLoader, opt: t
     bar = tqdm(total=len(loader.dataset), desc=desc, unit="clip", disable=not progress, dynamic_ncols=True)
     try:
         for step, items in enumerate(loader):
-            good = [it for it in items if it.wave is not None]
-            skipped += [(it.index, it.error) for it in items if it.wave is None]
+            good, bad = usable_items(items, net.encoder)
+            skipped += bad
             if len(good) >= 2:  # the head's BatchNorm needs two clips
                 waves, lengths, codes = pad_batch(good)
                 loss = F.cross_entropy(net(waves, lengths), codes.to(device))
@@ -239,7 +240,7 @@ def predict_logits(net: FinetuneModel, data: ClipDataset, *, batch_size: int = 8
     """Logits of full clips (windows, frame mean per clip, head) in eval mode.
 
     Returns:
-        ``logits [n, classes]`` float32 (NaN rows for clips that failed to decode), ``ok [n]`` bool,
+        ``logits [n, classes]`` float32 (NaN rows for clips that failed to decode or were too short), ``ok [n]`` bool,
         and the failures ``[(index, reason)]``.
     """
     net.eval()
@@ -250,8 +251,8 @@ def predict_logits(net: FinetuneModel, data: ClipDataset, *, batch_size: int = 8
     try:
         loader = make_loader(data, batch_size, workers)
         for items in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-            good = [it for it in items if it.wave is not None]
-            failed += [(it.index, it.error) for it in items if it.wave is None]
+            good, bad = usable_items(items, net.encoder)
+            failed += bad
             if good:
                 feats = net.clip_features([it.wave for it in good], batch_size)
                 logits[[it.index for it in good]] = net.head_logits(feats).float().cpu().numpy()
@@ -307,7 +308,7 @@ def _split_record_metrics(net: FinetuneModel, splits: TaskSplits, root: Path, *,
         logits, ok, failed = predict_logits(net, data, batch_size=batch_size, workers=workers,
                                             desc=f"eval {split}", progress=progress)
         if failed:
-            notes.append(f"{split}: {len(failed)} clip(s) failed to decode and are left out of the metrics "
+            notes.append(f"{split}: {len(failed)} clip(s) failed (not decoded, or too short) and are left out of the metrics "
                          f"(first: {tracks[failed[0][0]].path}: {failed[0][1]})")
         if not ok.any():
             continue
@@ -538,7 +539,7 @@ def finetune(
                         "skipped": len(stats["skipped"])})
         if stats["skipped"]:
             i, reason = stats["skipped"][0]
-            notes.append(f"epoch {epoch}: {len(stats['skipped'])} crop(s) failed to decode "
+            notes.append(f"epoch {epoch}: {len(stats['skipped'])} crop(s) failed (not decoded, or too short) "
                          f"(first: {splits.tracks['train'][i].path}: {reason})")
         if best_key is None or (acc, -vloss) > best_key:
             best_key, best_epoch, since_best = (acc, -vloss), epoch, 0

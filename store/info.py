@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from embedstore.store.failures import failure_list, format_reason_groups
 from embedstore.store.schema import model_node
 from embedstore.store.store import Store, open_store
 
-_MAX_FAILURES_SHOWN = 10
 #: the gain rule of entries written before the ``gain`` metadata key existed (always peak-normalised)
 _GAIN_BEFORE_RECORDED = "peak"
 
@@ -21,11 +21,16 @@ def info(path: str | Path | Store) -> dict:
                        "models": [{"name", "layers", "layer_names", "layer_widths", "storage_dtype",
                                    "frame_layers", "max_frames", "done", "failed",
                                    "failures": [[row, track_id, reason], ...], "size_bytes",
-                                   "preprocessing": {...}, "versions": {...}, "metadata"}]}]}
+                                   "preprocessing": {...}, "versions": {...}, "metadata"}],
+                       "failures": [{"path", "stage", "reason", "models"}, ...]}]}
 
     ``preprocessing`` collects the rules the extraction recorded (gain, mono, resampler, windows, the
     feature extractor's normalisation); ``versions`` the software versions it ran with (entries made
     before they were recorded hold only ``embedstore``).
+
+    A dataset's ``failures`` is its failure list: every file not extracted, named once, whether it
+    was skipped while scanning (``stage`` ``"scan"``) or failed in extraction (``"extract"``, with
+    the model entries it failed in); see :func:`~embedstore.store.failures.failure_list`.
     """
     st = path if isinstance(path, Store) else open_store(path, "r")
     with st.snapshot():
@@ -43,9 +48,11 @@ def _describe(st: Store) -> dict:
         entry = {"name": dataset, "tracks": len(table),
                  "splits": dict(sorted(Counter(s or "(none)" for s in table.splits.tolist()).items())),
                  "attrs": {k: v for k, v in attrs.items() if k not in ("models", "n_tracks")}, "models": []}
+        failed_paths: dict[str, list[tuple[str, str]]] = {}
         for model in st.models(dataset):
             meta = st.model_attrs(dataset, model)
             failures = st.failures(dataset, model)
+            failed_paths[model] = [(str(table.paths[row]), reason) for row, _, reason in failures]
             entry["models"].append({
                 "name": model, "layers": len(meta["layer_widths"]), "layer_names": meta["layer_names"],
                 "layer_widths": meta["layer_widths"], "storage_dtype": meta["storage_dtype"],
@@ -54,6 +61,7 @@ def _describe(st: Store) -> dict:
                 "failures": [list(f) for f in failures],
                 "size_bytes": st.backend.size_bytes(model_node(dataset, model)),
                 "preprocessing": _preprocessing(meta), "versions": _versions(meta), "metadata": meta})
+        entry["failures"] = failure_list(attrs.get("skipped", []), failed_paths)
         out["datasets"].append(entry)
     return out
 
@@ -108,8 +116,9 @@ def _layers(widths: list[int]) -> str:
     return f"{len(widths)} x {widths[0]}" if len(set(widths)) == 1 else f"{len(widths)} layers, widths {widths}"
 
 
-def format_info(d: dict) -> str:
-    """Readable text of :func:`info`'s dict, a few lines per dataset and model."""
+def format_info(d: dict, *, verbose: bool = False) -> str:
+    """Readable text of :func:`info`'s dict, a few lines per dataset and model, then the dataset's
+    failure list grouped by reason (every file with ``verbose``)."""
     lines = [f"{d['path']}  ({d['backend']}, schema {d['schema_version']}, embedstore "
              f"{d['embedstore_version']}, {_size(d['size_bytes'])})"]
     if not d["datasets"]:
@@ -127,8 +136,13 @@ def format_info(d: dict) -> str:
                                              if m["frame_layers"] else ""))
             lines.append(f"      preprocessing: {_preprocessing_line(m['preprocessing'])}")
             lines.append("      versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
-            for row, track, reason in m["failures"][:_MAX_FAILURES_SHOWN]:
-                lines.append(f"      failed row {row} ({track}): {reason}")
-            if m["failed"] > _MAX_FAILURES_SHOWN:
-                lines.append(f"      ... and {m['failed'] - _MAX_FAILURES_SHOWN} more")
+        bad = ds.get("failures", [])
+        if bad:
+            scanned = sum(f["stage"] == "scan" for f in bad)
+            lines.append(f"    {len(bad):,} file(s) not extracted ({scanned:,} skipped while scanning, "
+                         f"{len(bad) - scanned:,} failed in extraction):")
+            every = {m["name"] for m in ds["models"]}
+            named = [(f["path"] + (f" ({', '.join(f['models'])})" if f["models"] and set(f["models"]) != every else ""),
+                      f["reason"]) for f in bad]
+            lines += format_reason_groups(named, indent="      ", verbose=verbose)
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import soundfile as sf
 
 from embedstore.errors import AudioError, EmbedstoreError
 from embedstore.extract.audio import audio_duration, audio_info, load_audio, preprocessing_description
-from synth import write_broken
+from synth import cut_bytes, write_broken, write_truncated_pcm
 
 FREQ = 440.0
 SECONDS = 1.5
@@ -221,3 +222,51 @@ def test_invalid_target_rate(tmp_path):
     path = _nonfinite(tmp_path, 0.5)
     with pytest.raises(AudioError, match="sample rate"):
         load_audio(path, 0)
+
+
+# ---- truncated files ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", ["wav", "aiff", "au"])
+def test_truncated_pcm_with_full_length_header_is_a_failure(tmp_path, ext):
+    path = tmp_path / f"cut.{ext}"
+    write_truncated_pcm(path, seconds=30.0, keep_seconds=0.4)
+    expected = "truncated: header says 30.0 s, file holds 0.4 s"
+    for read in (audio_info, lambda p: load_audio(p, 16000)):
+        with pytest.raises(AudioError) as err:
+            read(path)
+        assert err.value.reason == expected and err.value.path == str(path)
+
+
+def test_pcm_with_unknown_or_short_declared_size_is_not_truncated(tmp_path):
+    """A streaming WAV (data size 0xFFFFFFFF) and one with bytes after its data are whole files."""
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, 4000).astype(np.float32)
+    stream = tmp_path / "stream.wav"
+    sf.write(str(stream), x, 8000, subtype="PCM_16")
+    raw = bytearray(stream.read_bytes())
+    at = raw.index(b"data") + 4
+    raw[at : at + 4] = b"\xff\xff\xff\xff"
+    stream.write_bytes(bytes(raw))
+    assert audio_info(stream).frames == 4000
+    padded = tmp_path / "padded.wav"
+    sf.write(str(padded), x, 8000, subtype="PCM_16")
+    padded.write_bytes(padded.read_bytes() + b"junk" * 10)  # bytes past the declared data
+    assert load_audio(padded, None, normalize=False).shape == (4000,)
+
+
+def test_cut_mp3_is_a_failure_when_decoded(tmp_path):
+    sr, seconds = 22050, 6.0
+    path = tmp_path / "cut.mp3"
+    sf.write(str(path), np.random.default_rng(0).uniform(-0.5, 0.5, int(sr * seconds)).astype(np.float32), sr)
+    cut_bytes(path, path.stat().st_size // 3)
+    # the Xing header still promises the whole stream: the header check cannot tell...
+    assert audio_info(path).frames == int(sr * seconds)
+    # ...but decoding can: about a third of the audio is there (constant bit rate)
+    with pytest.raises(AudioError) as err:
+        load_audio(path, 16000)
+    m = re.fullmatch(r"truncated: header says 6\.0 s, file holds (\d\.\d) s", err.value.reason)
+    assert m and 1.6 <= float(m.group(1)) <= 2.1
+    # a window inside the part that is there still decodes; one past it is a truncation
+    assert load_audio(path, None, offset=0.5, duration=1.0).shape == (sr,)
+    with pytest.raises(AudioError, match="truncated: header says 6.0 s, nothing decodes from 4.0 s on"):
+        load_audio(path, None, offset=4.0, duration=1.0)

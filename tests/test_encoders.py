@@ -217,11 +217,20 @@ def test_padding_strategy_follows_the_conv_norm(encoders: dict) -> None:
     assert encoders["mert_layer"].padding_exact and encoders["wav2vec2_layer"].padding_exact
 
 
-def test_clip_shorter_than_receptive_field_gives_one_frame(encoders: dict) -> None:
+def test_clip_shorter_than_receptive_field_is_refused(encoders: dict) -> None:
     encoder = encoders["wav2vec2"]
-    out = encoder(torch.randn(2, 300), torch.tensor([300, 120]))
+
+    def frames(n: int) -> int:  # conv output length, layer by layer (kernels 10, 8, 4, 4; strides 5, 4, 4, 4)
+        for kernel, stride in zip((10, 8, 4, 4), (5, 4, 4, 4)):
+            n = (n - kernel) // stride + 1 if n >= kernel else 0
+        return n
+
+    field = next(n for n in range(1, 2000) if frames(n) >= 1)
+    assert field == 345 and encoder.min_samples == field
+    out = encoder(torch.randn(2, field), torch.tensor([field, field]))
     assert out.frame_lengths.tolist() == [1, 1]
-    assert all(torch.isfinite(h).all() for h in out.hidden_states)
+    with pytest.raises(ModelError, match=r"too short for wav2vec2: 120 samples .* needs at least 345"):
+        encoder(torch.randn(2, 300), torch.tensor([300, 120]))
 
 
 # ---------------------------------------------------------------- wav2vec2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -12,15 +13,16 @@ import torch
 
 from embedstore.errors import EmbedstoreError, StoreError
 from embedstore.extract.audio import load_audio
-from embedstore.extract.datasets import discover_dataset
+from embedstore.extract.datasets import discover_dataset, format_dataset_summary
 from embedstore.extract.encoders import load_encoder
-from embedstore.extract.pipeline import ExtractOptions, extract_dataset, run_extract
+from embedstore.extract.pipeline import ExtractOptions, extract_dataset, format_summary, run_extract
 from embedstore.extract.synthetic import make_gtzan_like
 from embedstore.extract.writing import ExtractionRun
 from embedstore.store import writer as store_writer
-from embedstore.store import load_embeddings, load_frames, open_store
-from embedstore.store.info import format_info, info
+from embedstore.store import format_info, load_embeddings, load_frames, open_store
+from embedstore.store import info as store_info
 from reference_forward import read_checkpoint, reference_layers
+from synth import cut_bytes, make_musiccaps_mostly_missing, write_truncated_pcm
 from tiny_models import save_tiny_clap, save_tiny_mert, save_tiny_wav2vec2
 
 BACKENDS = ["zarr", "h5"]
@@ -435,7 +437,200 @@ def test_entry_records_versions_and_info_shows_them(small_dir, tmp_path, backend
         assert versions[package] == importlib.metadata.version(package), package
     assert versions["python"] == "{}.{}.{}".format(*sys.version_info[:3])
     assert f"libsndfile-{versions['libsndfile']}" == sf._ffi.string(sf._snd.sf_version_string()).decode()
-    text = format_info(info(path))
+    text = format_info(store_info(path))
     assert f"torch {versions['torch']}" in text and f"{store_package} {versions[store_package]}" in text
     assert f"libsndfile {versions['libsndfile']}" in text
     assert "preprocessing: gain none; mono: mean over channels; resample: soxr HQ to 22050 Hz" in text
+# ---- bad and unusual files -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_mert(tmp_path_factory) -> Path:
+    return save_tiny_mert(tmp_path_factory.mktemp("mert"))
+
+
+SHORT_SR = 16_000
+#: clip name -> samples at 16 kHz; the tiny conv stack's receptive field is 345 samples (see
+#: tests/test_encoders.py), so at MERT's 24 kHz the 300-sample clip (450 samples) is long enough
+SHORT_CLIPS = {"n1": 1, "n100": 100, "n300": 300, "n400": 400}
+
+
+@pytest.fixture(scope="module")
+def short_dir(tmp_path_factory) -> Path:
+    """A manifest dataset: 4 normal 0.5 s clips, one silent 0.5 s clip and the clips of SHORT_CLIPS."""
+    root = tmp_path_factory.mktemp("short")
+    rng = np.random.default_rng(0)
+    sizes = {"a0": 8000, "a1": 8000, "b0": 8000, "b1": 8000, **SHORT_CLIPS}
+    for name, n in sizes.items():
+        sf.write(root / f"{name}.wav", rng.uniform(-0.5, 0.5, n).astype(np.float32), SHORT_SR)
+    sf.write(root / "silent.wav", np.zeros(8000, np.float32), SHORT_SR)
+    lines = ["path,label"] + [f"{name}.wav,{'ab'[i % 2]}" for i, name in enumerate([*sizes, "silent"])]
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _failed_paths(st, dataset: str, model: str) -> dict[str, str]:
+    table = st.tracks(dataset)
+    return {str(table.paths[row]): reason for row, _, reason in st.failures(dataset, model)}
+
+
+def test_clips_too_short_for_an_encoder_fail_for_that_encoder(short_dir, tiny_w2v, tiny_mert, tmp_path, capsys):
+    w2v, mert = load_encoder("wav2vec2", str(tiny_w2v)), load_encoder("mert", str(tiny_mert))
+    ds = discover_dataset(short_dir)
+    path = tmp_path / "short.zarr"
+    summary = extract_dataset(ds, [("w2v", w2v), ("mert", mert)], path, ExtractOptions(workers=0, progress=True))
+    err = capsys.readouterr().err
+    # each bad file named once; a clip refused by both encoders gives both reasons
+    assert sorted(p for p, _ in summary.failures) == ["n1.wav", "n100.wav", "n300.wav"]
+    reasons = dict(summary.failures)
+    assert re.search(r"too short for wav2vec2: 100 samples .*needs at least 345", reasons["n100.wav"])
+    assert re.search(r"too short for mert: 150 samples .*needs at least 345", reasons["n100.wav"])
+    assert reasons["n300.wav"].startswith("too short for wav2vec2: 300 samples") and "mert" not in reasons["n300.wav"]
+    assert [m.written for m in summary.models] == [6, 7]  # 4 normal + silent + n400 (+ n300 for MERT)
+    assert [m.silent for m in summary.models] == [1, 1] and "silent.wav: silent clip" in err
+    with open_store(path) as st:
+        w2v_failed, mert_failed = _failed_paths(st, ds.name, "w2v"), _failed_paths(st, ds.name, "mert")
+        assert sorted(w2v_failed) == ["n1.wav", "n100.wav", "n300.wav"] and sorted(mert_failed) == ["n1.wav", "n100.wav"]
+        assert "2 samples" in mert_failed["n1.wav"] and "1 samples" in w2v_failed["n1.wav"]
+    listed = {f["path"]: f for f in store_info(path)["datasets"][0]["failures"]}
+    assert sorted(listed) == ["n1.wav", "n100.wav", "n300.wav"] and listed["n300.wav"]["models"] == ["w2v"]
+    # the 400-sample clip gives one frame: its row is that frame, computed directly
+    emb = load_embeddings(path, model="w2v", layer="all")
+    row = list(emb.track_ids).index(next(t.id for t in ds.tracks if t.path == "n400.wav"))
+    expect = direct_mean(w2v, load_audio(short_dir / "n400.wav", SHORT_SR))
+    np.testing.assert_allclose(emb.X[row], np.stack(expect), rtol=1e-4, atol=1e-5)
+
+
+def _ray_flow(ds, loads, path, options):
+    """The Ray engine's stages run in this process, without Ray: decode items -> actor -> driver."""
+    from embedstore.extract import ray_engine
+    from embedstore.extract.writing import open_extraction
+
+    encoders = [load.load("cpu") for load in loads]
+    with open_extraction(ds, encoders, path, options) as run:
+        rates = sorted({enc.sample_rate for _, enc in encoders})
+        items = [{"row": row, "path": str(ds.root / run.by_row[row].path), "offset": 0.0, "duration": float("nan"),
+                  **{f"todo_{m}": row in t.todo for m, t in enumerate(run.targets)}} for row in run.rows()]
+        decoded = [ray_engine._decode_item(item, rates) for item in items]
+        batch = {}
+        for key in decoded[0]:
+            column = np.empty(len(decoded), dtype=object)
+            column[:] = [d[key] for d in decoded]
+            batch[key] = column if key.startswith("wave_") else np.asarray(list(column))
+        actor = ray_engine.EncoderActor(loads, [ray_engine.model_identity(e) for _, e in encoders],
+                                        [t.frame_layers for t in run.targets], [t.max_frames for t in run.targets],
+                                        options, "cpu")
+        ray_engine._write_batch(run, actor(batch))
+    return run.finish()
+
+
+def test_ray_engine_routes_short_clips_like_the_local_engine(short_dir, tiny_w2v, tiny_mert, tmp_path):
+    from embedstore.extract.ray_engine import EncoderLoad
+
+    ds = discover_dataset(short_dir)
+    options = ExtractOptions(workers=0, progress=False)
+    loads = [EncoderLoad("wav2vec2", str(tiny_w2v), key="w2v"), EncoderLoad("mert", str(tiny_mert), key="mert")]
+    ray_summary = _ray_flow(ds, loads, tmp_path / "ray.zarr", options)
+    local = extract_dataset(ds, [load.load("cpu") for load in loads], tmp_path / "local.zarr", options)
+    assert sorted(ray_summary.failures) == sorted(local.failures) and len(local.failures) == 3
+    assert [m.written for m in ray_summary.models] == [6, 7]
+    with open_store(tmp_path / "ray.zarr") as a, open_store(tmp_path / "local.zarr") as b:
+        for model in ("w2v", "mert"):
+            assert _failed_paths(a, ds.name, model) == _failed_paths(b, ds.name, model)
+            np.testing.assert_array_equal(a.done(ds.name, model), b.done(ds.name, model))
+
+
+def test_one_failure_list_names_every_bad_file_once(tmp_path):
+    root = make_gtzan_like(tmp_path / "ds", n_per_class=2, seconds=1.0, broken=True)  # 4 unreadable files
+    genre_dir = next((root / "genres_original").iterdir())
+    g = genre_dir.name
+    write_truncated_pcm(genre_dir / f"{g}.00080.wav", seconds=30.0, keep_seconds=0.4)  # caught while scanning
+    mp3 = genre_dir / f"{g}.00081.mp3"  # caught while decoding: the Xing header promises 3 s
+    sf.write(mp3, np.random.default_rng(0).uniform(-0.5, 0.5, 3 * 22050).astype(np.float32), 22050)
+    cut_bytes(mp3, mp3.stat().st_size // 3)
+    sf.write(genre_dir / f"{g}.00082.wav", np.full(2205, np.nan, np.float32), 22050, subtype="FLOAT")
+    path = tmp_path / "s.zarr"
+    summary = run_extract(root, ["mfcc"], path, options=ExtractOptions(workers=0, progress=False))
+    names = [p for p, _ in summary.failures]
+    assert len(names) == len(set(names)) == 7 and summary.skipped == 5
+    reasons = dict(summary.failures)
+    rel = f"genres_original/{g}/{g}"
+    assert reasons[f"{rel}.00080.wav"] == "truncated: header says 30.0 s, file holds 0.4 s"
+    assert reasons[f"{rel}.00081.mp3"].startswith("truncated: header says 3.0 s, file holds ")
+    d = store_info(path)
+    listed = {f["path"]: f for f in d["datasets"][0]["failures"]}
+    assert sorted(listed) == sorted(names)
+    assert sorted(f["stage"] for f in listed.values()) == ["extract"] * 2 + ["scan"] * 5
+    assert listed[f"{rel}.00081.mp3"]["models"] == ["mfcc"]
+    # the texts name each bad file once
+    for text in (format_info(d), format_summary(summary)):
+        for name in names:
+            assert text.count(name) == 1, (name, text)
+    assert "7 file(s) not extracted (5 skipped while scanning, 2 failed" in format_summary(summary)
+
+
+def test_mostly_missing_musiccaps_gives_short_summaries_grouped_by_reason(tmp_path, capsys):
+    root = make_musiccaps_mostly_missing(tmp_path / "mc", n_rows=600, n_present=9, n_wrong_length=3)
+    ds = discover_dataset(root)
+    assert len(ds.tracks) == 6 and len(ds.skipped) == 594
+    wrong = sorted(p for p, r in ds.skipped if not p.startswith("missing"))
+    assert len(wrong) == 3
+    text = format_dataset_summary(ds)
+    groups = text.split("skipped (594):\n")[1].splitlines()
+    assert len(groups) == 2  # one line per reason
+    assert groups[0].startswith("  591 x ") and "e.g. missing00000, missing00001, missing00002 and 588 more" in groups[0]
+    assert groups[1].startswith("  3 x ") and all(p in groups[1] for p in wrong)
+    every = format_dataset_summary(ds, verbose=True)
+    assert all(p in every for p, _ in ds.skipped)
+
+    path = tmp_path / "mc.zarr"
+    summary = extract_dataset(ds, [("mfcc", load_encoder("mfcc"))], path, ExtractOptions(workers=0, progress=False))
+    assert len(capsys.readouterr().err.splitlines()) <= 4  # the scan's skipped files, grouped
+    report = format_summary(summary)
+    assert len(report.splitlines()) == 5 and "594 file(s) not extracted (594 skipped while scanning, 0 failed)" in report
+    assert all(p in format_summary(summary, verbose=True) for p, _ in ds.skipped)
+    d = store_info(path)
+    assert len(d["datasets"][0]["failures"]) == 594
+    assert len(format_info(d).splitlines()) <= 8
+    assert all(p in format_info(d, verbose=True) for p, _ in ds.skipped)
+
+    from typer.testing import CliRunner
+
+    from embedstore.cli import app
+
+    short = CliRunner().invoke(app, ["datasets", str(root)])
+    full = CliRunner().invoke(app, ["datasets", str(root), "--verbose"])
+    assert short.exit_code == full.exit_code == 0
+    assert len(short.output.splitlines()) < 20 and len(full.output.splitlines()) > 594
+
+
+def test_reasons_group_by_kind_and_files_are_named_once():
+    from embedstore.store.failures import failure_list, format_reason_groups, group_reasons
+
+    items = [("a.wav", "truncated: header says 30.0 s, file holds 0.4 s"),
+             ("b.wav", "truncated: header says 29.5 s, file holds 3.1 s"),
+             ("c.wav", "corrupt or truncated audio (libsndfile: Malformed 'fmt ' chunk)"),
+             ("d.wav", "corrupt or truncated audio (libsndfile: No 'data' chunk marker)"),
+             ("e.wav", "duplicate track id 'e' (same clip as x/e.wav)"),
+             *[(f"m{i}", "missing on disk") for i in range(5)]]
+    groups = group_reasons(items)
+    assert [(g.count, g.label) for g in groups] == [
+        (5, "missing on disk"), (2, "truncated: header says <n> s, file holds <n> s"),
+        (2, "corrupt or truncated audio"), (1, "duplicate track id 'e' (same clip as x/e.wav)")]
+    assert format_reason_groups(items) == [
+        "  5 x missing on disk, e.g. m0, m1, m2 and 2 more",
+        "  2 x truncated: header says <n> s, file holds <n> s:",
+        "      a.wav: truncated: header says 30.0 s, file holds 0.4 s",
+        "      b.wav: truncated: header says 29.5 s, file holds 3.1 s",
+        "  2 x corrupt or truncated audio:",
+        "      c.wav: corrupt or truncated audio (libsndfile: Malformed 'fmt ' chunk)",
+        "      d.wav: corrupt or truncated audio (libsndfile: No 'data' chunk marker)",
+        "  e.wav: duplicate track id 'e' (same clip as x/e.wav)"]
+    assert format_reason_groups(items, verbose=True)[:6] == ["  5 x missing on disk:", *[f"      m{i}" for i in range(5)]]
+    listed = failure_list([("s.wav", "empty file (0 bytes)")],
+                          {"w2v": [("x.wav", "too short for wav2vec2: 1 samples"), ("y.wav", "not audio")],
+                           "mert": [("y.wav", "not audio"), ("s.wav", "stale row")]})
+    assert listed == [
+        {"path": "s.wav", "stage": "scan", "reason": "empty file (0 bytes)", "models": []},
+        {"path": "x.wav", "stage": "extract", "reason": "too short for wav2vec2: 1 samples", "models": ["w2v"]},
+        {"path": "y.wav", "stage": "extract", "reason": "not audio", "models": ["w2v", "mert"]}]

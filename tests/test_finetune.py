@@ -491,3 +491,81 @@ def test_checkpoint_files_are_atomic_and_checked(tmp_path):
 def test_bad_options_are_clear_errors(data_dir, ckpt, tmp_path, options, error, match):
     with pytest.raises(error, match=match):
         finetune(data_dir, checkpoint=str(ckpt), epochs=1, out=tmp_path / "bad", **{**FAST, **options})
+
+
+# ---- clips too short for the encoder --------------------------------------------------------------
+
+#: the tiny conv stack's receptive field (tests/test_encoders.py) and SpecAugment's 10-frame masks
+#: at a hop of 320 samples: training with masking needs 345 + 9 * 320 samples
+FIELD, TRAIN_MIN = 345, 345 + 9 * 320
+
+
+@pytest.fixture(scope="module")
+def tiny_mert_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_models import save_tiny_mert
+
+    return save_tiny_mert(tmp_path_factory.mktemp("ft_mert") / "mert")
+
+
+@pytest.fixture(scope="module")
+def short_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A manifest: 4 normal train clips per genre plus train clips of 1, 100 and 400 samples; 2 valid
+    and 2 test clips per genre plus a 100-sample test clip (16 kHz)."""
+    root = tmp_path_factory.mktemp("ft_short")
+    rng = np.random.default_rng(1)
+    rows = []
+    for genre in GENRES:
+        for split, n in (("train", 4), ("valid", 2), ("test", 2)):
+            for i in range(n):
+                name = f"{genre}.{split}.{i}.wav"
+                sf.write(root / name, render_genre(genre, SR, CLIP_SECONDS, rng), SR)
+                rows.append((name, genre, split))
+    for name, samples, genre, split in (("n1.wav", 1, "classical", "train"), ("n100.wav", 100, "hiphop", "train"),
+                                        ("n400.wav", 400, "classical", "train"), ("t100.wav", 100, "hiphop", "test")):
+        sf.write(root / name, rng.uniform(-0.5, 0.5, samples).astype(np.float32), SR)
+        rows.append((name, genre, split))
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("path", "label", "split"), *rows])
+    return root
+
+
+def test_training_minimum_covers_specaugment(ckpt):
+    """In training mode with SpecAugment the encoder asks for 10 frames; transformers fails on fewer."""
+    from embedstore.finetune.data import Item, usable_items
+
+    encoder = load_encoder("wav2vec2", str(ckpt))
+    assert encoder.min_samples == FIELD
+    encoder.model.train()
+    encoder.frozen = False
+    assert encoder.min_samples == TRAIN_MIN
+    good, bad = usable_items([Item(0, np.zeros(TRAIN_MIN, np.float32), 0), Item(1, np.zeros(TRAIN_MIN - 1, np.float32), 1),
+                              Item(2, None, 0, "empty file (0 bytes)")], encoder)
+    assert [it.index for it in good] == [0]
+    assert bad == [(1, f"too short for wav2vec2: {TRAIN_MIN - 1} samples (0.202 s at 16000 Hz), needs at least "
+                       f"{TRAIN_MIN} (0.202 s)"), (2, "empty file (0 bytes)")]
+    assert encoder(torch.randn(1, TRAIN_MIN)).frame_lengths.tolist() == [10]
+    with pytest.raises(ValueError, match="mask_length"):  # what the minimum protects against
+        encoder.model(torch.randn(1, TRAIN_MIN - 1))
+
+
+@pytest.mark.parametrize("model", ["wav2vec2", "mert"])
+def test_finetune_skips_clips_too_short_for_the_encoder(model, short_data_dir, ckpt, tiny_mert_ckpt, tmp_path):
+    from embedstore.store import info as store_info
+
+    checkpoint = str(ckpt if model == "wav2vec2" else tiny_mert_ckpt)
+    options = {**FAST, "model": model, "spec_augment": True, "batch_size": 4}
+    report = finetune(short_data_dir, checkpoint=checkpoint, epochs=1, out=tmp_path / "run",
+                      export_to_store=tmp_path / "s.zarr", **options)
+    # training (SpecAugment on) refuses all three short crops; evaluation only those under the receptive field
+    assert report.history[0]["skipped"] == 3
+    notes = " | ".join(report.notes)
+    assert f"epoch 1: 3 crop(s) failed" in notes and f"too short for {model}" in notes
+    assert "train: 2 clip(s) failed" in notes and "test: 1 clip(s) failed" in notes
+    assert "t100" not in report.record["predictions"]["test"]["track_ids"]
+    assert report.record["metrics"]["test"]["n"] == 2 * len(GENRES)
+    # the export names the clips under the receptive field, at the encoder's rate (MERT: 24 kHz)
+    scale = 1 if model == "wav2vec2" else 1.5
+    failures = {f["path"]: f["reason"] for f in store_info(tmp_path / "s.zarr")["datasets"][0]["failures"]}
+    assert sorted(failures) == ["n1.wav", "n100.wav", "t100.wav"]
+    assert failures["n100.wav"].startswith(f"too short for {model}: {int(100 * scale)} samples")
+    assert report.export.models[0].written == 8 * len(GENRES) + 1  # the normal clips and n400

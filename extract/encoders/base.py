@@ -11,6 +11,11 @@ time axis with ``GroupNorm``, so trailing zeros change every frame) set ``paddin
 base class then runs the batch as groups of equal-length items, each without padding, and scatters
 the results back. Padding-exact encoders get the whole padded batch at once.
 
+Too-short clips: :attr:`Encoder.min_samples` is the fewest valid samples an item may have (1 unless
+the network needs more, e.g. the receptive field of a conv stack); :meth:`Encoder.forward` refuses a
+shorter item with :class:`~embedstore.errors.ModelError`, and the extraction and fine-tuning paths
+check :meth:`Encoder.too_short` first, so such a clip becomes a failure for that encoder, never a crash.
+
 Subclasses implement :meth:`Encoder.encode_batch` and :meth:`Encoder.describe_model`.
 """
 
@@ -149,6 +154,20 @@ class Encoder(torch.nn.Module):
         return self._device_anchor.device
 
     @property
+    def min_samples(self) -> int:
+        """Fewest valid samples per item that :meth:`forward` accepts (1 here; subclasses raise it)."""
+        return 1
+
+    def too_short(self, samples: int) -> str | None:
+        """Why a clip of ``samples`` (at :attr:`sample_rate`) is refused, or None when it is long enough."""
+        need = self.min_samples
+        if samples >= need:
+            return None
+        sr = self.sample_rate
+        return (f"too short for {self.name}: {samples} samples ({samples / sr:.3g} s at {sr} Hz), "
+                f"needs at least {need} ({need / sr:.3g} s)")
+
+    @property
     def window_samples(self) -> int:
         """``window_seconds`` in samples at ``sample_rate``."""
         return int(round(self.window_seconds * self.sample_rate))
@@ -234,6 +253,8 @@ class Encoder(torch.nn.Module):
             raise ModelError(
                 f"{self.name}: lengths must lie in 1..{total} samples, got {lengths.tolist()}"
             )
+        if bool((lengths < self.min_samples).any()):
+            raise ModelError(self.too_short(int(lengths.min())))
         waveforms = waveforms.to(device=self.device, dtype=torch.float32)
         lengths = lengths.to(self.device)
         # Zero everything past each item's length, so stray padding values never leak in.

@@ -22,8 +22,12 @@ equal-length groups (see :mod:`.base`). With ``"layer"`` norm (MERT-v1-330M, wav
 every valid frame's receptive field lies inside the clip, padded frames are zeroed before the
 positional conv and masked in attention, so a padded batch with an attention mask is exact.
 
-Clips shorter than the conv stack's receptive field (400 samples for the standard stack) are
-zero-padded up to it after normalisation and yield one frame.
+Clips shorter than the conv stack's receptive field (400 samples for the standard stack, 25 ms at
+16 kHz) give no complete frame: :attr:`ConvTransformerEncoder.min_samples` is that field and shorter
+clips are refused (a failure for this encoder, with the lengths in the reason) rather than padded
+into a frame that is mostly zeros. In training mode with SpecAugment time masking on, the minimum
+grows to ``mask_time_length`` frames, the fewest transformers can mask. A silent clip of any valid
+length is encoded as it is.
 """
 
 from __future__ import annotations
@@ -116,7 +120,7 @@ class ConvTransformerEncoder(Encoder):
         self.model = model.eval()
         self.do_normalize = bool(do_normalize)
         self.hop_samples = hop
-        self.min_samples = receptive_field(config.conv_kernel, config.conv_stride)
+        self.receptive_samples = receptive_field(config.conv_kernel, config.conv_stride)
         # GroupNorm over time in the first conv layer makes padding change results.
         self.padding_exact = config.feat_extract_norm == "layer"
         self._checkpoint = checkpoint
@@ -126,13 +130,20 @@ class ConvTransformerEncoder(Encoder):
         self._extra_info = dict(extra_info or {})
         self._weights_digest: dict[str, str] | None = None
 
+    @property
+    def min_samples(self) -> int:
+        """The conv stack's receptive field; with SpecAugment time masking in training mode, the
+        samples of ``mask_time_length`` frames (transformers cannot mask fewer)."""
+        config = self.model.config
+        if self.model.training and getattr(config, "apply_spec_augment", False) and getattr(config, "mask_time_prob", 0) > 0:
+            return self.receptive_samples + (int(config.mask_time_length) - 1) * self.hop_samples
+        return self.receptive_samples
+
     def encode_batch(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         """Hidden states ``[batch, frames, hidden]`` of every layer (see the class docstring)."""
         if self.do_normalize:
             waveforms = normalize_waveforms(waveforms, lengths)
-        if waveforms.shape[1] < self.min_samples:
-            waveforms = torch.nn.functional.pad(waveforms, (0, self.min_samples - waveforms.shape[1]))
-        model_lengths = lengths.clamp(min=self.min_samples)
+        model_lengths = lengths  # forward() refused items shorter than min_samples
         attention_mask = None
         if self.padding_exact and bool((model_lengths < waveforms.shape[1]).any()):
             positions = torch.arange(waveforms.shape[1], device=waveforms.device)
@@ -190,8 +201,8 @@ class ConvTransformerEncoder(Encoder):
                     if self.do_normalize
                     else "none"
                 ),
-                "min_samples": self.min_samples,
-                "short_clips": f"zero-padded to {self.min_samples} samples (one frame)",
+                "min_samples": self.receptive_samples,
+                "short_clips": f"clips under {self.receptive_samples} samples (the receptive field) are refused",
             },
             "hop_samples": self.hop_samples,
         }
