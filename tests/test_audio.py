@@ -251,7 +251,7 @@ def test_pcm_with_unknown_or_short_declared_size_is_not_truncated(tmp_path):
     padded = tmp_path / "padded.wav"
     sf.write(str(padded), x, 8000, subtype="PCM_16")
     padded.write_bytes(padded.read_bytes() + b"junk" * 10)  # bytes past the declared data
-    assert load_audio(padded, None, normalize=False).shape == (4000,)
+    assert load_audio(padded, None).shape == (4000,)
 
 
 def test_cut_mp3_is_a_failure_when_decoded(tmp_path):

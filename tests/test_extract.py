@@ -511,7 +511,7 @@ def _ray_flow(ds, loads, path, options):
         rates = sorted({enc.sample_rate for _, enc in encoders})
         items = [{"row": row, "path": str(ds.root / run.by_row[row].path), "offset": 0.0, "duration": float("nan"),
                   **{f"todo_{m}": row in t.todo for m, t in enumerate(run.targets)}} for row in run.rows()]
-        decoded = [ray_engine._decode_item(item, rates) for item in items]
+        decoded = [ray_engine._decode_item(item, rates, options.gain) for item in items]
         batch = {}
         for key in decoded[0]:
             column = np.empty(len(decoded), dtype=object)

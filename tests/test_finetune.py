@@ -554,7 +554,7 @@ def test_finetune_skips_clips_too_short_for_the_encoder(model, short_data_dir, c
 
     checkpoint = str(ckpt if model == "wav2vec2" else tiny_mert_ckpt)
     options = {**FAST, "model": model, "spec_augment": True, "batch_size": 4}
-    report = finetune(short_data_dir, checkpoint=checkpoint, epochs=1, out=tmp_path / "run",
+    report = finetune(short_data_dir, checkpoint=checkpoint, epochs=1, out=tmp_path / "run", train_eval="full",
                       export_to_store=tmp_path / "s.zarr", **options)
     # training (SpecAugment on) refuses all three short crops; evaluation only those under the receptive field
     assert report.history[0]["skipped"] == 3
