@@ -45,6 +45,7 @@ SeedOption = Annotated[int, typer.Option(help="Seed of subsampling and UMAP.")]
 MaxPointsOption = Annotated[int, typer.Option(help="Subsample (seeded) to at most this many clips for plots.")]
 GainOption = Annotated[str, typer.Option(help="Input gain: none (the decoded amplitude, what each encoder's own feature extractor expects) or peak (peak-normalise each clip to [-1, 1], the rule of stores made before this option).")]
 VerboseOption = Annotated[bool, typer.Option("--verbose", help="List every skipped or failed file (default: counts by reason, a few examples each).")]
+StandardizeOption = Annotated[bool, typer.Option("--standardize/--no-standardize", help="Centre and scale each feature by the train rows' mean and std before projecting (the title says which).")]
 
 
 def _version_callback(value: bool) -> None:
@@ -415,13 +416,14 @@ def analyze_pca(
     fmt: FormatOption = None,
     max_points: MaxPointsOption = 2000,
     seed: SeedOption = 0,
+    standardize: StandardizeOption = True,
 ) -> None:
     """2-D PCA scatter per model (and layer), coloured by label, explained variance on the axes."""
     from embedstore.analysis import format_projection, pca
 
     _show(pca(_store_path(store), models=_split_list(model), layer=_layer_arg(layer), split=_split_or_none(split),
               dataset=dataset, out=out, formats=tuple(_split_list(fmt) or ["png"]), max_points=max_points,
-              seed=seed, task=task), format_projection)
+              seed=seed, task=task, standardize=standardize), format_projection)
 
 
 @analyze_app.command("umap")
@@ -439,13 +441,15 @@ def analyze_umap(
     n_neighbors: Annotated[int, typer.Option(help="UMAP n_neighbors.")] = 15,
     min_dist: Annotated[float, typer.Option(help="UMAP min_dist.")] = 0.1,
     metric: Annotated[str, typer.Option(help="UMAP metric.")] = "cosine",
+    standardize: StandardizeOption = True,
 ) -> None:
     """2-D UMAP scatter per model (seeded), coloured by label."""
     from embedstore.analysis import format_projection, umap
 
     _show(umap(_store_path(store), models=_split_list(model), layer=_layer_arg(layer), split=_split_or_none(split),
                dataset=dataset, out=out, formats=tuple(_split_list(fmt) or ["png"]), max_points=max_points,
-               seed=seed, task=task, n_neighbors=n_neighbors, min_dist=min_dist, metric=metric), format_projection)
+               seed=seed, task=task, n_neighbors=n_neighbors, min_dist=min_dist, metric=metric,
+               standardize=standardize), format_projection)
 
 
 @analyze_app.command("cosine")

@@ -11,7 +11,7 @@ import numpy as np
 from embedstore.errors import EmbedstoreError
 
 from . import data
-from .plotting import new_figure, save_figure
+from .plotting import new_figure, save_figure, set_axes_title
 
 
 @dataclass
@@ -135,9 +135,9 @@ def _figure(res: ConfusionResult):
     if res.macro_f1 is not None:
         scores.append(f"macro-F1 {res.macro_f1:.3f}")
     chosen = f" · chosen on {res.selected_on}" if res.selected_on else ""
-    ax.set_title(f"{res.task}: {res.model} · layer {res.layer} · {res.head} probe · {res.split}\n"
-                 f"{res.dataset}, n={int(res.confusion.sum())}" + (f" · {', '.join(scores)}" if scores else "")
-                 + chosen, fontsize=9)
+    set_axes_title(ax, f"{res.task}: {res.model} · layer {res.layer} · {res.head} probe · {res.split}\n"
+                       f"{res.dataset}, n={int(res.confusion.sum())}" + (f" · {', '.join(scores)}" if scores else "")
+                       + chosen)
     return fig
 
 

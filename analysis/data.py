@@ -161,6 +161,19 @@ def load_view(store, dataset: str, model: str, layer: int, split: str | list[str
     )
 
 
+def dataset_labels(store, dataset: str) -> list[str]:
+    """Every distinct label of the dataset's track table, sorted (``""`` when some track has none):
+    the set that fixes each label's colour in every figure of the dataset."""
+    table = store.tracks(dataset)
+    return sorted(set(_as_str_labels(table.labels, len(table)).tolist()))
+
+
+def statistics_split(store, dataset: str) -> str | None:
+    """The split whose rows give standardisation statistics (mean, std): ``"train"`` when the
+    dataset has train rows, else None (the caller then uses the rows it analyses)."""
+    return "train" if "train" in set(store.tracks(dataset).splits.tolist()) else None
+
+
 def task_name(store, dataset: str) -> str:
     """The name of the dataset's label task (e.g. "genre"), for legend titles; "label" if unknown."""
     try:
@@ -249,8 +262,14 @@ def file_stem(*parts: object) -> str:
     return re.sub(r"[^A-Za-z0-9._+=-]+", "-", text).strip("-")[:180]
 
 
-def layer_tag(layer: LayerSpec) -> str:
-    """``layer`` for a file name: ``layer-1``, ``layer3``, ``all``, ``best`` or the layer's name."""
+def layer_tag(layer: LayerSpec, chosen: Sequence[str] = ()) -> str:
+    """``layer`` for a file name: ``all``, ``best``, or the names of the layers it resolved to
+    (``chosen``, one per model; distinct ones joined by ``+``), never a negative index such as
+    ``layer-1``. Without ``chosen``, an index gives ``layer3`` and a name itself."""
+    if layer in ("all", "best"):
+        return str(layer)
+    if chosen:
+        return "+".join(dict.fromkeys(str(c) for c in chosen))
     return f"layer{layer}" if not isinstance(layer, str) or layer.lstrip("-").isdigit() else layer
 
 

@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import matplotlib
-from matplotlib.ticker import MaxNLocator
 
 from embedstore.errors import EmbedstoreError
 
 from . import data
 from .metrics import separability
-from .plotting import new_figure, save_figure
+from .plotting import LEGEND_WIDTH, add_series_legend, layer_axis_groups, new_figure, plot_layers, save_figure, \
+    set_axes_title, set_layer_axis
 
 
 @dataclass(frozen=True)
@@ -237,45 +237,58 @@ def _score_label(method: str, metric: str) -> str:
     return f"silhouette ({metric}, standardised)" if method == "silhouette" else "Fisher ratio tr(S_B)/tr(S_W)"
 
 
+def _draw_curve(ax, names: list[str] | None, c: LayerCurve, values: dict[int, float], color, label: str) -> None:
+    """One model's per-layer ``values`` on ``ax``, its chosen layer starred."""
+    xs = sorted(i for i, v in values.items() if math.isfinite(v))
+    if not xs:
+        return
+    plot_layers(ax, names, xs, [values[i] for i in xs], marker="o", markersize=5, color=color, label=label)
+    if c.best_layer in xs:  # every panel marks the one chosen layer, whatever chose it
+        ax.plot([c.best_layer], [values[c.best_layer]], marker="*", markersize=14, color=color,
+                markeredgecolor="black", linestyle="")
+
+
 def _figure(res: LayerCurvesResult):
+    """Probe accuracy (top, when there are probes) and separability (bottom) per layer; one column per
+    group of models sharing a layer axis (depth-ordered indices, or the same named layers)."""
     has_probe = any(c.valid_accuracy or c.mixed_valid_accuracy for c in res.curves)
-    fig, axes = new_figure(2 if has_probe else 1, ncols=1, panel_size=(7.0, 3.4))
+    groups = layer_axis_groups({c.model: c.layer_names for c in res.curves})
+    nrows, ncols = (2 if has_probe else 1), len(groups)
+    fig, axes = new_figure(nrows * ncols, ncols=ncols, panel_size=(7.0 if ncols == 1 else 5.0, 3.4),
+                           legend_space=LEGEND_WIDTH)
     cmap = matplotlib.colormaps["tab10"]
     split = data.split_tag(res.split)
-    for k, c in enumerate(res.curves):
-        color = cmap(k % 10)
-        panels = [(axes[-1], dict(enumerate(c.separability)))]
-        if has_probe:
-            panels.insert(0, (axes[0], c.valid_accuracy))
-        label = c.model
-        if c.choice is not None and c.choice.test_accuracy is not None:
-            label += f" (★ layer {c.choice.layer}: test {c.choice.test_accuracy:.3f})"
-        for ax, values in panels:
-            xs = sorted(i for i, v in values.items() if math.isfinite(v))
-            if not xs:
-                continue
-            ax.plot(xs, [values[i] for i in xs], marker="o", markersize=4, color=color, label=label)
-            if c.best_layer in xs:  # every panel marks the one chosen layer, whatever chose it
-                ax.plot([c.best_layer], [values[c.best_layer]], marker="*", markersize=14, color=color,
-                        markeredgecolor="black", linestyle="")
-        if has_probe:
-            for name, acc in sorted(c.mixed_valid_accuracy.items()):
-                axes[0].axhline(acc, color=color, linestyle="--", linewidth=1, label=f"{c.model} ({name})")
-    n_txt = ", ".join(f"{c.model}: n={c.n}" + (f" of {c.n_total}" if c.n < c.n_total else "") for c in res.curves)
     chosen_on = sorted({c.choice.selected_on for c in res.curves if c.choice and c.choice.by == "probe accuracy"})
-    if has_probe:
-        axes[0].set_ylabel("probe accuracy (selection split)")
-        axes[0].set_title(f"{res.dataset}: probe accuracy per layer on the selection split (selected on: "
-                          f"{', '.join(chosen_on) or '-'})\nper layer the best head there; test accuracy only "
-                          "for the ★ layer", fontsize=9)
-    axes[-1].set_ylabel(_score_label(res.method, res.metric))
-    axes[-1].set_title(f"{res.dataset} ({split}): label separability per layer\n{n_txt}", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("layer index")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, title=f"model (★ best layer by {res.selection or '-'})", title_fontsize=8)
+    for g, (names, members) in enumerate(groups):
+        probe_ax, sep_ax = (axes[g], axes[ncols + g]) if has_probe else (None, axes[g])
+        curves = [c for c in res.curves if c.model in members]
+        for c in curves:
+            color = cmap(res.curves.index(c) % 10)
+            label = c.model
+            if c.choice is not None and c.choice.test_accuracy is not None:
+                label += f" (★ layer {c.choice.layer}: test {c.choice.test_accuracy:.3f})"
+            _draw_curve(sep_ax, names, c, dict(enumerate(c.separability)), color, label)
+            if probe_ax is not None:
+                _draw_curve(probe_ax, names, c, c.valid_accuracy, color, label)
+                for name, acc in sorted(c.mixed_valid_accuracy.items()):
+                    probe_ax.axhline(acc, color=color, linestyle="--", linewidth=1, label=f"{c.model} ({name})")
+        n_txt = ", ".join(f"{c.model}: n={c.n}" + (f" of {c.n_total}" if c.n < c.n_total else "") for c in curves)
+        if probe_ax is not None:
+            probe_ax.set_ylabel("probe accuracy (selection split)")
+            set_axes_title(probe_ax, f"{res.dataset}: probe accuracy per layer on the selection split (selected "
+                                     f"on: {', '.join(chosen_on) or '-'})\nper layer the best head there; test "
+                                     "accuracy only for the ★ layer")
+        sep_ax.set_ylabel(_score_label(res.method, res.metric))
+        set_axes_title(sep_ax, f"{res.dataset} ({split}): label separability per layer\n{n_txt}")
+        for ax in (probe_ax, sep_ax):
+            if ax is None:
+                continue
+            set_layer_axis(ax, names)
+            ax.grid(alpha=0.3)
+            if not ax.get_legend_handles_labels()[0]:
+                ax.text(0.5, 0.5, "no stored probe results for these models" if ax is probe_ax else "no scores",
+                        transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.4")
+    add_series_legend(fig, f"model (★ best layer by {res.selection or '-'})")
     return fig
 
 

@@ -217,11 +217,16 @@ def cka_matrix(layers_a: Sequence[np.ndarray], layers_b: Sequence[np.ndarray] | 
 # ---- label separability --------------------------------------------------------------------------
 
 
-def standardize(X: np.ndarray) -> np.ndarray:
-    """``X [n, dim]`` with each column at zero mean and unit variance (constant columns left at 0)."""
+def standardize(X: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """``X [n, dim]`` minus the column means, over the column standard deviations (ddof 0), of
+    ``reference [m, dim]`` (default: ``X`` itself), float64. Columns constant in ``reference`` (up
+    to rounding) are only centred (divided by 1), as sklearn's ``StandardScaler`` does."""
     X = np.asarray(X, dtype=np.float64)
-    mu, sd = X.mean(axis=0), X.std(axis=0)
-    return np.divide(X - mu, sd, out=np.zeros_like(X), where=sd > 0)
+    R = X if reference is None else np.asarray(reference, dtype=np.float64)
+    if R.ndim != 2 or R.shape[1] != X.shape[1] or R.shape[0] == 0:
+        raise ValueError(f"standardisation rows of shape {R.shape} do not fit data of shape {X.shape}")
+    mu, sd = R.mean(axis=0), R.std(axis=0)
+    return (X - mu) / np.where(sd > 1e-12 * np.maximum(np.abs(mu), 1.0), sd, 1.0)
 
 
 def fisher_ratio(X: np.ndarray, labels: np.ndarray) -> float:

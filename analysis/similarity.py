@@ -14,13 +14,13 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 
 from embedstore.errors import StoreError
 
 from . import data
 from .metrics import CosineStats, cka_matrix, cosine_stats, pairwise_cosine_values, subsample_indices
-from .plotting import new_figure, save_figure
+from .plotting import (LEGEND_WIDTH, add_series_legend, depth_ordered, layer_axis_groups, new_figure, plot_layers,
+                       save_figure, set_axes_title, set_layer_axis, set_suptitle)
 
 HIST_BINS = np.linspace(-1.0, 1.0, 81)
 
@@ -61,6 +61,7 @@ class CosineResult:
     split: str | list[str] | None
     rows: list[CosineRow]
     histograms: list[CosineHistogram]
+    layer_names: dict[str, list[str]] = field(default_factory=dict)  # model -> all its layer names
     figures: list[Path] = field(default_factory=list)
     json_path: Path | None = None
 
@@ -101,11 +102,11 @@ def cosine(
                     raw, _ = np.histogram(pairwise_cosine_values(X[sub]), HIST_BINS)
                     cen, _ = np.histogram(pairwise_cosine_values(X[sub] - X.mean(axis=0)), HIST_BINS)
                     hists.append(CosineHistogram(model, i, view.layer_name, sub.size, view.n, raw, cen))
-        res = CosineResult(ds, split, rows, hists)
+        res = CosineResult(ds, split, rows, hists, {m: data.layer_names(store, ds, m) for m in model_list})
 
     out_dir = data.out_dir_for(store_path, out)
     tag = (data.file_stem(ds, "_vs_".join(model_list)),
-           data.layer_tag(layer),
+           data.layer_tag(layer, [r.layer_name for r in rows]),
            data.split_tag(split))
     res.figures = save_figure(_hist_figure(res), out_dir, data.file_stem("cosine_hist", *tag), formats)
     if any(sum(r.model == m for r in rows) > 1 for m in model_list):
@@ -126,47 +127,64 @@ def _hist_figure(res: CosineResult):
     for ax, h in zip(axes, res.histograms):
         row = next(r for r in res.rows if r.model == h.model and r.layer == h.layer)
         pairs = max(h.n * (h.n - 1) // 2, 1)
-        for counts, mean, name, color in ((h.raw, row.mean, "raw", "tab:blue"),
-                                          (h.centered, row.mean_centered, "mean-centred", "tab:orange")):
-            ax.stairs(counts / pairs, HIST_BINS, color=color, linewidth=1.5,
+        for counts, mean, name, style in ((h.raw, row.mean, "raw", COSINE_STYLES["raw"]),
+                                          (h.centered, row.mean_centered, "mean-centred", COSINE_STYLES["centred"])):
+            ax.stairs(counts / pairs, HIST_BINS, color=style["color"], linestyle=style["linestyle"], linewidth=1.5,
                       label=f"{name} (mean {mean:.3f})")
-            ax.axvline(mean, color=color, linestyle="--", linewidth=1)
+            ax.axvline(mean, color=style["color"], linestyle=":", linewidth=1)
         count = f"n={h.n}" + (f" of {h.n_total}" if h.n < h.n_total else "")
-        ax.set_title(f"{h.model}\nlayer {h.layer} ({h.layer_name}) · {split} · {count}", fontsize=9)
+        set_axes_title(ax, f"{h.model}\nlayer {h.layer} ({h.layer_name}) · {split} · {count}")
         ax.set_xlabel("pairwise cosine similarity")
         ax.set_ylabel("fraction of pairs")
         ax.set_xlim(-1, 1)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", handlelength=3.0)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Cosine similarity of {res.dataset} embeddings (means over all rows; histograms of a "
-                 f"seeded subsample)", fontsize=10)
+    set_suptitle(fig, f"Cosine similarity of {res.dataset} embeddings (means over all rows; histograms of a "
+                      f"seeded subsample; dotted lines: the means)", fontsize=10)
     return fig
 
 
+# how each cosine measure is drawn: marker and line style tell them apart, colour tells the models apart
+COSINE_STYLES = {
+    "raw": {"marker": "o", "linestyle": "-", "color": "tab:blue"},
+    "centred": {"marker": "s", "linestyle": "--", "color": "tab:orange"},
+    "within": {"marker": "^", "linestyle": "-"},
+    "between": {"marker": "v", "linestyle": ":"},
+}
+COSINE_LABELS = {"raw": "raw", "centred": "mean-centred", "within": "within class (centred)",
+                 "between": "between classes (centred)"}
+
+
 def _layer_figure(res: CosineResult):
-    fig, axes = new_figure(2, ncols=2, panel_size=(5.5, 3.8))
-    cmap = matplotlib.colormaps["tab10"]
+    """Per layer: mean cosine raw vs mean-centred (left), within vs between class after centring
+    (right); one row of panels per group of models that share a layer axis."""
     models = list(dict.fromkeys(r.model for r in res.rows))
-    for k, model in enumerate(models):
-        rs = [r for r in res.rows if r.model == model]
-        x = [r.layer for r in rs]
-        c = cmap(k % 10)
-        axes[0].plot(x, [r.mean for r in rs], marker="o", ms=3, color=c, label=f"{model} raw")
-        axes[0].plot(x, [r.mean_centered for r in rs], marker="o", ms=3, color=c, ls="--",
-                     label=f"{model} centred")
-        axes[1].plot(x, [r.within_centered for r in rs], marker="o", ms=3, color=c, label=f"{model} within")
-        axes[1].plot(x, [r.between_centered for r in rs], marker="o", ms=3, color=c, ls=":",
-                     label=f"{model} between")
+    names_of = {m: res.layer_names.get(m) or [r.layer_name for r in res.rows if r.model == m] for m in models}
+    groups = layer_axis_groups(names_of)
+    fig, axes = new_figure(2 * len(groups), ncols=2, panel_size=(5.0, 3.8), legend_space=LEGEND_WIDTH)
+    cmap = matplotlib.colormaps["tab10"]
     split = data.split_tag(res.split)
-    n_txt = ", ".join(f"{m}: n={next(r.n for r in res.rows if r.model == m)}" for m in models)
-    axes[0].set_title(f"{res.dataset} ({split}): mean pairwise cosine\n{n_txt}", fontsize=9)
-    axes[1].set_title(f"{res.dataset} ({split}): within vs between class (centred)", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("layer index")
-        ax.set_ylabel("mean cosine similarity")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    for g, (names, members) in enumerate(groups):
+        left, right = axes[2 * g], axes[2 * g + 1]
+        for model in members:
+            rs = [r for r in res.rows if r.model == model]
+            x = [r.layer for r in rs]
+            c = cmap(models.index(model) % 10)
+            for ax, key, values in ((left, "raw", [r.mean for r in rs]),
+                                    (left, "centred", [r.mean_centered for r in rs]),
+                                    (right, "within", [r.within_centered for r in rs]),
+                                    (right, "between", [r.between_centered for r in rs])):
+                style = {**COSINE_STYLES[key], "color": c}
+                plot_layers(ax, names, x, values, ms=5, mfc="white" if key in ("centred", "between") else c,
+                            label=f"{model}: {COSINE_LABELS[key]}", **style)
+        n_txt = ", ".join(f"{m}: n={next(r.n for r in res.rows if r.model == m)}" for m in members)
+        set_axes_title(left, f"{res.dataset} ({split}): mean pairwise cosine, raw and mean-centred; {n_txt}")
+        set_axes_title(right, f"{res.dataset} ({split}): within vs between class, after mean-centring")
+        for ax in (left, right):
+            set_layer_axis(ax, names)
+            ax.set_ylabel("mean cosine similarity")
+            ax.grid(alpha=0.3)
+    add_series_legend(fig, "model: measure (colour: model; marker and line: measure)")
     return fig
 
 
@@ -256,33 +274,52 @@ def cka(
         "analysis": "cka", "kind": "linear", "dataset": ds, "model": model, "other_model": other,
         "split": split, "seed": seed, "max_points": max_points, "n": n, "n_total": n_total,
         "layer_names": res.layer_names, "other_layer_names": res.other_layer_names, "matrix": M,
+        "color_range": cka_color_range(M),
     })
     return res
+
+
+def cka_color_range(matrix: np.ndarray) -> tuple[float, float]:
+    """``(vmin, vmax)`` of the CKA heat map: ``(0, 1)``, unless every finite value is at least
+    :data:`CKA_ZOOM_ABOVE`; then the values' own range (at least 0.01 wide), so that close values
+    (all of 0.97-1.00, as for CLAP's stages or a model against its fine-tuned self) get distinct
+    colours."""
+    finite = matrix[np.isfinite(matrix)]
+    if finite.size == 0 or finite.min() < CKA_ZOOM_ABOVE:
+        return 0.0, 1.0
+    hi = float(min(finite.max(), 1.0))
+    lo = float(min(finite.min(), hi - 0.01))
+    return lo, hi
+
+
+CKA_ZOOM_ABOVE = 0.5
 
 
 def _cka_figure(res: CKAResult):
     La, Lb = res.matrix.shape
     size = (float(np.clip(0.4 * Lb + 3.0, 4.5, 12.0)), float(np.clip(0.4 * La + 2.0, 3.5, 11.0)))
     fig, (ax,) = new_figure(1, ncols=1, panel_size=size)
-    im = ax.imshow(res.matrix, vmin=0.0, vmax=1.0, cmap="magma", origin="lower", interpolation="nearest",
+    vmin, vmax = cka_color_range(res.matrix)
+    im = ax.imshow(res.matrix, vmin=vmin, vmax=vmax, cmap="magma", origin="lower", interpolation="nearest",
                    aspect="auto")
-    fig.colorbar(im, ax=ax, shrink=0.8, label="linear CKA")
+    full = vmin == 0.0 and vmax == 1.0
+    fig.colorbar(im, ax=ax, shrink=0.8,
+                 label="linear CKA" + ("" if full else f" (colour scale {vmin:.3f} to {vmax:.3f}, not 0 to 1)"))
     if max(La, Lb) <= 16:
         fs = 9 if max(La, Lb) <= 6 else 7 if max(La, Lb) <= 12 else 5
+        digits = 2 if vmax - vmin >= 0.1 else 3
         for i in range(La):
             for j in range(Lb):
                 v = res.matrix[i, j]
                 if np.isfinite(v):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=fs,
-                            color="black" if v > 0.6 else "white")
-    ax.set_ylabel(f"{res.model} layer")
-    ax.set_xlabel(f"{res.other_model} layer")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+                    ax.text(j, i, f"{v:.{digits}f}", ha="center", va="center", fontsize=fs,
+                            color="black" if im.norm(v) > 0.6 else "white")
+    for axis, names, model in (("y", res.layer_names, res.model), ("x", res.other_layer_names, res.other_model)):
+        set_layer_axis(ax, None if depth_ordered(names) else names, axis)
+        (ax.yaxis if axis == "y" else ax.xaxis).set_label_text(f"{model} layer")
     count = f"n={res.n}" + (f" of {res.n_total}" if res.n < res.n_total else "")
     who = res.model if res.other_model == res.model else f"{res.model} vs {res.other_model}"
-    ax.set_title(f"Linear CKA between layers: {who}\n{res.dataset} · {data.split_tag(res.split)} · {count}",
-                 fontsize=9)
+    set_axes_title(ax, f"Linear CKA between layers: {who}\n{res.dataset} · {data.split_tag(res.split)} · {count}")
     return fig
 
 
@@ -291,7 +328,9 @@ def format_cka(res: CKAResult) -> str:
     who = res.model if res.other_model == res.model else f"{res.model} (rows) vs {res.other_model} (columns)"
     lines = [f"linear CKA, {who}, {res.dataset} ({data.split_tag(res.split)}), n={res.n}",
              "      " + "".join(f"{j:>6}" for j in range(res.matrix.shape[1]))]
+    lo, hi = cka_color_range(res.matrix)
+    digits = 2 if hi - lo >= 0.1 else 3
     for i, row in enumerate(res.matrix):
-        lines.append(f"{i:>6}" + "".join(f"{v:>6.2f}" for v in row))
+        lines.append(f"{i:>6}" + "".join(f"{v:>6.{digits}f}" for v in row))
     lines += [f"figure: {f}" for f in res.figures] + ([f"numbers: {res.json_path}"] if res.json_path else [])
     return "\n".join(lines)

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, MaxNLocator
 
 from embedstore.analysis.plotting import new_figure, save_figure
 
@@ -55,25 +57,31 @@ class FinetuneReport:
     last_has_optimizer: bool = False
 
 
-def plot_training_curve(history: Sequence[dict[str, Any]], out_dir: Path, best_epoch: int | None = None) -> Path:
-    """Train loss and validation accuracy per epoch, side by side, as ``out_dir/training_curve.png``.
-
-    Returns the figure's path.
-    """
-    epochs = [h["epoch"] for h in history]
+def training_curve_figure(history: Sequence[dict[str, Any]], best_epoch: int | None = None) -> Figure:
+    """Train and validation loss (left) and validation accuracy (right) per epoch; every line named in
+    its panel's legend, the x ticks the epochs themselves (integers, however few epochs)."""
+    epochs = [int(h["epoch"]) for h in history]
     fig, (ax_loss, ax_acc) = new_figure(2, ncols=2)
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
-    ax_loss.plot(epochs, [h["valid_loss"] for h in history], marker="s", linestyle="--", label="valid")
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
+    ax_loss.plot(epochs, [h["valid_loss"] for h in history], marker="s", linestyle="--", label="validation loss")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax_loss.legend(frameon=False)
-    ax_acc.plot(epochs, [100 * h["valid_accuracy"] for h in history], marker="o", color="tab:green")
+    ax_acc.plot(epochs, [100 * h["valid_accuracy"] for h in history], marker="o", color="tab:green",
+                label="validation accuracy")
     ax_acc.set(xlabel="epoch", ylabel="accuracy %", title="validation accuracy", ylim=(0, 100))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        if epochs:
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        ax.xaxis.set_major_locator(FixedLocator(epochs) if len(epochs) <= 12 else MaxNLocator(integer=True))
         if best_epoch is not None:
-            ax.axvline(best_epoch, color="grey", linestyle=":", linewidth=1)
-    return save_figure(fig, out_dir, CURVE_STEM)[0]
+            ax.axvline(best_epoch, color="grey", linestyle=":", linewidth=1, label=f"best epoch ({best_epoch})")
+        ax.legend(frameon=False, fontsize=8)
+    return fig
+
+
+def plot_training_curve(history: Sequence[dict[str, Any]], out_dir: Path, best_epoch: int | None = None) -> Path:
+    """:func:`training_curve_figure` saved as ``out_dir/training_curve.png``; returns its path."""
+    return save_figure(training_curve_figure(history, best_epoch), out_dir, CURVE_STEM)[0]
 
 
 def format_finetune_report(report: FinetuneReport) -> str:

@@ -253,8 +253,10 @@ def test_pca_numbers_figures_and_determinism(store_path, no_results, tmp_path):
     from sklearn.decomposition import PCA
 
     formats = ("png", "svg", "pdf")
-    res = analysis.pca(store_path, models=["enc", "enc+ft"], layer=-1, out=tmp_path / "a", formats=formats)
+    res = analysis.pca(store_path, models=["enc", "enc+ft"], layer=-1, out=tmp_path / "a", formats=formats,
+                       standardize=False)  # the features as stored (standardising: its own test)
     assert [(p.model, p.layer, p.layer_name) for p in res.panels] == [("enc", 2, "block2"), ("enc+ft", 1, "layer_1")]
+    assert all(p.standardized_on is None for p in res.panels)
     for p in res.panels:
         emb = _load(store_path, p.model, p.layer, "train")
         ref = PCA(n_components=2).fit(emb.X)
@@ -266,7 +268,8 @@ def test_pca_numbers_figures_and_determinism(store_path, no_results, tmp_path):
     assert res.figures[2].read_bytes()[:5] == b"%PDF-"
     saved = json.loads(res.json_path.read_text())
     assert saved["panels"][0]["explained_variance_ratio"] == pytest.approx(res.panels[0].explained_variance_ratio)
-    again = analysis.pca(store_path, models=["enc", "enc+ft"], layer=-1, out=tmp_path / "b", formats=formats)
+    again = analysis.pca(store_path, models=["enc", "enc+ft"], layer=-1, out=tmp_path / "b", formats=formats,
+                         standardize=False)
     for f1, f2 in zip([*res.figures, res.json_path], [*again.figures, again.json_path]):
         assert f1.name == f2.name and f1.read_bytes() == f2.read_bytes(), f1.suffix
     assert "enc+ft" in analysis.format_projection(res)
@@ -282,10 +285,11 @@ def test_pca_default_out_dir_all_layers_and_best(store_path, no_results):
 
 
 def _titles(fig) -> str:
-    """Every axes title, suptitle and legend title of a figure, one text."""
+    """Every axes title, suptitle and legend title of a figure, one text (line breaks as spaces)."""
     parts = [ax.get_title() for ax in fig.axes] + [fig._suptitle.get_text() if fig._suptitle else ""]
-    parts += [ax.get_legend().get_title().get_text() for ax in fig.axes if ax.get_legend()]
-    return " | ".join(parts)
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()] + list(fig.legends)
+    parts += [leg.get_title().get_text() for leg in legends]
+    return " | ".join(" ".join(p.split()) for p in parts)
 
 
 def test_pca_best_layer_uses_probe_validation_accuracy(store_path, with_results, tmp_path):
@@ -294,7 +298,7 @@ def test_pca_best_layer_uses_probe_validation_accuracy(store_path, with_results,
     assert (p.layer, p.layer_choice, p.selected_on) == (2, "valid accuracy", "valid")  # test would pick 1
     assert json.loads(best.json_path.read_text())["panels"][0]["selected_on"] == "valid"
     assert "[best by valid accuracy]" in analysis.format_projection(best)
-    assert "best by valid accuracy" in _titles(projection._figure(best, [[p]], "genre", 2000))
+    assert "best by valid accuracy" in _titles(projection._figure(best, "genre", 2000))
 
 
 def test_subsampling_is_seeded(store_path, no_results, tmp_path):
@@ -483,3 +487,286 @@ def test_every_best_follows_valid_when_valid_and_test_disagree(tmp_path):
     p = best.panels[0]
     assert (p.layer, p.layer_choice, p.selected_on) == (0, "valid accuracy", "valid")
     assert json.loads(best.json_path.read_text())["panels"][0]["selected_on"] == "valid"
+
+
+# ---- figures that read right ---------------------------------------------------------------------
+
+from embedstore.analysis import similarity  # noqa: E402
+from embedstore.analysis.plotting import depth_ordered  # noqa: E402
+
+
+def _hz_store(path: Path):
+    """Dataset "hz": 4 labels a-d, one model "feat" with one named layer ("combined") whose column 0 is
+    in Hz (x1000 + 5000, as MFCC's spectral centroid) and whose test rows are shifted in scale on
+    column 1 (so train and test statistics differ). Test rows have no label "a".
+
+    Returns ``(path, X [n, 5], labels [n], splits [n], ids [n])``.
+    """
+    rng = np.random.default_rng(7)
+    n = 80
+    labels = np.array(["a", "b", "c", "d"] * (n // 4))
+    splits = np.where((np.arange(n) % 5 == 0) & (labels != "a"), "test", "train")
+    centers = rng.normal(scale=2.0, size=(4, 5))
+    X = rng.normal(size=(n, 5)) + centers[np.searchsorted(["a", "b", "c", "d"], labels)]
+    X[:, 0] = X[:, 0] * 1000 + 5000
+    X[splits == "test", 1] *= 3
+    X = X.astype(np.float32)
+    ids = np.array([f"h{i:03d}" for i in range(n)])
+    with open_store(path, "a") as st:
+        st.write_tracks("hz", TrackTable(ids=ids, paths=[f"{i}.wav" for i in ids], labels=labels, splits=splits),
+                        {"kind": "folder", "tasks": {"genre": "label"}})
+        with st.model_writer("hz", "feat", {"model_name": "feat", "layer_names": ["combined"]}, [5]) as w:
+            w.write(np.arange(n), [X])
+    return path, X.astype(np.float64), labels, splits, ids
+
+
+def _assert_same_projection(coords, evr, Z):
+    """``coords [n, 2]`` / ``evr [2]`` equal sklearn's PCA of ``Z`` (each axis up to its sign)."""
+    from sklearn.decomposition import PCA
+
+    ref = PCA(n_components=2).fit(Z)
+    np.testing.assert_allclose(evr, ref.explained_variance_ratio_, rtol=1e-5)
+    S = ref.transform(Z)
+    for k in range(2):
+        np.testing.assert_allclose(coords[:, k], np.sign(S[:, k] @ coords[:, k]) * S[:, k], atol=1e-4)
+
+
+def test_standardize_matches_sklearn():
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    R = rng.normal(size=(30, 4)) * [1, 10, 1000, 1] + [0, 5, 5000, 0]
+    R[:, 3] = 2.5  # constant in the reference: centred only, as StandardScaler does
+    X = rng.normal(size=(7, 4)) * 50
+    np.testing.assert_allclose(metrics.standardize(X, R), StandardScaler().fit(R).transform(X), atol=1e-10)
+    np.testing.assert_allclose(metrics.standardize(R), StandardScaler().fit_transform(R), atol=1e-10)
+    with pytest.raises(ValueError, match="do not fit"):
+        metrics.standardize(X, R[:, :3])
+
+
+def test_pca_standardises_with_train_statistics(tmp_path):
+    from sklearn.preprocessing import StandardScaler
+
+    path, X, labels, splits, ids = _hz_store(tmp_path / "hz.zarr")
+    train, test = splits == "train", splits == "test"
+    raw = analysis.pca(path, split="test", standardize=False, out=tmp_path / "raw")
+    assert raw.panels[0].explained_variance_ratio[0] > 0.99  # the Hz column is all PC1 without scaling
+    assert "not standardised" in _titles(projection._figure(raw, "genre", 2000))
+    assert raw.json_path.name == "pca_hz_feat_combined_test_raw.json"  # beside, not over, the standardised one
+
+    res = analysis.pca(path, split="test", out=tmp_path / "std")  # standardised by default
+    p = res.panels[0]
+    assert p.standardized_on == "train" and p.explained_variance_ratio[0] < 0.95
+    _assert_same_projection(p.coords, p.explained_variance_ratio, StandardScaler().fit(X[train]).transform(X[test]))
+    own = StandardScaler().fit_transform(X[test])  # the drawn rows' own statistics give another picture
+    assert not np.allclose(p.coords, projection.pca_project(own).coords, atol=1e-3)
+    saved = json.loads(res.json_path.read_text())
+    assert saved["standardize"] is True and saved["panels"][0]["standardized_on"] == "train"
+    assert "standardised with the train rows' mean and std" in _titles(projection._figure(res, "genre", 2000))
+    assert "standardised on train rows" in analysis.format_projection(res)
+
+    # a subsample of the train rows is still scaled by all train rows
+    sub = analysis.pca(path, split="train", max_points=15, out=tmp_path / "sub").panels[0]
+    assert sub.n == 15
+    rows = np.isin(ids, sub.track_ids)
+    _assert_same_projection(sub.coords, sub.explained_variance_ratio,
+                            StandardScaler().fit(X[train]).transform(X[rows]))
+
+
+def test_cli_no_standardize(tmp_path):
+    from typer.testing import CliRunner
+
+    from embedstore.cli import app
+
+    path, X, *_ = _hz_store(tmp_path / "hz.zarr")
+    for flag, expected in (("--no-standardize", False), ("--standardize", True)):
+        out = tmp_path / flag
+        run = CliRunner().invoke(app, ["analyze", "pca", "--store", str(path), "--split", "all", "--out", str(out),
+                                       flag])
+        assert run.exit_code == 0, run.output
+        saved = json.loads(next(out.glob("*.json")).read_text())
+        assert saved["standardize"] is expected
+        assert (saved["panels"][0]["explained_variance_ratio"][0] > 0.99) is not expected
+
+
+def _scatter_colours(fig) -> dict[str, tuple]:
+    """label -> RGBA of its points, over every scatter of the figure (one colour per label asserted)."""
+    out: dict[str, tuple] = {}
+    for ax in fig.axes:
+        for coll in ax.collections:
+            rgba = tuple(np.round(coll.get_facecolor()[0], 6))
+            assert out.setdefault(coll.get_label(), rgba) == rgba
+    return out
+
+
+def test_one_colour_per_label_across_figures_of_a_dataset(tmp_path):
+    from matplotlib.colors import to_rgba
+
+    path, *_ = _hz_store(tmp_path / "hz.zarr")
+    every = analysis.pca(path, split="train", out=tmp_path / "a")
+    no_a = analysis.pca(path, split="test", out=tmp_path / "b")  # the test rows have no "a"
+    assert set(no_a.panels[0].labels) == {"b", "c", "d"}
+    full, part = _scatter_colours(projection._figure(every, "genre", 2000)), \
+        _scatter_colours(projection._figure(no_a, "genre", 2000))
+    assert set(full) == {"a", "b", "c", "d"} and set(part) == {"b", "c", "d"}
+    assert len(set(full.values())) == 4
+    assert all(part[k] == full[k] for k in part)  # a colour ranked by the drawn labels would shift b, c, d
+    legend = projection._figure(no_a, "genre", 2000).legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["b", "c", "d"]
+    for text, handle in zip(legend.get_texts(), legend.legend_handles):
+        assert tuple(np.round(to_rgba(handle.get_color()), 6))[:3] == part[text.get_text()][:3]
+    saved = [json.loads(r.json_path.read_text())["label_colors"] for r in (every, no_a)]
+    assert saved[0] == saved[1] and set(saved[0]) == {"a", "b", "c", "d", ""}  # "": unlabelled (grey)
+
+
+def _assert_titles_clear(fig) -> None:
+    """After drawing: every title and legend lies inside the figure, and no title meets a legend."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    box = fig.bbox
+    titles = [ax.title for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    titles += [fig._suptitle] if fig._suptitle is not None and fig._suptitle.get_text() else []
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    for artist in titles + legends:
+        b = artist.get_window_extent(r)
+        assert box.x0 - 1 <= b.x0 and b.x1 <= box.x1 + 1 and box.y0 - 1 <= b.y0 and b.y1 <= box.y1 + 1, artist
+    for t in titles:
+        for leg in legends:
+            assert not t.get_window_extent(r).overlaps(leg.get_window_extent(r)), (t.get_text(), leg)
+
+
+def test_titles_never_overlap_legends(store_path, with_results, tmp_path):
+    from embedstore.finetune.report import training_curve_figure
+
+    figures = []
+    for kw in ({"models": "enc", "max_points": 25}, {"models": ["enc", "enc+ft"]}, {"models": "enc", "layer": "all"}):
+        res = analysis.pca(store_path, out=tmp_path, **kw)  # the first: one panel, a long (subsample) title
+        figures.append(projection._figure(res, "genre", kw.get("max_points", 2000)))
+    for models in ("enc", ["enc", "enc+ft"]):
+        cos = analysis.cosine(store_path, models=models, out=tmp_path)
+        figures += [similarity._hist_figure(cos), similarity._layer_figure(cos)]
+        figures.append(layer_curves._figure(analysis.layers(store_path, models=models, out=tmp_path)))
+    figures.append(similarity._cka_figure(analysis.cka(store_path, "enc", "enc+ft", out=tmp_path)))
+    from embedstore.analysis import confusion_figure
+
+    figures.append(confusion_figure._figure(analysis.confusion(store_path, "genre", "enc", "weighted", "mlp",
+                                                               out=tmp_path)))
+    figures.append(training_curve_figure([{"epoch": 1, "train_loss": 2.0, "valid_loss": 1.9, "valid_accuracy": 0.4}],
+                                         best_epoch=1))
+    for fig in figures:
+        _assert_titles_clear(fig)
+
+
+def _series(ax) -> dict[str, object]:
+    """The per-layer lines of an axes by label (the unlabelled best-layer stars and the horizontal
+    line of the "weighted" probe left out)."""
+    return {line.get_label(): line for line in ax.lines
+            if not line.get_label().startswith("_") and not line.get_label().endswith("(weighted)")}
+
+
+def test_named_layers_are_categories_numbered_layers_a_line(store_path, with_results, tmp_path):
+    from embedstore.extract.encoders.mfcc import MfccEncoder
+
+    assert not depth_ordered(MfccEncoder().layer_names)
+    assert not depth_ordered(["patch_embed", "stage_1", "stage_2", "stage_3", "stage_4", "projection"])  # CLAP
+    assert depth_ordered([f"layer_{i:02d}" for i in range(13)]) and depth_ordered(["layer_0", "layer_1"])
+    names = ["conv", "block1", "block2"]  # "enc" has named layers, "enc+ft" the store's numbered ones
+    figs = [layer_curves._figure(analysis.layers(store_path, models=["enc", "enc+ft"], out=tmp_path)),
+            similarity._layer_figure(analysis.cosine(store_path, models=["enc", "enc+ft"], out=tmp_path))]
+    for fig in figs:
+        fig.canvas.draw()
+        named = [ax for ax in fig.axes if [t.get_text() for t in ax.get_xticklabels()] == names]
+        numbered = [ax for ax in fig.axes if ax.get_xlabel() == "layer index"]
+        assert len(named) == len(numbered) == 2
+        for ax in named:
+            lines = _series(ax)
+            assert lines and all(k.startswith("enc") and not k.startswith("enc+ft") for k in lines)
+            assert all(ln.get_linestyle() == "None" and ln.get_marker() not in ("None", "") for ln in lines.values())
+            assert all(list(line.get_xdata()) == [0, 1, 2] for line in lines.values())
+        sep = [ax for ax in numbered if _series(ax)]
+        assert sep and all(line.get_linestyle() != "None" for ax in sep for line in _series(ax).values())
+    cka = similarity._cka_figure(analysis.cka(store_path, "enc", "enc+ft", out=tmp_path))
+    cka.canvas.draw()
+    ax = cka.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    lo, hi = sorted(ax.get_xlim())
+    shown = [t for t in ax.get_xticks() if lo <= t <= hi]  # "enc+ft" has numbered layers: integer ticks
+    assert shown == [0, 1] and ax.get_xlabel() == "enc+ft layer"
+
+
+def test_cka_colour_scale_shows_close_values(store_path, tmp_path):
+    assert similarity.cka_color_range(np.array([[1.0, 0.98], [0.98, 1.0]])) == (0.98, 1.0)
+    assert similarity.cka_color_range(np.array([[1.0, 0.3], [0.3, 1.0]])) == (0.0, 1.0)
+    assert similarity.cka_color_range(np.ones((2, 2))) == (0.99, 1.0)
+
+    rng = np.random.default_rng(3)
+    n = 60
+    X = rng.normal(size=(n, 6))
+    Q = ortho_group.rvs(6, random_state=2)
+    layers = [X, X + 0.08 * rng.normal(size=(n, 6)), X @ Q + 0.15 * rng.normal(size=(n, 6))]
+    path = tmp_path / "close.zarr"
+    with open_store(path, "a") as st:
+        st.write_tracks("c", TrackTable(ids=[f"c{i}" for i in range(n)], paths=[f"{i}.wav" for i in range(n)]),
+                        {"kind": "folder"})
+        with st.model_writer("c", "clap", {"model_name": "clap", "layer_names": ["patch_embed", "stage_1",
+                                                                                   "projection"]}, [6, 6, 6]) as w:
+            w.write(np.arange(n), [x.astype(np.float32) for x in layers])
+    res = analysis.cka(path, "clap", out=tmp_path)
+    M = res.matrix
+    assert 0.97 < M.min() < 0.99  # every pair of layers looks alike on a 0-1 scale
+    fig = similarity._cka_figure(res)
+    im = fig.axes[0].images[0]
+    assert im.norm.vmin == pytest.approx(M.min()) and im.norm.vmax == pytest.approx(1.0)
+    assert f"{M.min():.3f}" in fig.axes[1].get_ylabel()  # the colour bar states the range
+    cells = [t.get_text() for t in fig.axes[0].texts]
+    assert len(cells) == 9 and all(len(c.split(".")[1]) == 3 for c in cells)  # 0.987, not 0.99
+    assert json.loads(res.json_path.read_text())["color_range"] == pytest.approx([M.min(), 1.0])
+    wide = similarity._cka_figure(analysis.cka(store_path, "enc", out=tmp_path))
+    assert (wide.axes[0].images[0].norm.vmin, wide.axes[0].images[0].norm.vmax) == (0.0, 1.0)
+
+
+def test_cosine_legend_tells_raw_from_centred(store_path, tmp_path):
+    res = analysis.cosine(store_path, models=["enc", "enc+ft"], out=tmp_path)
+    legend = similarity._layer_figure(res).legends[0]
+    handles = {t.get_text(): h for t, h in zip(legend.get_texts(), legend.legend_handles)}
+    for m in ("enc", "enc+ft"):
+        raw, centred = handles[f"{m}: raw"], handles[f"{m}: mean-centred"]
+        assert raw.get_marker() != centred.get_marker() and raw.get_color() == centred.get_color()
+        assert {f"{m}: within class (centred)", f"{m}: between classes (centred)"} <= set(handles)
+    for ax in similarity._hist_figure(res).axes:
+        texts = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert texts[0].startswith("raw (mean ") and texts[1].startswith("mean-centred (mean ")
+        raw, centred = ax.get_legend().legend_handles
+        assert raw.get_linestyle() != centred.get_linestyle() and raw.get_color() != centred.get_color()
+
+
+def test_training_curve_ticks_and_named_lines():
+    from embedstore.finetune.report import training_curve_figure
+
+    def history(k):
+        return [{"epoch": e, "train_loss": 2.0 / e, "valid_loss": 1.9 / e, "valid_accuracy": 0.02 * e}
+                for e in range(1, k + 1)]
+
+    for k, best in ((1, 1), (4, 3), (30, 22)):
+        fig = training_curve_figure(history(k), best_epoch=best)
+        fig.canvas.draw()
+        for ax in fig.axes:
+            lo, hi = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+            assert ticks == list(range(1, k + 1)) if k <= 12 else all(float(t).is_integer() for t in ticks)
+            labels = [line.get_label() for line in ax.lines]
+            assert labels and not any(lab.startswith("_") for lab in labels)  # every line is named
+            assert [t.get_text() for t in ax.get_legend().get_texts()] == labels
+            assert f"best epoch ({best})" in labels
+
+
+def test_default_layer_in_file_names_is_its_name(store_path, tmp_path):
+    one = analysis.pca(store_path, models="enc", out=tmp_path)  # layer -1
+    assert [f.name for f in one.figures] == ["pca_toy_enc_block2_train.png"]
+    two = analysis.pca(store_path, models=["enc", "enc+ft"], out=tmp_path)
+    assert two.json_path.name == "pca_toy_enc_vs_enc+ft_block2+layer_1_train.json"
+    by_index = analysis.pca(store_path, models="enc", layer=1, out=tmp_path)
+    assert by_index.json_path.name == "pca_toy_enc_block1_train.json"
+    cos = analysis.cosine(store_path, models="enc", layer=-1, out=tmp_path)
+    assert cos.json_path.name == "cosine_toy_enc_block2_all.json"
+    assert not any("layer-1" in p.name for p in tmp_path.iterdir())
