@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator
+from tqdm import tqdm
 
 from embedstore.analysis.plotting import new_figure, save_figure
 
