@@ -123,8 +123,8 @@ def datasets(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the generated audio, the store, results and figures.")] = Path("embedstore-demo"),
-    clips_per_genre: Annotated[int, typer.Option(help="Generated clips per genre (10 genres).")] = 6,
-    seconds: Annotated[float, typer.Option(help="Length of each generated clip in seconds.")] = 3.0,
+    clips_per_genre: Annotated[int, typer.Option(help="Generated clips per genre (4 genres).")] = 30,
+    seconds: Annotated[float, typer.Option(help="Length of each generated clip in seconds.")] = 1.5,
     workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: CPUs - 1, at most 4).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
@@ -314,6 +314,8 @@ def probe(
         typer.echo(format_comparison(report))
         if report.paths:
             typer.echo(f"results: {Path(report.paths[0]).parent}")
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 # ---- fine-tuning -------------------------------------------------------------------------------

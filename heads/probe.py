@@ -8,6 +8,11 @@ Layer modes: an int or a layer name (one probe), ``all`` (one probe per layer, e
 Every "best" here (layer, reference row of the table) is chosen by the records' validation accuracy:
 the dataset's valid split, or without one the train carve-out (MLP) or inner CV on train (logreg);
 each record's ``selected_on`` says which. Test metrics are reported, never used to choose.
+
+The table says how many clips each split held and where validation came from
+(:func:`split_summary`); :func:`evidence_warnings` (``ProbeReport.warnings``) lists, once each, what
+makes a comparison weak evidence: classes missing from a split, too few clips per class, labelled
+clips in no split, rows that all tie or none of which differs from the best.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ from embedstore.heads.results import (SELECTED_ON, build_record, choose_best, re
 
 LAYER_MODES = ("all", "best", "weighted")
 CLASS_COLUMN = "label"
+#: Fewer clips of a class than this in a split earns a ``few_clips`` :class:`EvidenceWarning`.
+MIN_CLIPS_PER_CLASS = 5
+#: A row whose paired test against the reference row has p below this differs significantly.
+ALPHA = 0.05
 
 
 @dataclass
@@ -48,6 +57,11 @@ class ProbeReport:
     records: list[dict[str, Any]] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
     best_layers: dict[tuple[str, str], int | str] = field(default_factory=dict)
+
+    @property
+    def warnings(self) -> list[EvidenceWarning]:
+        """What makes these records weak evidence (:func:`evidence_warnings`), each listed once."""
+        return evidence_warnings(self.records)
 
 
 def _only_label_task(tasks_of: dict[str, dict[str, str]], names: list[str], have: str) -> str:
@@ -262,6 +276,179 @@ def compare_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+# ---- weak evidence: clips per split, warnings ----------------------------------------------------
+
+WARNING_KINDS = ("no_clips", "few_clips", "unassigned", "tie", "no_difference")
+_NO_CLIPS = {"train": "the probes cannot predict these classes",
+             "valid": "validation does not score these classes",
+             "test": "their recall is not measured"}
+_FEW_CLIPS = {"train": "the probes learn these classes from very few examples",
+              "valid": "the choice of the best row rests on very few clips",
+              "test": "test accuracy and its CI rest on very few clips"}
+
+
+@dataclass(frozen=True)
+class EvidenceWarning:
+    """One reason to distrust a comparison; ``str(warning)`` is its one-line message.
+
+    Attributes:
+        kind: one of :data:`WARNING_KINDS`: ``no_clips`` (a class has no clip in a split),
+            ``few_clips`` (a split has fewer than :data:`MIN_CLIPS_PER_CLASS` clips of some classes),
+            ``unassigned`` (labelled clips in no split, unused), ``tie`` (every row has the same
+            validation and test accuracy) or ``no_difference`` (no row differs from the reference row
+            at p < :data:`ALPHA`).
+        task, dataset: the rows it concerns. split: ``train``/``valid``/``test`` or None.
+        message: names the task/dataset, the split, the classes and their counts.
+    """
+
+    kind: str
+    task: str
+    dataset: str
+    split: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _role_counts(record: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Clips per class ``[classes]`` of each split a record used (``protocol["class_counts"]``; {} for
+    records without it): train as the smallest over folds (what one model learned from), valid and
+    test summed over folds. Valid is absent when hyper-parameters were chosen by CV inside train."""
+    proto = record.get("protocol") or {}
+    out = {}
+    for role, per_fold in (proto.get("class_counts") or {}).items():
+        if role == "valid" and proto.get("valid_source") == "inner_cv":
+            continue
+        counts = np.asarray(per_fold, dtype=np.int64).reshape(len(per_fold), -1)
+        out[role] = counts.min(axis=0) if role == "train" else counts.sum(axis=0)
+    return out
+
+
+def _span(values: list[int]) -> str:
+    return f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}"
+
+
+def split_summary(record: dict[str, Any]) -> str:
+    """Clips per split of one record and where its validation came from, as one line: ``train 443,
+    test 290; valid: 197 clips (split)``, ``train 340, test 290; valid: carved 15 % of train, 60
+    clips``, ``train 96, test 24; valid: none, chosen by cross-validation inside train`` or, k-fold,
+    ``5 folds: test 160 (each clip once), train 96 per fold; valid: the next fold, 32 clips``."""
+    proto = record.get("protocol") or {}
+    per_fold = {role: [int(np.sum(c)) for c in folds] for role, folds in (proto.get("class_counts") or {}).items()}
+    n = {role: sum(v) for role, v in per_fold.items()} or {
+        role: int(m.get("n", 0)) for role, m in record.get("metrics", {}).items()}
+    source = proto.get("valid_source", "split")
+    if proto.get("splits") == "kfold" and per_fold:
+        text = (f"{len(per_fold['test'])} folds: test {n['test']} (each clip once), train {_span(per_fold['train'])} "
+                f"per fold; valid: the next fold, {_span(per_fold['valid'])} clips")
+    else:
+        text = f"train {n.get('train', 0)}, test {n.get('test', 0)}; valid: "
+        if source == "inner":
+            fraction = proto.get("valid_fraction")
+            share = f"{100 * fraction:g} % of train" if fraction else "from train"
+            text += f"carved {share}, {n.get('valid', 0)} clips"
+        elif source == "inner_cv":
+            text += "none, chosen by cross-validation inside train"
+        else:
+            text += f"{n.get('valid', 0)} clips (split)"
+    unused = sum((proto.get("unassigned") or {}).values())
+    return text + (f"; {unused} labelled clips in no split (unused)" if unused else "")
+
+
+def _data_warnings(record: dict[str, Any]) -> list[tuple[str, str | None, str]]:
+    """``(kind, split, message)`` for the classes and clips of one record (see :class:`EvidenceWarning`)."""
+    group = f"{record['task']}/{record['dataset']}"
+    labels = [str(v) for v in record["metrics"]["test"]["labels"]]
+    counts = _role_counts(record)
+    out = []
+    for role, c in counts.items():
+        missing = np.flatnonzero(c == 0)
+        if len(missing):
+            elsewhere = ["; ".join(f"{r} {int(counts[r][i])}" for r in counts if r != role) for i in missing]
+            names = ", ".join(f"{labels[i]!r} ({e})" if e else repr(labels[i]) for i, e in zip(missing, elsewhere))
+            out.append(("no_clips", role, f"{group}: no {role} clips of {names}: {_NO_CLIPS[role]}"))
+        few = np.flatnonzero((c > 0) & (c < MIN_CLIPS_PER_CLASS))
+        if len(few):
+            listed = ", ".join(f"{labels[i]} {int(c[i])}" for i in few)
+            out.append(("few_clips", role, f"{group}: {role} has fewer than {MIN_CLIPS_PER_CLASS} clips of {len(few)} "
+                                           f"of {len(c)} classes ({listed}; {int(c.sum())} {role} clips in all): "
+                                           f"{_FEW_CLIPS[role]}"))
+    unassigned = (record.get("protocol") or {}).get("unassigned") or {}
+    if unassigned:
+        detail = ", ".join(f"split {v!r} {k}" if v else f"no split value {k}" for v, k in unassigned.items())
+        out.append(("unassigned", None, f"{group}: {sum(unassigned.values())} labelled clips are in no split "
+                                        f"({detail}) and were not used"))
+    return out
+
+
+def _comparison_warnings(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], str]]:
+    """``(kind, a record of the group, message)`` for each task/dataset whose rows
+    (:func:`compare_records`) all tie, or none of which differs from the reference row at p < :data:`ALPHA`."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(f"{row['record']['task']}/{row['record']['dataset']}", []).append(row)
+    out = []
+    for group, grp in groups.items():
+        if len(grp) < 2:
+            continue
+        valid = {selection_score(row["record"]) for row in grp}
+        test = {round(row["record"]["metrics"]["test"]["accuracy"], 12) for row in grp}
+        if len(valid) == 1 and len(test) == 1:
+            v = valid.pop()
+            shown = "-" if v is None else f"{100 * v:.1f} %"
+            out.append(("tie", grp[0]["record"], f"{group}: all {len(grp)} rows tie (valid {shown}, test "
+                                                 f"{100 * test.pop():.1f} %): nothing to conclude about which "
+                                                 "is better"))
+            continue
+        best = [row["record"] for row in grp if row["best"]]
+        p_values = [row["p_value"] for row in grp if not row["best"]]
+        if best and None not in p_values and min(p_values) >= ALPHA:
+            ref = best[0]
+            out.append(("no_difference", ref, f"{group}: no row differs from the best ({ref['model']} layer "
+                                              f"{ref['layer']}) at p < {ALPHA:g} on {ref['metrics']['test']['n']} "
+                                              "test clips: the table cannot rank them"))
+    return out
+
+
+def evidence_warnings(records: list[dict[str, Any]]) -> list[EvidenceWarning]:
+    """Reasons to distrust the comparison of classification ``records``, each message once: a class
+    with no train, valid or test clips, a split with fewer than :data:`MIN_CLIPS_PER_CLASS` clips of
+    some class, labelled clips in no split, and a task/dataset whose rows all tie or none of which
+    differs from the reference row (:func:`compare_records`) at p < :data:`ALPHA`. Records that
+    predate ``protocol["class_counts"]`` get only the comparison warnings."""
+    records = [r for r in records if _is_classification(r)]
+    out: list[EvidenceWarning] = []
+    seen: set[str] = set()
+
+    def add(kind: str, record: dict[str, Any], split: str | None, message: str) -> None:
+        if message not in seen:
+            seen.add(message)
+            out.append(EvidenceWarning(kind, record["task"], record["dataset"], split, message))
+
+    for r in records:
+        for kind, split, message in _data_warnings(r):
+            add(kind, r, split, message)
+    for kind, record, message in _comparison_warnings(compare_records(records)):
+        add(kind, record, None, message)
+    return out
+
+
+def _clip_lines(records: list[dict[str, Any]], multi: bool) -> list[str]:
+    """``clips: ...`` lines of the table (:func:`split_summary`): one per task/dataset, or one per
+    distinct summary naming its model/head rows when they differ."""
+    groups: dict[str, dict[str, list[str]]] = {}
+    for r in records:
+        group = groups.setdefault(f"{r['task']}/{r['dataset']}", {})
+        group.setdefault(split_summary(r), []).append(f"{r['model']}/{r['head']}")
+    out = []
+    for name, summaries in groups.items():
+        for text, rows in summaries.items():
+            who = f" ({', '.join(dict.fromkeys(rows))})" if len(summaries) > 1 else ""
+            out.append(f"clips{f' {name}' if multi else ''}{who}: {text}")
+    return out
+
+
 def _fmt_hparams(hp: dict[str, Any]) -> str:
     short = {"weight_decay": "wd", "dropout": "do", "epochs": "ep"}
     parts = []
@@ -275,8 +462,10 @@ def _fmt_hparams(hp: dict[str, Any]) -> str:
 def format_comparison(report_or_records: ProbeReport | list[dict[str, Any]]) -> str:
     """Render one comparison table across models and layers (rows model/layer; columns the
     validation accuracy that ranks the row, test accuracy with its bootstrap 95% CI, macro-F1, chosen
-    hyper-parameters, p-value vs the best row), a line saying which rows chose the best row
-    (``selected on: valid``), and the learned layer weights of weighted probes."""
+    hyper-parameters, p-value vs the best row), above it a ``clips:`` line per task/dataset
+    (:func:`split_summary`: clips per split, where validation came from), below it a line saying which
+    rows chose the best row (``selected on: valid``), and the learned layer weights of weighted probes.
+    Warnings are not part of the text: see :func:`evidence_warnings`."""
     records = report_or_records.records if isinstance(report_or_records, ProbeReport) else list(report_or_records)
     records = [r for r in records if _is_classification(r)]
     if not records:
@@ -310,6 +499,7 @@ def format_comparison(report_or_records: ProbeReport | list[dict[str, Any]]) -> 
     out = []
     if not multi:
         out.append(f"task {records[0]['task']!r}, dataset {records[0]['dataset']!r}")
+    out += _clip_lines(records, multi)
     out += [line(header), line(["-" * w for w in widths]), *map(line, table)]
     if chosen_on:
         how = " / ".join(f"{SELECTED_ON.get(k, k)} (selected on: {k})" for k in sorted(chosen_on))

@@ -91,7 +91,11 @@ class ProbeResult:
         selection_score: mean validation accuracy of the chosen candidates (used by ``layer="best"``).
         layer_weights: mean learned softmax layer weights ``[layers]`` (weighted head), else None.
         folds: per fold ``{"fold", "n_test", "test_accuracy"}`` when k-fold, else None.
-        protocol: how splits, validation and standardisation were done.
+        protocol: how splits, validation and standardisation were done: ``splits``, ``valid_source``
+            (``split`` | ``inner`` carve-out | ``inner_cv``), ``valid_fraction`` (the carved share of
+            train, else None), ``class_counts`` ``{role: [[clips per class] per fold]}`` (the clips
+            each role actually used, classes in ``labels`` order), ``unassigned`` ``{split value:
+            clips}`` (labelled clips in no split, unused).
         predictions: test ``{"track_ids", "y_true" [n] codes, "y_pred" [seeds, n] codes}``.
     """
 
@@ -147,6 +151,20 @@ def _partition(folds: list[Fold], y: np.ndarray, head: str, seed: int) -> tuple[
         roles["valid"].append(valid)
         roles["test"].append(f.test)
     return roles, source
+
+
+def _class_counts(roles: dict[str, list[np.ndarray]], y: np.ndarray, n_classes: int) -> dict[str, list[list[int]]]:
+    """Clips per class of each role and fold: ``{role: [[count per class code] per fold]}``."""
+    return {role: [np.bincount(y[r], minlength=n_classes).tolist() for r in rows] for role, rows in roles.items()}
+
+
+def _unassigned(split_values: np.ndarray, roles: dict[str, list[np.ndarray]]) -> dict[str, int]:
+    """Labelled rows that no fold uses, counted by their split value: ``{split value: clips}``."""
+    used = np.zeros(len(split_values), dtype=bool)
+    for rows in roles.values():
+        for r in rows:
+            used[r] = True
+    return dict(Counter(split_values[~used].tolist()))
 
 
 def _summarise_hparams(chosen: list[dict[str, Any]]) -> dict[str, Any]:
@@ -226,8 +244,9 @@ def probe_arrays(
     classes = sorted(set(lab.tolist()), key=str)
     code_of = {c: i for i, c in enumerate(classes)}
     y = np.array([code_of[v] for v in lab], dtype=np.int64)
-    folds = make_folds(np.asarray(list(splits), dtype=object)[keep])
-
+    split_values = np.array(["" if v is None else str(v) for v in np.asarray(list(splits), dtype=object)[keep]],
+                            dtype=object)
+    folds = make_folds(split_values)
     roles, valid_source = _partition(folds, y, head, seed)
     seed_list = [seed + s for s in range(seeds)]
     preds = {role: np.zeros((seeds, sum(map(len, rows))), dtype=np.int64) for role, rows in roles.items()}
@@ -269,6 +288,9 @@ def probe_arrays(
             "splits": "kfold" if len(folds) > 1 else "train/valid/test",
             "n_folds": len(folds) if len(folds) > 1 else None,
             "valid_source": valid_source,
+            "valid_fraction": INNER_VALID_FRACTION if valid_source == "inner" else None,
+            "class_counts": _class_counts(roles, y, len(classes)),
+            "unassigned": _unassigned(split_values, roles),
             "standardise": "train-split mean/std",
             "test_on_valid_fold": "(i+1) mod K" if len(folds) > 1 else None,
             "confusion": "counts summed over seeds",

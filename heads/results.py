@@ -10,7 +10,9 @@ Record fields (``schema`` = :data:`RECORD_SCHEMA`):
   choice, validation search and layer weights; ``selection_score``: mean validation accuracy of the
   chosen hyper-parameters, the one number every "best" (layer, model, head, reference row) is chosen
   by (:func:`choose_best`); ``selected_on``: the rows that score comes from (:data:`SELECTED_ON`).
-- ``seeds``: list of seeds; ``protocol``: split scheme, validation source, standardisation.
+- ``seeds``: list of seeds; ``protocol``: split scheme, validation source (``valid_source``,
+  ``valid_fraction`` of a train carve-out), clips per class of each split and fold
+  (``class_counts``), labelled clips in no split (``unassigned``), standardisation.
 - ``metrics[split]`` for ``train``/``valid``/``test``: ``accuracy, macro_f1, per_class_recall
   [labels], confusion [labels x labels] (rows true, summed over seeds), labels, n, accuracy_std,
   macro_f1_std, per_seed, ci95 {accuracy: [lo, hi], macro_f1: [lo, hi]}``.

@@ -153,3 +153,50 @@ def test_omitted_task_with_several_or_no_label_tasks_is_a_one_line_error(tmp_pat
     for i in range(5):
         sf.write(str(loose / f"{i}.wav"), np.zeros(800, np.float32), 8000)
     assert_one_line_error(run("finetune", str(loose), "-m", "wav2vec2"), "--task", "no class labels", "loose")
+def test_probe_prints_each_weak_evidence_warning_once(tmp_path):
+    from test_probe import weak_store_arrays, write_store
+
+    X, labels, splits, ids = weak_store_arrays()
+    store = tmp_path / "weak.zarr"
+    write_store(store, {"enc_a": X, "enc_b": X}, labels, splits, ids)
+    result = run("probe", "--store", str(store), "--head", "logreg", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "clips: train 24, test 4; valid: 20 clips (split); 3 labelled clips in no split (unused)" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 4 and len(set(warnings)) == 4, result.stderr
+    for needle in ("no train clips of 'pop'", "fewer than 5 clips", "in no split", "all 4 rows tie"):
+        assert sum(needle in w for w in warnings) == 1, (needle, warnings)
+    assert "warning" not in result.stdout  # the table on stdout stays clean for pipes
+
+
+def test_demo_conclusions_come_from_the_records():
+    import numpy as np
+    from test_probe import _record, layered
+
+    from embedstore.demo import conclusions
+    from embedstore.heads.metrics import mcnemar_exact
+    from embedstore.heads.protocol import probe_arrays
+
+    X, labels, splits, ids = layered(n=200, dim=6, informative=1)
+    layered_recs = [_record(probe_arrays(X[:, li], labels, splits, head="logreg", track_ids=ids, n_boot=50), li,
+                            model="enc") for li in range(4)]
+    same = [_record(probe_arrays(X[:, 1], labels, splits, head="logreg", track_ids=ids, n_boot=50), li,
+                    model="flat") for li in range(3)]  # every layer the same features: nothing to rank
+    enc, flat, across = conclusions(layered_recs + same)
+
+    best = max(layered_recs, key=lambda r: r["selection_score"])  # chosen on validation: the informative layer
+    assert best["layer"] == 1
+    test = best["metrics"]["test"]
+    lo, hi = test["ci95"]["accuracy"]
+    assert enc.startswith(f"enc: validation (valid accuracy {100 * best['selection_score']:.1f} %) picks layer 1 (layer1),")
+    assert f"{100 * test['accuracy']:.1f} % [{100 * lo:.1f} %, {100 * hi:.1f} %] on the {test['n']} test clips" in enc
+    y = np.array(best["predictions"]["test"]["y_true"])
+    ok = np.array(best["predictions"]["test"]["y_pred"][0]) == y
+    p = [mcnemar_exact(np.array(r["predictions"]["test"]["y_pred"][0]) == y, ok)["p_value"]
+         for r in layered_recs if r is not best]
+    worst = min(r["metrics"]["test"]["accuracy"] for r in layered_recs)
+    assert sum(v < 0.05 for v in p) == 3
+    assert "3 of its 3 other layers differ from it significantly (p < 0.05), 3 of them lower, " \
+           f"down to {100 * worst:.1f} %" in enc
+    assert flat.startswith("flat: validation (valid accuracy") and "picks layer 0 (layer0)," in flat and "none of its 2 other layers differ" in flat
+    assert across.startswith("Across models, validation prefers ") and "p = 1" in across  # same clips, same features

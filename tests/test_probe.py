@@ -18,7 +18,7 @@ from embedstore.errors import DatasetError, ModelError
 from embedstore.heads.logreg import LogRegConfig
 from embedstore.heads.metrics import bootstrap_ci, classification_metrics, mcnemar_exact, paired_bootstrap
 from embedstore.heads.mlp import MLP_PRESETS, LayerWeighting, MLPHead, WeightedLayerMLP
-from embedstore.heads.probe import compare_records, format_comparison
+from embedstore.heads.probe import compare_records, evidence_warnings, format_comparison
 from embedstore.heads.protocol import make_folds, probe_arrays, standardise
 from embedstore.heads.results import RECORD_SCHEMA, build_record, load_results, results_dir, save_result
 
@@ -433,3 +433,98 @@ def test_run_probe_errors(probe_store):
         run_probe(probe_store, "genre", models=["nope"], progress=False)
     with pytest.raises(ModelError, match="--head"):
         run_probe(probe_store, "genre", head="svm", progress=False)
+
+
+# ---- weak evidence: clips per split and warnings ------------------------------------------------
+
+
+def test_table_shows_clips_per_split_and_where_validation_came_from():
+    X, labels, splits, ids = layered(n=120, dim=6)
+    n_train, n_valid, n_test = (int(np.sum(splits == s)) for s in ("train", "valid", "test"))
+    with_valid = format_comparison([_record(probe_arrays(X[:, 2], labels, splits, head="logreg", n_boot=20), 2)])
+    assert f"clips: train {n_train}, test {n_test}; valid: {n_valid} clips (split)" in with_valid.splitlines()
+
+    merged = np.where(splits == "valid", "train", splits)  # no valid split: carved from train (mlp) or CV (logreg)
+    pool = n_train + n_valid
+    carved = int(np.ceil(0.15 * pool))  # sklearn's train_test_split(test_size=0.15) rounds the test share up
+    mlp = _record(probe_arrays(X[:, 2], labels, merged, head="mlp", n_boot=20), 2, head="mlp")
+    lr = _record(probe_arrays(X[:, 2], labels, merged, head="logreg", n_boot=20), 2)
+    lines = format_comparison([mlp, lr]).splitlines()
+    assert f"clips (m/mlp): train {pool - carved}, test {n_test}; valid: carved 15 % of train, {carved} clips" in lines
+    assert f"clips (m/logreg): train {pool}, test {n_test}; valid: none, chosen by cross-validation inside train" in lines
+
+    Xk, labels_k, folds, _ = layered(n=160, dim=6, folds=4)
+    kfold = format_comparison([_record(probe_arrays(Xk[:, 2], labels_k, folds, head="logreg", n_boot=20), 2)])
+    assert "clips: 4 folds: test 160 (each clip once), train 80 per fold; valid: the next fold, 40 clips" in kfold
+
+
+def weak_store_arrays(n_layers: int = 2, dim: int = 4, seed: int = 0):
+    """Every weakness at once, with the same features in every layer (so every row ties): classes
+    blues/jazz/metal with 8 train clips each and pop with none, 5 valid clips per class, one test clip
+    per class (4 in all), and 3 labelled clips in no split. Returns ``X [n, layers, dim]``, labels,
+    splits, ids."""
+    plan = [("train", g, 8) for g in GENRES[:3]] + [("valid", g, 5) for g in GENRES] + [
+        ("test", g, 1) for g in GENRES] + [("", g, 1) for g in GENRES[:3]]
+    splits = np.array([s for s, _, k in plan for _ in range(k)], dtype=object)
+    labels = np.array([g for _, g, k in plan for _ in range(k)], dtype=object)
+    rng = np.random.default_rng(seed)
+    centers = 4.0 * rng.normal(size=(len(GENRES), dim))
+    x = centers[np.searchsorted(GENRES, labels)] + rng.normal(size=(len(labels), dim))
+    X = np.repeat(x[:, None], n_layers, axis=1).astype(np.float32)
+    return X, labels, splits, np.array([f"w{i:03d}" for i in range(len(labels))], dtype=object)
+
+
+def test_weak_evidence_warns_once_each(tmp_path):
+    from embedstore.heads.probe import run_probe
+
+    X, labels, splits, ids = weak_store_arrays()
+    path = tmp_path / "weak.zarr"
+    write_store(path, {"enc_a": X, "enc_b": X}, labels, splits, ids)
+    rep = run_probe(path, "genre", layer="all", head="logreg", progress=False)
+    assert len(rep.records) == 4
+    warnings = rep.warnings
+    assert sorted(w.kind for w in warnings) == ["few_clips", "no_clips", "tie", "unassigned"]  # once each
+    by_kind = {w.kind: w for w in warnings}
+    assert by_kind["no_clips"].split == "train"
+    assert str(by_kind["no_clips"]) == ("genre/gtzan: no train clips of 'pop' (valid 5; test 1): "
+                                        "the probes cannot predict these classes")
+    few = str(by_kind["few_clips"])
+    assert by_kind["few_clips"].split == "test" and "blues 1, jazz 1, metal 1, pop 1; 4 test clips in all" in few
+    assert "3 labelled clips are in no split (no split value 3)" in str(by_kind["unassigned"])
+    assert str(by_kind["tie"]).startswith("genre/gtzan: all 4 rows tie")
+    assert all(w.dataset == "gtzan" and w.task == "genre" for w in warnings)
+    assert "clips: train 24, test 4; valid: 20 clips (split); 3 labelled clips in no split (unused)" in (
+        format_comparison(rep).splitlines())
+
+
+def test_no_warning_for_sound_evidence(probe_store):
+    from embedstore.heads.probe import run_probe
+
+    rep = run_probe(probe_store, "genre", models=["enc_a"], layer="all", head="logreg", progress=False)
+    assert rep.warnings == []  # >= 5 clips of every class in every split, layer 2 beats the noise layers
+
+
+def test_no_difference_warning_follows_the_paired_test():
+    import copy
+
+    X, labels, splits, ids = layered(n=200, dim=6)
+    best = _record(probe_arrays(X[:, 2], labels, splits, head="logreg", track_ids=ids, n_boot=20), 2)
+    pred = best["predictions"]["test"]
+    right = np.flatnonzero(np.array(pred["y_pred"][0]) == np.array(pred["y_true"]))
+    assert len(right) >= 10
+
+    def worse(k: int) -> dict:
+        """``best`` with its first ``k`` correct test clips made wrong: McNemar b = k, c = 0."""
+        rec = copy.deepcopy(best)
+        y_pred = np.array(rec["predictions"]["test"]["y_pred"])
+        y_pred[0, right[:k]] = (y_pred[0, right[:k]] + 1) % len(GENRES)
+        rec.update(layer=k, selection_score=best["selection_score"] - 0.1)
+        rec["predictions"]["test"]["y_pred"] = y_pred.tolist()
+        rec["metrics"]["test"]["accuracy"] -= k / len(y_pred[0])
+        return rec
+
+    # exact McNemar with b = k, c = 0: p = 2 * 0.5 ** k -> 0.5 for k = 2, 0.00195 for k = 10
+    close = evidence_warnings([best, worse(2)])
+    assert [w.kind for w in close] == ["no_difference"] and "(m layer 2) at p < 0.05" in str(close[0])
+    assert [w.kind for w in evidence_warnings([best, worse(10)])] == []
+    assert [w.kind for w in evidence_warnings([best, worse(2), worse(10)])] == []  # one row does differ
