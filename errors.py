@@ -6,6 +6,8 @@ Every error a user can cause (bad file, bad option, incompatible store) is an
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 
@@ -36,3 +38,21 @@ class StoreError(EmbedstoreError):
 
 class ModelError(EmbedstoreError):
     """An encoder name, checkpoint, layer or option is unknown or unusable."""
+
+
+def did_you_mean(word: object, choices: Iterable[object]) -> str:
+    """`` (did you mean 'x'?)`` naming the choice closest to ``word`` (difflib, case-insensitive), else ``""``.
+
+    Appended to one-line messages about an unknown name, e.g. ``unknown model 'merrt' (did you mean 'mert'?)``.
+    """
+    names = {str(c).lower(): str(c) for c in choices}
+    close = difflib.get_close_matches(str(word).lower(), list(names), n=1, cutoff=0.6)
+    return f" (did you mean {names[close[0]]!r}?)" if close else ""
+
+
+def not_one_of(option: str, value: object, choices: Sequence[object], what: str = "value") -> str:
+    """One line for a value outside a fixed set of choices, e.g.
+    ``--head 'mpl': unknown head (did you mean 'mlp'?); use mlp, logreg``. ``option``: the CLI option;
+    ``what``: what the value names."""
+    return (f"{option} {str(value)!r}: unknown {what}{did_you_mean(value, choices)}; "
+            f"use {', '.join(map(str, choices))}")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from embedstore.errors import EmbedstoreError, ModelError, StoreError
+from embedstore.errors import EmbedstoreError, ModelError, StoreError, did_you_mean
 
 from .metrics import subsample_indices
 
@@ -72,10 +72,11 @@ def resolve_dataset(store, dataset: str | None) -> str:
     names = list(store.datasets())
     if dataset is None:
         if len(names) != 1:
-            raise StoreError(f"the store holds datasets {names}; choose one with --dataset")
+            raise StoreError(f"the store holds datasets {', '.join(names) or 'none'}; choose one with --dataset")
         return names[0]
     if dataset not in names:
-        raise StoreError(f"dataset {dataset!r} is not in the store (it holds {names})")
+        raise StoreError(f"--dataset {dataset!r} is not in the store{did_you_mean(dataset, names)} "
+                         f"(it holds {', '.join(names)})")
     return dataset
 
 
@@ -89,7 +90,8 @@ def resolve_models(store, dataset: str, models: Sequence[str] | str | None) -> l
     wanted = [models] if isinstance(models, str) else list(models)
     missing = [m for m in wanted if m not in have]
     if missing:
-        raise ModelError(f"model {missing[0]!r} is not in dataset {dataset!r} (it holds {have})")
+        raise ModelError(f"--model {missing[0]!r} is not in dataset {dataset!r}{did_you_mean(missing[0], have)} "
+                         f"(it holds {', '.join(have)})")
     return wanted
 
 

@@ -32,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from embedstore.errors import AudioError, DatasetError
+from embedstore.errors import AudioError, DatasetError, not_one_of
 from embedstore.extract.audio import AudioInfo, audio_info
 from embedstore.extract.layout import (
     audio_files,
@@ -54,6 +54,7 @@ from embedstore.store.failures import format_reason_groups
 
 __all__ = [
     "DATASET_KINDS",
+    "SPLIT_SCHEMES",
     "GTZAN_GENRES",
     "MUSICCAPS_CSV",
     "Dataset",
@@ -64,6 +65,8 @@ __all__ = [
 ]
 
 DATASET_KINDS = ("gtzan", "musiccaps", "folder", "manifest")
+#: every --split-scheme some dataset kind accepts (see :func:`discover_dataset` for which kind takes which)
+SPLIT_SCHEMES = ("auto", "fault-filtered", "random", "random-val", "kfold", "audioset-eval", "manifest", "folders")
 GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
 MUSICCAPS_CSV = "musiccaps-public.csv"
 MUSICCAPS_AUDIO_DIRS = (".", "audio", "clips")
@@ -215,7 +218,19 @@ def _apply_labelled_split(
     if split in ("random", "random-val", "kfold"):
         opts = {"seed": seed, **({"folds": folds} if split == "kfold" else {})}
         return _with_splits(tracks, _seeded_splits(tracks, split, seed, folds)), split, opts, why
-    raise DatasetError(f"unknown split scheme {split!r} (use auto, fault-filtered, random, random-val or kfold)")
+    raise _unknown_scheme(split, ("auto", "fault-filtered", "random", "random-val", "kfold"))
+
+
+_SCHEME_HOME = {"fault-filtered": "GTZAN's published lists", "audioset-eval": "MusicCaps", "manifest": "a manifest CSV with a split column",
+                "folders": "class folders inside train/, valid/, test/"}
+
+
+def _unknown_scheme(split: str, accepted: tuple[str, ...]) -> DatasetError:
+    """The one-line error for a ``--split-scheme`` this kind of dataset does not take."""
+    if split in _SCHEME_HOME:
+        return DatasetError(f"--split-scheme {split} is for {_SCHEME_HOME[split]}, not this dataset "
+                            f"(use {', '.join(accepted)})")
+    return DatasetError(not_one_of("--split-scheme", split, accepted, "split scheme"))
 
 
 def _check_label_name(label_name: str | None) -> str | None:
@@ -408,7 +423,7 @@ def _discover_manifest(csv_path: Path, split: str, split_dir: _OptPath, seed: in
     has_splits = "split" in header and tracks and not unsplit
     if split == "manifest" or (split == "auto" and has_splits):
         if not has_splits:
-            raise DatasetError(f"{csv_path}: split='manifest' needs a 'split' value on every row")
+            raise DatasetError(f"{csv_path}: --split-scheme manifest needs a 'split' value on every row")
         scheme, opts = "manifest", {}
         why = ("asked for (--split-scheme manifest)" if split == "manifest"
                else f"auto: {csv_path.name}'s split column is filled on every row")
@@ -450,7 +465,7 @@ def _musiccaps_splits(tracks: list[Track], eval_flags: list[bool], split: str, s
         return splits, "kfold", {"seed": seed, "folds": folds}, why
     if split == "audioset-eval":
         return audioset_eval_splits(eval_flags, seed=seed), "audioset-eval", {"seed": seed}, why
-    raise DatasetError(f"unknown split scheme {split!r} for MusicCaps (use auto, random, kfold or audioset-eval)")
+    raise _unknown_scheme(split, ("auto", "random", "random-val", "kfold", "audioset-eval"))
 
 
 def _discover_musiccaps(csv_path: Path, split: str, seed: int, folds: int, label_name: str | None) -> Dataset:
@@ -606,7 +621,7 @@ def discover_dataset(
     label_name = _check_label_name(label_name)
     kind = dataset_type.lower() if dataset_type else None
     if kind is not None and kind not in DATASET_KINDS:
-        raise DatasetError(f"unknown dataset type {dataset_type!r} (use {', '.join(DATASET_KINDS)})")
+        raise DatasetError(not_one_of("--dataset-type", dataset_type, DATASET_KINDS, "dataset type"))
     if root_path.is_file() and kind not in (None, "manifest", "musiccaps"):
         raise DatasetError(f"{root_path}: a {kind} dataset is a folder, not a file")
     level = _data_level(root_path, kind)

@@ -22,6 +22,7 @@ failures). This module keeps the local engine: worker-process decoding and the b
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -54,6 +55,13 @@ __all__ = [
     "run_extract",
 ]
 
+
+
+def leave_interrupts_to_main(_worker_id: int = 0) -> None:
+    """``worker_init_fn`` of decoding workers: they ignore Ctrl-C, and the main process (which gets it
+    too) stops them in order. A worker stopped by its own KeyboardInterrupt can leave the main process
+    waiting seconds for it at shutdown."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def default_workers() -> int:
@@ -159,6 +167,7 @@ def _decoded_blocks(
         collate_fn=_collate,
         prefetch_factor=4 if workers > 0 else None,
         persistent_workers=False,
+        worker_init_fn=leave_interrupts_to_main,
     )
     yield from loader
 

@@ -61,7 +61,7 @@ def find_fault_filtered(split_dir: str | os.PathLike | None = None) -> Path | No
         folder = Path(split_dir)
         if not _has_lists(folder):
             missing = [n for n in FAULT_FILTERED_FILES.values() if not (folder / n).is_file()]
-            raise DatasetError(f"{folder}: split folder lacks {', '.join(missing)}")
+            raise DatasetError(f"--split-dir {folder}: lacks {', '.join(missing)}")
         return folder
     cache = fault_filtered_cache_dir()
     return cache if _has_lists(cache) else None
@@ -81,7 +81,7 @@ def download_fault_filtered(dest: str | os.PathLike | None = None, *, timeout: f
         except Exception as exc:  # network errors come in many types
             raise DatasetError(
                 f"{url}: could not download the GTZAN fault-filtered list ({exc}); "
-                f"put the three list files in a folder and pass it as split_dir"
+                f"put the three list files (train/valid/test_filtered.txt) in a folder and pass it as --split-dir"
             ) from exc
         tmp = folder / (name + ".part")
         tmp.write_text(text, encoding="utf-8")

@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from embedstore.errors import AudioError, DatasetError
+from embedstore.errors import AudioError, DatasetError, did_you_mean
 from embedstore.extract.audio import DEFAULT_GAIN, audio_duration, load_audio
 from embedstore.extract.datasets import Dataset, Track
 from embedstore.extract.encoders import Encoder
+from embedstore.extract.pipeline import leave_interrupts_to_main
 from embedstore.heads.protocol import INNER_VALID_FRACTION
 
 SPLITS = ("train", "valid", "test")
@@ -88,7 +89,8 @@ def task_splits(dataset: Dataset, task: str, seed: int = 0) -> TaskSplits:
     column = dataset.tasks.get(task)
     have = ", ".join(dataset.tasks) or "none"
     if column is None:
-        raise DatasetError(f"--task {task!r}: dataset {dataset.name!r} has no such labels (tasks: {have})")
+        raise DatasetError(f"--task {task!r}: dataset {dataset.name!r} has no such labels"
+                           f"{did_you_mean(task, dataset.tasks)} (tasks: {have})")
     if column != "label":
         raise DatasetError(f"--task {task!r}: dataset {dataset.name!r} stores it in column {column!r}, "
                            "not class labels; fine-tuning needs a class-label task")
@@ -263,4 +265,5 @@ def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int
         collate_fn=collate_items,
         drop_last=drop_last,
         prefetch_factor=2 if workers > 0 else None,
+        worker_init_fn=leave_interrupts_to_main,
     )

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from embedstore.errors import DatasetError, ModelError, StoreError
+from embedstore.errors import DatasetError, ModelError, StoreError, did_you_mean, not_one_of
 from embedstore.heads.metrics import mcnemar_exact, paired_bootstrap
 from embedstore.heads.protocol import HEADS, ProbeResult, probe_arrays
 from embedstore.heads.results import (SELECTED_ON, build_record, choose_best, record_selected_on, save_result,
@@ -81,17 +81,21 @@ def _resolve_datasets(st: Any, task: str | None, dataset: str | None) -> tuple[s
     tasks_of = {ds: dict(st.dataset_attrs(ds).get("tasks") or {}) for ds in st.datasets()}
     have = "; ".join(f"{ds}: {', '.join(t) or 'none'}" for ds, t in tasks_of.items()) or "no datasets"
     if dataset is not None and dataset not in tasks_of:
-        raise StoreError(f"--dataset {dataset!r}: not in the store (datasets and tasks: {have})")
+        raise StoreError(f"--dataset {dataset!r}: not in the store{did_you_mean(dataset, tasks_of)} "
+                         f"(datasets and tasks: {have})")
     if task is None:
         task = _only_label_task(tasks_of, list(tasks_of) if dataset is None else [dataset], have)
     if dataset is not None:
         if task not in tasks_of[dataset]:
-            raise StoreError(f"--task {task!r}: dataset {dataset!r} has no such labels (datasets and tasks: {have})")
+            raise StoreError(f"--task {task!r}: dataset {dataset!r} has no such labels"
+                             f"{did_you_mean(task, tasks_of[dataset])} (datasets and tasks: {have})")
         names = [dataset]
     else:
         names = list(st.find_datasets(task))
         if not names:
-            raise StoreError(f"--task {task!r}: no dataset in the store has these labels (datasets and tasks: {have})")
+            known = {t for tasks in tasks_of.values() for t in tasks}
+            raise StoreError(f"--task {task!r}: no dataset in the store has these labels{did_you_mean(task, known)} "
+                             f"(datasets and tasks: {have})")
     for ds in names:
         column = tasks_of[ds][task]
         if column != CLASS_COLUMN:
@@ -119,6 +123,17 @@ def _resolve_layers(layer: int | str, layer_names: list[str], model: str, widths
     if not -n <= idx < n:
         raise ModelError(f"--layer {idx}: model {model!r} has {n} layers (0..{n - 1}, or negative from the end)")
     return [idx % n]
+
+
+def _chosen_models(st: Any, ds: str, models: list[str] | None) -> list[str]:
+    """The model entries of dataset ``ds`` to probe: all when ``models`` is None, else those named."""
+    available = list(st.models(ds))
+    chosen = available if models is None else list(models)
+    unknown = [m for m in chosen if m not in available]
+    if unknown:
+        raise StoreError(f"--model {', '.join(unknown)}: not in dataset {ds!r}"
+                         f"{did_you_mean(unknown[0], available)} (models: {', '.join(available) or 'none'})")
+    return chosen
 
 
 def run_probe(
@@ -161,29 +176,25 @@ def run_probe(
     """
     from tqdm.auto import tqdm
 
-    from embedstore.devices import resolve_device
-    from embedstore.heads.mlp import mlp_config
     from embedstore.store import load_embeddings, open_store
 
     if head not in HEADS:
-        raise ModelError(f"--head {head!r}: unknown; choose one of {', '.join(HEADS)}")
-    mlp_config(preset)  # validates the preset name
+        raise ModelError(not_one_of("--head", head, HEADS, "head"))
     if seeds < 1:
         raise ModelError(f"--seeds {seeds}: must be at least 1")
     if layer == "weighted" and head != "mlp":
         raise ModelError("--layer weighted: needs --head mlp (the learned layer weights feed the MLP)")
-    dev = str(resolve_device(device))
     with open_store(store_path, mode="r") as st:
         task, names = _resolve_datasets(st, task, dataset)
+        chosen_of = {ds: _chosen_models(st, ds, models) for ds in names}
+        from embedstore.devices import resolve_device  # torch: imported once the names are checked
+        from embedstore.heads.mlp import mlp_config
+
+        mlp_config(preset)  # validates the preset name
+        dev = str(resolve_device(device))
         report = ProbeReport(Path(store_path), task, head, preset)
         for ds in names:
-            available = list(st.models(ds))
-            chosen = available if models is None else list(models)
-            unknown = [m for m in chosen if m not in available]
-            if unknown:
-                raise StoreError(f"--model {', '.join(unknown)}: not in dataset {ds!r} "
-                                 f"(models: {', '.join(available) or 'none'})")
-            for model in chosen:
+            for model in chosen_of[ds]:
                 attrs = st.model_attrs(ds, model)
                 names = [str(n) for n in attrs["layer_names"]]
                 layers = _resolve_layers(layer, names, model, [int(w) for w in attrs.get("layer_widths", [])])

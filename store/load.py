@@ -9,7 +9,7 @@ from typing import Iterator
 
 import numpy as np
 
-from embedstore.errors import StoreError
+from embedstore.errors import StoreError, did_you_mean
 from embedstore.store.store import Store, open_store
 
 
@@ -67,7 +67,8 @@ def resolve(st: Store, dataset: str | None, model: str | None) -> tuple[str, str
             raise StoreError(f"{st.path}: choose a model of dataset {dataset!r} (models: {', '.join(models) or 'none'})")
         model = models[0]
     elif model not in models:
-        raise StoreError(f"{st.path}: dataset {dataset!r} has no model {model!r} (models: {', '.join(models) or 'none'})")
+        raise StoreError(f"{st.path}: dataset {dataset!r} has no model {model!r}{did_you_mean(model, models)} "
+                         f"(models: {', '.join(models) or 'none'})")
     return dataset, model
 
 

@@ -32,7 +32,10 @@ def acquire(lock_file: Path, store: Path, on_first: Callable[[], None] | None = 
         if key in _HELD:
             _HELD[key][1] += 1
             return
-        fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only store or file system: say so of the store, not of its lock file
+            raise StoreError(f"{store}: cannot write to this store ({exc.strerror or exc})") from None
         deadline = time.monotonic() + LOCK_TIMEOUT
         while True:
             try:

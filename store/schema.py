@@ -173,6 +173,11 @@ class TrackTable:
         return cls(**{attr: columns[stored] for attr, stored, _ in TRACK_COLUMNS})
 
 
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds (``np.str_('a')`` -> ``'a'``), for messages."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def table_disagreement(stored: TrackTable, new: TrackTable) -> tuple[np.ndarray, str | None]:
     """Match ``new`` against ``stored`` by track id.
 
@@ -182,7 +187,7 @@ def table_disagreement(stored: TrackTable, new: TrackTable) -> tuple[np.ndarray,
     """
     if len(set(new.ids.tolist())) != len(new):
         ids, counts = np.unique(new.ids, return_counts=True)
-        return np.zeros(0, np.int64), f"track id {ids[counts > 1][0]!r} appears more than once"
+        return np.zeros(0, np.int64), f"track id {_plain(ids[counts > 1][0])!r} appears more than once"
     index = {tid: i for i, tid in enumerate(stored.ids.tolist())}
     pos = np.array([index.get(t, -1) for t in new.ids.tolist()], dtype=np.int64)
     shared_new = np.flatnonzero(pos >= 0)
@@ -199,8 +204,8 @@ def table_disagreement(stored: TrackTable, new: TrackTable) -> tuple[np.ndarray,
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
             return (np.zeros(0, np.int64),
-                    f"track {stored.ids[shared_old[k]]!r} has {attr[:-1] if attr != 'hashes' else 'hash'}"
-                    f" {a[k]!r} in the store but {b[k]!r} in the new table")
+                    f"track {_plain(stored.ids[shared_old[k]])!r} has {attr[:-1] if attr != 'hashes' else 'hash'}"
+                    f" {_plain(a[k])!r} in the store but {_plain(b[k])!r} in the new table")
     return np.flatnonzero(pos < 0), None
 
 

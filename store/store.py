@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from embedstore import __version__
-from embedstore.errors import StoreError
+from embedstore.errors import StoreError, did_you_mean
 from embedstore.store import locking
 from embedstore.store.backend import (
     Backend,
@@ -147,7 +147,8 @@ class Store:
         attrs = self._attrs(dataset) if dataset in self.datasets() else {}
         if not attrs:
             choices = ", ".join(self.datasets()) or "none"
-            raise StoreError(f"{self.path}: no dataset {dataset!r} in the store (datasets: {choices})")
+            raise StoreError(f"{self.path}: no dataset {dataset!r} in the store"
+                             f"{did_you_mean(dataset, self.datasets())} (datasets: {choices})")
         return attrs
 
     def dataset_attrs(self, dataset: str) -> dict:
@@ -171,7 +172,8 @@ class Store:
         """Metadata of a model entry (``layer_names``, ``layer_widths``, ``storage_dtype``, ...)."""
         if model not in self.models(dataset):
             choices = ", ".join(self.models(dataset)) or "none"
-            raise StoreError(f"{self.path}: dataset {dataset!r} has no model {model!r} (models: {choices})")
+            raise StoreError(f"{self.path}: dataset {dataset!r} has no model {model!r}"
+                             f"{did_you_mean(model, self.models(dataset))} (models: {choices})")
         return self._attrs(model_node(dataset, model))
 
     def tracks(self, dataset: str) -> TrackTable:
@@ -275,7 +277,7 @@ class Store:
             new_rows, problem = table_disagreement(self.tracks(dataset), table)
             if problem:
                 raise StoreError(f"{self.path}: dataset {dataset!r}: {problem}; refusing to mix track "
-                                 "tables (write the new audio under another dataset name)")
+                                 "tables (write the new audio under another name with --dataset-name)")
             n_old = int(current["n_tracks"])
             n_new = n_old + int(new_rows.size)
             merged = {**current, **attrs, "tasks": {**current.get("tasks", {}), **attrs["tasks"]},
@@ -384,6 +386,28 @@ class Store:
         return ops
 
 
+def _create(path: Path, backend: Backend) -> Store:
+    """A new, empty store at ``path`` (its folder and root attributes), opened for writing."""
+    (path if backend.kind == "zarr" else path.parent).mkdir(parents=True, exist_ok=True)
+    store = Store(path, "a", backend)
+    store.lock()
+    try:
+        if not backend.exists():
+            backend.create_root({"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION,
+                                 "embedstore_version": __version__, "datasets": []})
+    finally:
+        store.unlock()
+    return store
+
+
+def _why_not_created(path: Path, exc: OSError) -> str:
+    """The reason a store folder could not be made, naming a file that sits where a folder must be."""
+    ancestor = next((p for p in path.parents if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        return f"{ancestor} is a file, not a folder"
+    return exc.strerror or str(exc)
+
+
 def open_store(path: str | Path = DEFAULT_STORE, mode: str = "r") -> Store:
     """Open the store at ``path``: ``mode="r"`` reads an existing store, ``"a"`` also writes and
     creates the store if missing. A path ending in ``.h5``/``.hdf5`` is HDF5, anything else Zarr v3.
@@ -400,21 +424,12 @@ def open_store(path: str | Path = DEFAULT_STORE, mode: str = "r") -> Store:
             raise StoreError(f"{path}: no embedstore store here (write one first, e.g. `embedstore extract`)")
         if path.exists() and (path.is_file() if backend.kind == "zarr" else True):
             raise StoreError(f"{path}: exists but is not an embedstore store")
-        if backend.kind == "zarr":
-            if path.is_dir() and any(path.iterdir()):
-                raise StoreError(f"{path}: directory is not empty and not a Zarr store")
-            path.mkdir(parents=True, exist_ok=True)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        store = Store(path, mode, backend)
-        store.lock()
+        if backend.kind == "zarr" and path.is_dir() and any(path.iterdir()):
+            raise StoreError(f"{path}: directory is not empty and not a Zarr store")
         try:
-            if not backend.exists():
-                backend.create_root({"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION,
-                                     "embedstore_version": __version__, "datasets": []})
-        finally:
-            store.unlock()
-        return store
+            return _create(path, backend)
+        except OSError as exc:  # read-only, no such parent, a file where a folder should be, ...
+            raise StoreError(f"{path}: cannot create the store here ({_why_not_created(path, exc)})") from None
     attrs = backend.read_attrs("")
     if attrs.get("format") != FORMAT_NAME or "schema_version" not in attrs:
         raise StoreError(f"{path}: not an embedstore store (no schema_version in its root attributes)")

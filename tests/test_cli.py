@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -200,3 +201,332 @@ def test_demo_conclusions_come_from_the_records():
            f"down to {100 * worst:.1f} %" in enc
     assert flat.startswith("flat: validation (valid accuracy") and "picks layer 0 (layer0)," in flat and "none of its 2 other layers differ" in flat
     assert across.startswith("Across models, validation prefers ") and "p = 1" in across  # same clips, same features
+
+
+# ---- exit statuses, Ctrl-C ---------------------------------------------------------------------
+
+STATUSES = {0: "done", 1: "failed", 2: "usage", 130: "interrupted"}
+
+
+def test_every_exit_status_is_documented_and_returned(tmp_path):
+    """0 done, 1 failed, 2 usage are what the commands return (130: the Ctrl-C test below), and
+    `--help` of the app and of each command, and the README, say so."""
+    for args in ([], ["extract"], ["analyze", "pca"]):
+        text = " ".join(run(*args, "--help").stdout.split())  # rich wraps lines
+        for status, word in STATUSES.items():
+            assert f"{status} {word}" in text, (args, text[-400:])
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for status, word in STATUSES.items():
+        assert f"| {status} | {word}" in readme
+
+    assert run("models").returncode == 0
+    failed = run("info", str(tmp_path / "none.zarr"))
+    assert failed.returncode == 1 and failed.stderr.startswith("error: ")
+    for usage in (["extract"], ["extrct"], ["extract", str(tmp_path), "-m", "mfcc", "--batch-size", "zero"],
+                  ["probe", "--head", "mpl"], ["info", "--no-such-option"]):
+        result = run(*usage)
+        assert_one_line_error(result)
+        assert result.returncode == 2, (usage, result.stderr)
+
+
+def _linked_dataset(root: Path, n_per_class: int, seconds: float = 5.0) -> Path:
+    """Class folders ``a/`` and ``b/`` of hard links to one clip: many clips, written in no time."""
+    import numpy as np
+    import soundfile as sf
+
+    root.mkdir()
+    source = root / "source.wav"
+    t = np.arange(int(22050 * seconds)) / 22050
+    sf.write(str(source), (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 22050)
+    for cls in ("a", "b"):
+        (root / cls).mkdir()
+        for i in range(n_per_class):
+            os.link(source, root / cls / f"{cls}{i:04d}.wav")
+    source.unlink()
+    return root
+
+
+def _done(store: Path, dataset: str, model: str) -> int:
+    from embedstore.store import open_store
+
+    try:
+        with open_store(store) as st:
+            return int(st.done(dataset, model).sum()) if model in st.models(dataset) else 0
+    except Exception:  # not created yet, or caught mid-creation
+        return 0
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX process groups")
+def test_ctrl_c_during_extract_exits_130_and_says_what_the_store_keeps(tmp_path):
+    """Ctrl-C at a terminal (SIGINT to the whole process group, decoding workers included) stops an
+    extraction within seconds, exit 130, one line naming the rows kept, and the store holds them."""
+    import signal
+    import time
+
+    data = _linked_dataset(tmp_path / "many", n_per_class=100)
+    store = tmp_path / "s.zarr"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("EMBEDSTORE_STORE", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "embedstore.cli", "extract", str(data), "-m", "mfcc", "--store", str(store),
+         "--workers", "1", "--batch-size", "2", "--flush-seconds", "0", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while _done(store, "many", "mfcc") < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1]
+        os.killpg(proc.pid, signal.SIGINT)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        stopped = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    kept = _done(store, "many", "mfcc")
+    assert 2 <= kept < 200
+    assert lines[0] == (f"interrupted: {store} keeps many/mfcc: {kept} of 200 clips done; "
+                        "run the same command again to extract the rest")
+    assert stopped < 5.0, f"took {stopped:.1f} s to stop"
+
+    import numpy as np
+
+    from embedstore.store import load_embeddings
+
+    emb = load_embeddings(store, dataset="many", model="mfcc", layer=0)  # the done rows, whole
+    assert emb.X.shape[0] == kept and np.isfinite(emb.X).all()
+
+
+# ---- messages at the terminal ------------------------------------------------------------------
+
+
+def _store_with_tracks(path: Path) -> Path:
+    """A store with dataset ``gtzan`` (task genre) and no model entry: enough to resolve names."""
+    from embedstore.store import TrackTable, open_store
+
+    with open_store(path, "a") as st:
+        table = TrackTable(ids=["t0", "t1"], paths=["0.wav", "1.wav"], labels=["x", "y"], splits=["train", "test"])
+        st.write_tracks("gtzan", table, {"kind": "gtzan", "tasks": {"genre": "label"}})
+    return path
+
+
+def test_misspelled_names_get_did_you_mean(tmp_path):
+    root = make_gtzan_like(tmp_path / "ds", n_per_class=2, seconds=0.3, broken=False)
+    store = str(_store_with_tracks(tmp_path / "s.zarr"))
+    cases = [  # (args, status, words the one line must hold)
+        (["extract", str(root), "-m", "merrt"], 2, ["'--model'", "merrt", "did you mean 'mert'?"]),
+        (["finetune", str(root), "-m", "wav2vec"], 2, ["did you mean 'wav2vec2'?"]),
+        (["datasets", str(root), "--split-scheme", "rndom"], 2, ["'--split-scheme'", "did you mean 'random'?"]),
+        (["datasets", str(root), "--dataset-type", "gtzn"], 2, ["'--dataset-type'", "did you mean 'gtzan'?"]),
+        (["probe", "--store", store, "--head", "mpl"], 2, ["'--head'", "did you mean 'mlp'?"]),
+        (["probe", "--store", store, "--task", "genr"], 1, ["--task 'genr'", "did you mean 'genre'?"]),
+        (["probe", "--store", store, "--dataset", "gtza"], 1, ["--dataset 'gtza'", "did you mean 'gtzan'?"]),
+        (["analyze", "pca", "--store", store, "--dataset", "gtza"], 1, ["did you mean 'gtzan'?"]),
+    ]
+    for args, status, words in cases:
+        result = run(*args)
+        assert_one_line_error(result, *words)
+        assert result.returncode == status, (args, result.stderr)
+
+
+def test_help_shows_flags_without_placeholders_and_escaped_extras():
+    env_wide = {"COLUMNS": "250"}
+    text = subprocess.run([sys.executable, "-m", "embedstore.cli", "extract", "--help"], capture_output=True,
+                          text=True, env={**os.environ, **env_wide}).stdout
+    assert "pip install 'embedstore[ray]'" in text
+    assert "<bool>" not in text and "--strict" in text and "--no-progress" in text
+    assert "<bool>" not in run("--help").stdout
+    datasets_help = run("datasets", "--help").stdout
+    assert "--dataset-type" in datasets_help
+    assert not re.search(r"(?<![\w-])--type\b", datasets_help)  # the old name works but is not shown
+
+
+def test_old_datasets_type_option_still_works(tmp_path):
+    root = make_gtzan_like(tmp_path / "ds", n_per_class=2, seconds=0.3, broken=False)
+    for option in ("--type", "--dataset-type"):
+        result = run("datasets", str(root), option, "folder", "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["kind"] == "folder"
+
+
+def test_choices_are_the_librarys_and_listed_in_each_help():
+    """The values the CLI accepts are the library's (its constants), and each option's help names them all."""
+    import typer.main
+
+    from embedstore import cli
+    from embedstore.analysis.metrics import SEPARABILITY_METHODS, SILHOUETTE_METRICS
+    from embedstore.extract.audio import GAINS
+    from embedstore.extract.datasets import DATASET_KINDS, SPLIT_SCHEMES
+    from embedstore.extract.encoders.registry import DTYPE_CHOICES, WEIGHTS_CHOICES
+    from embedstore.extract.pooling import POOLINGS
+    from embedstore.finetune.train import PRECISIONS
+    from embedstore.heads.captioner import LAYER_MIX_MODES
+    from embedstore.heads.mlp import MLP_PRESETS
+    from embedstore.heads.protocol import HEADS
+    from embedstore.store.schema import STORAGE_DTYPES
+
+    library = {
+        "--split-scheme": SPLIT_SCHEMES, "--dataset-type": DATASET_KINDS, "--weights": WEIGHTS_CHOICES,
+        "--dtype": DTYPE_CHOICES, "--pool": POOLINGS, "--storage-dtype": STORAGE_DTYPES, "--gain": GAINS,
+        "--engine": ("local", "ray"), "--head": HEADS, "--preset": tuple(MLP_PRESETS), "--layer-mix": LAYER_MIX_MODES,
+        "--precision": PRECISIONS, "--method": SEPARABILITY_METHODS, "--metric": SILHOUETTE_METRICS,
+    }
+    assert {k: tuple(v) for k, v in cli.CHOICES.items()} == {k: tuple(v) for k, v in library.items()}
+
+    def commands(group):
+        for command in group.commands.values():
+            yield from commands(command) if hasattr(command, "commands") else [command]
+
+    checked = set()
+    for command in commands(typer.main.get_command(cli.app)):
+        for param in command.params:
+            option = next((o for o in getattr(param, "opts", []) if o in cli.CHOICES), None)
+            if option is None or (option == "--metric" and command.name == "umap"):  # UMAP takes any metric
+                continue
+            checked.add(option)
+            for value in cli.CHOICES[option]:
+                assert re.search(rf"(?<![\w-]){re.escape(value)}(?![\w-])", param.help), (command.name, option, value)
+    assert checked == set(cli.CHOICES)
+
+
+def test_every_split_scheme_listed_is_accepted_by_some_dataset(tmp_path):
+    import csv
+
+    from embedstore.extract.datasets import SPLIT_SCHEMES, discover_dataset
+    from embedstore.extract.synthetic import make_musiccaps_like
+
+    gtzan = make_gtzan_like(tmp_path / "gtzan", n_per_class=5, genres=("jazz", "rock"), seconds=0.2, broken=False)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    for split, genre_clips in (("train", range(3)), ("valid", [3]), ("test", [4])):
+        (lists / f"{split}_filtered.txt").write_text(
+            "".join(f"{g}/{g}.{i:05d}.wav\n" for g in ("jazz", "rock") for i in genre_clips))
+    caps = make_musiccaps_like(tmp_path / "caps", n=6, n_missing=0, n_full_video=0, seconds=0.3)
+    manifest = tmp_path / "man"
+    make_gtzan_like(manifest, n_per_class=3, genres=("jazz", "rock"), seconds=0.2, broken=False, layout=".")
+    with open(manifest / "manifest.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "split"])
+        for g in ("jazz", "rock"):
+            for i, split in enumerate(("train", "train", "test")):
+                writer.writerow([f"{g}/{g}.{i:05d}.wav", g, split])
+    from synth import make_class_folders
+
+    folders = tmp_path / "folders"
+    for split in ("train", "test"):
+        make_class_folders(folders / split, {"calm": "classical", "loud": "metal"}, 2, name=f"{split}{{i}}")
+    where = {"auto": gtzan, "fault-filtered": gtzan, "random": gtzan, "random-val": gtzan, "kfold": gtzan,
+             "audioset-eval": caps, "manifest": manifest / "manifest.csv", "folders": folders}
+    assert set(where) == set(SPLIT_SCHEMES)
+    for scheme, root in where.items():
+        ds = discover_dataset(root, split=scheme, split_dir=lists if scheme == "fault-filtered" else None, folds=2)
+        assert scheme == "auto" or ds.split_scheme == scheme
+        assert {t.split for t in ds.tracks} <= {"train", "valid", "test", "fold0", "fold1"}
+
+
+def test_errors_name_cli_options_and_plain_values(tmp_path):
+    """Library errors a user meets name the CLI option (--split-dir, --dataset-name) and print values
+    as the user wrote them, never as numpy reprs."""
+    from embedstore.errors import DatasetError, StoreError
+    from embedstore.extract.datasets import discover_dataset
+    from embedstore.store import open_store
+
+    root = make_gtzan_like(tmp_path / "ds", n_per_class=2, seconds=0.3, broken=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError) as info:
+        discover_dataset(root, split="fault-filtered", split_dir=tmp_path / "empty")
+    assert "--split-dir" in str(info.value) and "split_dir" not in str(info.value)
+
+    from embedstore.extract.writing import track_table
+
+    first = discover_dataset(root)
+    other = make_gtzan_like(tmp_path / "other", n_per_class=2, seconds=0.3, broken=False, seed=1)
+    second = discover_dataset(other)
+    with open_store(tmp_path / "s.zarr", "a") as st:
+        st.write_tracks("gtzan", track_table(first, first.tracks))
+        with pytest.raises(StoreError) as info:
+            st.write_tracks("gtzan", track_table(second, second.tracks))
+    message = str(info.value)
+    assert "--dataset-name" in message and "np." not in message
+    assert re.search(r"track '\w+\.\d{5}' has hash '[0-9a-f]{40}' in the store but '[0-9a-f]{40}'", message), message
+
+
+def test_store_paths_that_cannot_be_written_are_one_line_naming_the_store(tmp_path, monkeypatch):
+    import errno
+
+    from embedstore.errors import StoreError
+    from embedstore.store import TrackTable, locking, open_store
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    for path in (a_file / "s.zarr", a_file / "deeper" / "s.h5"):
+        with pytest.raises(StoreError) as info:
+            open_store(path, "a")
+        assert str(info.value) == f"{path}: cannot create the store here ({a_file} is a file, not a folder)"
+    store = tmp_path / "ro.zarr"
+    open_store(store, "a").close()
+    table = TrackTable(ids=["t"], paths=["t.wav"])
+    if os.geteuid() != 0:  # a read-only folder (root writes anywhere)
+        for p in [store, *store.rglob("*")]:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        try:
+            with pytest.raises(StoreError, match=rf"^{re.escape(str(store))}: cannot write to this store"):
+                open_store(store, "a").write_tracks("d", table)
+        finally:
+            for p in [store, *store.rglob("*")]:
+                p.chmod(0o755 if p.is_dir() else 0o644)
+
+    def read_only_fs(*args, **kwargs):  # what a read-only file system answers, root included
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(locking.os, "open", read_only_fs)
+    with pytest.raises(StoreError) as info:
+        open_store(store, "a").write_tracks("d", table)
+    assert str(info.value) == f"{store}: cannot write to this store (Read-only file system)"
+    monkeypatch.undo()
+    result = run("extract", str(make_gtzan_like(tmp_path / "ds", n_per_class=2, seconds=0.3, broken=False)),
+                 "-m", "mfcc", "--workers", "0", "--store", str(a_file / "s.zarr"))
+    assert_one_line_error(result, f"{a_file / 's.zarr'}: cannot create the store here")
+    assert result.returncode == 1 and "lock" not in result.stderr
+
+
+def _resolve_with_hub(tmp_path: Path, repo: str) -> tuple[subprocess.CompletedProcess, float]:
+    """resolve_checkpoint(repo) in a fresh interpreter whose hub is online but unreachable (a closed
+    local port) and whose hub cache is ``tmp_path/hf``; returns the process and its wall time."""
+    import time
+
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        env.pop(var, None)
+    code = ("import sys; from embedstore.extract.encoders.checkpoints import resolve_checkpoint\n"
+            "try:\n    c = resolve_checkpoint(sys.argv[1]); print(c.revision, *[p.name for p in c.weight_files])\n"
+            "except Exception as e:\n    print(f'{type(e).__name__}: {e}', file=sys.stderr); sys.exit(1)\n")
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code, repo], capture_output=True, text=True, env=env, timeout=120)
+    return result, time.monotonic() - start
+
+
+def test_missing_weights_fail_fast_without_network_and_say_what_to_do(tmp_path):
+    """No route to the hub: one line in seconds (huggingface_hub alone retries for ~25 s) that names
+    --checkpoint DIR and --weights random; a checkpoint in the local hub cache needs no network."""
+    result, seconds = _resolve_with_hub(tmp_path, "someone/absent")
+    assert result.returncode == 1 and "Retrying" not in result.stderr
+    line = result.stderr.strip()
+    assert "\n" not in line and line.startswith("ModelError: checkpoint 'someone/absent' is not in the local hub cache")
+    assert "--checkpoint DIR" in line and "--weights random" in line
+    assert seconds < 10, f"{seconds:.1f} s"
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "hf" / "hub" / "models--someone--cached" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot / "model.safetensors").write_bytes(b"weights")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text(commit)
+    result, _ = _resolve_with_hub(tmp_path, "someone/cached")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [commit, "model.safetensors"]

@@ -111,7 +111,7 @@ def test_unknown_name_lists_known_names() -> None:
         ({"weights": "imagenet"}, "weights"),
         ({"dtype": "int8"}, "dtype"),
         ({"device": "cuda:7"} if not torch.cuda.is_available() else {"device": "nonsense"}, "device"),
-        ({"window_seconds": 0}, "window_seconds"),
+        ({"window_seconds": 0}, "--window-seconds"),
     ],
 )
 def test_bad_options_give_model_error(kwargs: dict, pattern: str) -> None:

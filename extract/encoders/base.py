@@ -127,7 +127,7 @@ class Encoder(torch.nn.Module):
                 f"dtype {autocast_dtype!r} is not one of {', '.join(AUTOCAST_DTYPES)}"
             )
         if window_seconds <= 0:
-            raise ModelError(f"window_seconds must be positive, got {window_seconds}")
+            raise ModelError(f"--window-seconds must be positive, got {window_seconds}")
         self.name = name
         self.sample_rate = int(sample_rate)
         self.layer_names = tuple(layer_names)

@@ -3,8 +3,9 @@
 Every learned encoder goes through :func:`resolve_checkpoint`, so that a hub id and a local
 directory take the same code path afterwards (``from_pretrained(local_dir)``), the weights files are
 known (for their sha256) and a missing checkpoint is one clear :class:`ModelError` line instead of a
-traceback. The hub is consulted with ``local_files_only=True`` whenever ``HF_HUB_OFFLINE`` (or
-``TRANSFORMERS_OFFLINE``) is set, read at call time.
+traceback. A hub id is looked up in the local hub cache first; the network is tried only when the
+cache lacks it and neither ``HF_HUB_OFFLINE`` nor ``TRANSFORMERS_OFFLINE`` is set (read at call time),
+after one short request shows the hub answers, so a machine without network fails in seconds.
 """
 
 from __future__ import annotations
@@ -149,55 +150,102 @@ def _shards(index_path: Path) -> list[str]:
     return sorted(set(weight_map.values()))
 
 
+#: seconds the one reachability request to the hub may take before a checkpoint counts as unavailable
+HUB_PROBE_TIMEOUT = 5.0
+
+
+class _CacheMiss(Exception):
+    """A needed file of a hub checkpoint is not in the local hub cache."""
+
+
 def _resolve_hub(
     repo_id: str, need_weights: bool, extra_files: tuple[str, ...], *, offline: bool
 ) -> ResolvedCheckpoint:
-    how = (
-        f"download it on a machine with internet (`hf download {repo_id}`) and copy the hub cache, "
-        "or pass a local directory with config.json and weights"
-    )
+    """The local hub cache first (no network); then, unless ``offline``, one short request to see whether
+    the hub answers at all, and only then a download (so no network means one line in seconds, not a
+    30-second retry loop)."""
     try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub import hf_hub_download  # noqa: F401
     except ImportError:  # pragma: no cover
-        raise ModelError(f"checkpoint {repo_id!r}: huggingface_hub is not installed; {how}") from None
+        raise ModelError(f"checkpoint {repo_id!r}: huggingface_hub is not installed; {_how_to_get(repo_id)}") from None
+    try:
+        return _fetch_hub(repo_id, need_weights, extra_files, local_only=True)
+    except _CacheMiss:
+        pass
+    if offline:
+        state = "the model hub is offline (HF_HUB_OFFLINE)"
+    else:
+        state = _hub_unreachable(repo_id)
+        if state is None:
+            try:
+                return _fetch_hub(repo_id, need_weights, extra_files, local_only=False)
+            except _CacheMiss as exc:
+                state = f"the download failed ({exc})"
+    raise ModelError(f"checkpoint {repo_id!r} is not in the local hub cache and {state}; {_how_to_get(repo_id)}")
 
-    def fetch(name: str) -> Path:
-        return Path(hf_hub_download(repo_id, name, local_files_only=offline))
+
+def _how_to_get(repo_id: str) -> str:
+    return (f"pass a local copy with --checkpoint DIR (config.json and weights; `hf download {repo_id}` on a "
+            "machine with internet), or use --weights random (same architecture, nothing to download)")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def _hub_unreachable(repo_id: str) -> str | None:
+    """None when the hub answers for ``repo_id`` (one HEAD request, :data:`HUB_PROBE_TIMEOUT`, no retries),
+    else why not, as a phrase for the error line."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, CONFIG_NAME), timeout=HUB_PROBE_TIMEOUT)
+    except Exception as exc:  # no route, DNS, timeout, unknown or gated repository, ...
+        return f"the model hub did not answer for it ({_one_line(exc)})"
+    return None
+
+
+def _fetch_hub(
+    repo_id: str, need_weights: bool, extra_files: tuple[str, ...], *, local_only: bool
+) -> ResolvedCheckpoint:
+    """Config, present ``extra_files`` and (``need_weights``) the weights of ``repo_id`` through the hub
+    cache (``local_only``: never the network). Raises :class:`_CacheMiss` when a needed file is missing."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
     def fetch_optional(name: str) -> Path | None:
         try:
-            return fetch(name)
-        except EntryNotFoundError:  # absent in the repo or (offline) in the cache
+            return Path(hf_hub_download(repo_id, name, local_files_only=local_only))
+        except EntryNotFoundError:  # absent in the repo or (local only) in the cache
             return None
+        except Exception as exc:  # (online) network error, unknown or gated repository, ...
+            raise _CacheMiss(_one_line(exc)) from None
 
-    files: dict[str, Path] = {}
-    try:
-        config = fetch(CONFIG_NAME)
-        files[CONFIG_NAME] = config
-        for name in extra_files:
+    def fetch(name: str) -> Path:
+        got = fetch_optional(name)
+        if got is None:
+            raise _CacheMiss(f"{name} not found")
+        return got
+
+    config = fetch(CONFIG_NAME)
+    files: dict[str, Path] = {CONFIG_NAME: config}
+    for name in extra_files:
+        got = fetch_optional(name)
+        if got is not None:
+            files[name] = got
+    weights: tuple[Path, ...] = ()
+    if need_weights:
+        for name in WEIGHT_NAMES:
             got = fetch_optional(name)
-            if got is not None:
-                files[name] = got
-        weights: tuple[Path, ...] = ()
-        if need_weights:
-            for name in WEIGHT_NAMES:
-                got = fetch_optional(name)
-                if got is None:
-                    continue
-                if name.endswith(".index.json"):
-                    weights = tuple(fetch(shard) for shard in _shards(got))
-                else:
-                    weights = (got,)
-                break
-            if not weights:
-                raise ModelError(f"checkpoint {repo_id!r}: no weights file found; {how}")
-    except ModelError:
-        raise
-    except Exception as exc:  # network down, offline cache miss, unknown repo, gated repo, ...
-        state = "the model hub is offline (HF_HUB_OFFLINE)" if offline else "the model hub is unreachable or refused"
-        reason = type(exc).__name__
-        raise ModelError(f"checkpoint {repo_id!r} is not available locally and {state} ({reason}); {how}") from None
+            if got is None:
+                continue
+            weights = tuple(fetch(shard) for shard in _shards(got)) if name.endswith(".index.json") else (got,)
+            break
+        if not weights:
+            if local_only:
+                raise _CacheMiss("no weights file in the cache")
+            raise ModelError(f"checkpoint {repo_id!r}: no weights file found; {_how_to_get(repo_id)}")
     directory = config.parent
     revision = directory.name if _COMMIT.match(directory.name) else None
     return ResolvedCheckpoint(repo_id, directory, weights, revision, from_hub=True, files=files)

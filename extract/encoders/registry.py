@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from embedstore.errors import ModelError
+from embedstore.errors import ModelError, did_you_mean, not_one_of
 
 if TYPE_CHECKING:
     from .base import Encoder
@@ -101,7 +101,8 @@ def get_spec(name: str) -> EncoderSpec:
         return ENCODERS[name]
     except KeyError:
         raise ModelError(
-            f"unknown model {name!r}; known models: {', '.join(ENCODERS)}"
+            f"unknown model {name!r}{did_you_mean(name, ENCODERS)}; known models: {', '.join(ENCODERS)} "
+            "(see `embedstore models`)"
         ) from None
 
 
@@ -138,11 +139,11 @@ def load_encoder(
     """
     spec = get_spec(name)
     if weights not in WEIGHTS_CHOICES:
-        raise ModelError(f"weights {weights!r} is not one of {', '.join(WEIGHTS_CHOICES)}")
+        raise ModelError(not_one_of("--weights", weights, WEIGHTS_CHOICES, "weights"))
     if dtype not in DTYPE_CHOICES:
-        raise ModelError(f"dtype {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
+        raise ModelError(not_one_of("--dtype", dtype, DTYPE_CHOICES, "dtype"))
     if window_seconds is not None and window_seconds <= 0:
-        raise ModelError(f"window_seconds must be positive, got {window_seconds}")
+        raise ModelError(f"--window-seconds must be positive, got {window_seconds}")
     torch_device = _device(device)
     from .base import LoadRequest
 
@@ -165,11 +166,11 @@ def _device(device: str) -> Any:
     try:
         torch_device = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ModelError(f"device {device!r} is not a torch device ({exc})") from None
+        raise ModelError(f"--device {device!r} is not a torch device ({exc})") from None
     if torch_device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r}: CUDA is not available on this machine")
+        raise ModelError(f"--device {device!r}: CUDA is not available on this machine")
     if torch_device.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelError(f"device {device!r}: MPS is not available on this machine")
+        raise ModelError(f"--device {device!r}: MPS is not available on this machine")
     return torch_device
 
 
