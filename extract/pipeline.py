@@ -34,6 +34,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -317,12 +318,13 @@ def encode_streamed(
     silent = True
     blocks = stream_audio(path, sorted({encoders[m].sample_rate for m in streams}), offset=offset,
                           duration=duration, gain=options.gain)
-    for block in _prefetched(blocks, _PREFETCH_BLOCKS):
-        silent = silent and not any(np.any(x) for x in block.values())
-        for m, stream in streams.items():
-            t0 = time.perf_counter()
-            stream.push(block[encoders[m].sample_rate])
-            model_seconds[m] += time.perf_counter() - t0
+    with closing(_prefetched(blocks, _PREFETCH_BLOCKS)) as prefetched:  # an error here stops the thread
+        for block in prefetched:
+            silent = silent and not any(np.any(x) for x in block.values())
+            for m, stream in streams.items():
+                t0 = time.perf_counter()
+                stream.push(block[encoders[m].sample_rate])
+                model_seconds[m] += time.perf_counter() - t0
     rows = {}
     for m, stream in streams.items():
         t0 = time.perf_counter()

@@ -772,3 +772,29 @@ def test_ray_engine_streams_long_clips_like_the_local_engine(long_dir, tiny_w2v,
             b = load_embeddings(tmp_path / "local.zarr", model=model, layer=layer)
             assert list(a.track_ids) == list(b.track_ids) and len(a.track_ids) == 2
             np.testing.assert_allclose(a.X, b.X, rtol=1e-5, atol=1e-6)
+
+
+def test_stream_prefetch_hands_on_errors_and_stops_when_left_early():
+    from embedstore.errors import AudioError
+    from embedstore.extract.pipeline import _prefetched
+
+    closed = []
+
+    def source(fail_at: int):
+        try:
+            for i in range(10):
+                if i == fail_at:
+                    raise AudioError("x.flac", "corrupt")
+                yield i
+        finally:
+            closed.append(fail_at)
+
+    got = []
+    with pytest.raises(AudioError, match="x.flac: corrupt"):
+        for item in _prefetched(source(3), 2):
+            got.append(item)
+    assert got == [0, 1, 2]
+    blocks = _prefetched(source(99), 2)
+    assert [next(blocks), next(blocks)] == [0, 1]
+    blocks.close()  # the consumer leaves: the thread stops and closes the source
+    assert closed == [3, 99]
