@@ -19,6 +19,9 @@ Pipeline of :func:`load_audio` (the exact preprocessing, in this order):
    by ``max|x|`` (to [-1, 1]; an all-zero clip stays all zeros), the rule of stores made before the
    gain was an option.
 
+:func:`stream_audio` gives the same samples block by block at several rates at once (one streaming
+soxr resampler per rate), so a long recording is never held whole in memory.
+
 Every failure is an :class:`~embedstore.errors.AudioError` naming the file and a one-line reason.
 A file holding less audio than its header promises (a cut download) is such a failure, with the
 reason ``truncated: header says 30.0 s, file holds 0.4 s``: uncompressed WAV/AIFF/AU are caught when
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +50,7 @@ __all__ = [
     "GAINS",
     "LEGACY_GAIN",
     "RESAMPLE_QUALITY",
+    "STREAM_BLOCK_SECONDS",
     "AudioInfo",
     "audio_duration",
     "audio_info",
@@ -53,10 +58,14 @@ __all__ = [
     "is_audio_path",
     "load_audio",
     "preprocessing_description",
+    "stream_audio",
 ]
 
 #: soxr quality preset used for every resampling (see module docstring).
 RESAMPLE_QUALITY = "HQ"
+
+#: Native audio read per block by :func:`stream_audio` (seconds).
+STREAM_BLOCK_SECONDS = 30.0
 
 #: Gain rules of :func:`load_audio`: the decoded amplitude as is, or peak-normalised to [-1, 1].
 GAINS = ("none", "peak")
@@ -197,6 +206,65 @@ def _check_rate(path: Path, sample_rate: int | None) -> None:
         raise AudioError(path, f"invalid target sample rate {sample_rate!r} (need a positive integer or None)")
 
 
+def _check_request(p: Path, sample_rate: int | None, offset: float, duration: float | None, gain: str) -> None:
+    """Raise for a bad gain rule, target rate or window (see :func:`load_audio`)."""
+    check_gain(gain)
+    _check_rate(p, sample_rate)
+    if not math.isfinite(offset) or offset < 0:
+        raise AudioError(p, f"invalid offset {offset!r} s (need a finite value >= 0)")
+    if duration is not None and (not math.isfinite(duration) or duration <= 0):
+        raise AudioError(p, f"invalid duration {duration!r} s (need a finite value > 0)")
+
+
+def _mono_blocks(
+    p: Path, f: sf.SoundFile, info: AudioInfo, offset: float, duration: float | None, block: int | None
+) -> Iterator[np.ndarray]:
+    """Steps 1-3 of :func:`load_audio` on an open file: the window as consecutive mono float32 blocks
+    ``[frames]`` of at most ``block`` frames each (``None``: one block). Raises :class:`AudioError` for
+    a window past the end, NaN/inf samples, and (after the last block) a file holding less than its
+    header promises."""
+    start = int(round(offset * info.sample_rate))
+    if start >= info.frames:
+        raise AudioError(p, f"offset {offset:g} s is past the end of the audio ({info.duration:.3f} s)")
+    n_frames = -1 if duration is None else max(1, int(round(duration * info.sample_rate)))
+    # MPEG decoders restart cold after a seek (bit reservoir, overlap-add): the first frames come
+    # out as zeros. Seek earlier and drop the pre-roll so a window equals the full decode's slice.
+    preroll = min(start, _SEEK_PREROLL.get(info.format, 0))
+    left = -1 if n_frames < 0 else n_frames + preroll  # frames still to read (-1: to the end)
+    got = 0
+    try:
+        if start:
+            f.seek(start - preroll)
+        while left:
+            want = left if block is None else (block if left < 0 else min(block, left))
+            data = f.read(frames=want, dtype="float32", always_2d=True)  # [frames, channels]
+            if data.shape[0] == 0:
+                break
+            left = left if left < 0 else left - data.shape[0]
+            data, preroll = data[preroll:], max(0, preroll - data.shape[0])
+            if not np.isfinite(data).all():
+                raise AudioError(p, "contains NaN or infinite sample values")
+            got += data.shape[0]
+            if data.shape[0]:
+                yield data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+            if block is None:
+                break
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError(p, _reason_from_soundfile(exc)) from exc
+    promised = info.frames - start if n_frames < 0 else min(n_frames, info.frames - start)
+    if promised - got > decode_slack(info.format, promised) or got == 0:
+        held = (start + got) / info.sample_rate if got else None
+        raise AudioError(p, truncated_reason(info.duration, held, before=offset))
+
+
+def _apply_gain(mono: np.ndarray, gain: str, peak: float) -> np.ndarray:
+    """Step 5 of :func:`load_audio`: ``"peak"`` divides by ``peak`` (the whole clip's ``max|x|``)."""
+    if gain == "peak" and peak > 0.0:
+        mono = mono / np.float32(peak)
+        np.clip(mono, -1.0, 1.0, out=mono)  # guard the last ulp of rounding
+    return mono
+
+
 def load_audio(
     path: str | os.PathLike,
     sample_rate: int | None,
@@ -224,43 +292,69 @@ def load_audio(
             contains NaN/inf, or the window is invalid (negative, empty, or past the end).
     """
     p = Path(path)
-    check_gain(gain)
-    _check_rate(p, sample_rate)
-    if not math.isfinite(offset) or offset < 0:
-        raise AudioError(p, f"invalid offset {offset!r} s (need a finite value >= 0)")
-    if duration is not None and (not math.isfinite(duration) or duration <= 0):
-        raise AudioError(p, f"invalid duration {duration!r} s (need a finite value > 0)")
-
+    _check_request(p, sample_rate, offset, duration, gain)
     with _open(p) as f:
         info = _info_of(p, f)
-        start = int(round(offset * info.sample_rate))
-        if start >= info.frames:
-            raise AudioError(p, f"offset {offset:g} s is past the end of the audio ({info.duration:.3f} s)")
-        n_frames = -1 if duration is None else max(1, int(round(duration * info.sample_rate)))
-        # MPEG decoders restart cold after a seek (bit reservoir, overlap-add): the first frames come
-        # out as zeros. Seek earlier and drop the pre-roll so a window equals the full decode's slice.
-        preroll = min(start, _SEEK_PREROLL.get(info.format, 0))
-        try:
-            if start:
-                f.seek(start - preroll)
-            data = f.read(frames=n_frames if n_frames < 0 else n_frames + preroll, dtype="float32", always_2d=True)
-            data = data[preroll:]  # [frames, channels]
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            raise AudioError(p, _reason_from_soundfile(exc)) from exc
-    promised = info.frames - start if n_frames < 0 else min(n_frames, info.frames - start)
-    if promised - data.shape[0] > decode_slack(info.format, promised) or data.shape[0] == 0:
-        held = (start + data.shape[0]) / info.sample_rate if data.shape[0] else None
-        raise AudioError(p, truncated_reason(info.duration, held, before=offset))
-    if not np.isfinite(data).all():
-        raise AudioError(p, "contains NaN or infinite sample values")
-
-    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+        (mono,) = _mono_blocks(p, f, info, offset, duration, None)
     if sample_rate is not None and int(sample_rate) != info.sample_rate:
         mono = soxr.resample(mono, info.sample_rate, int(sample_rate), quality=RESAMPLE_QUALITY)
     mono = np.ascontiguousarray(mono, dtype=np.float32)
+    return _apply_gain(mono, gain, float(np.max(np.abs(mono))) if gain == "peak" and mono.size else 0.0)
+
+
+def _resampled_blocks(
+    p: Path, rates: Sequence[int], offset: float, duration: float | None, block_seconds: float
+) -> Iterator[dict[int, np.ndarray]]:
+    """Steps 1-4 of :func:`load_audio`, block by block, at every rate of ``rates`` at once."""
+    with _open(p) as f:
+        info = _info_of(p, f)
+        block = max(1, int(round(block_seconds * info.sample_rate)))
+        streams = {sr: soxr.ResampleStream(info.sample_rate, sr, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+                   for sr in rates if sr != info.sample_rate}
+        for mono in _mono_blocks(p, f, info, offset, duration, block):
+            mono = np.ascontiguousarray(mono, dtype=np.float32)
+            yield {sr: streams[sr].resample_chunk(mono) if sr in streams else mono for sr in rates}
+    empty = np.zeros(0, dtype=np.float32)
+    yield {sr: streams[sr].resample_chunk(empty, last=True) if sr in streams else empty for sr in rates}
+
+
+def stream_audio(
+    path: str | os.PathLike,
+    rates: Sequence[int],
+    *,
+    offset: float = 0.0,
+    duration: float | None = None,
+    gain: str = DEFAULT_GAIN,
+    block_seconds: float = STREAM_BLOCK_SECONDS,
+) -> Iterator[dict[int, np.ndarray]]:
+    """:func:`load_audio` of a window at several rates, as consecutive blocks: bounded memory for long files.
+
+    The file is read ``block_seconds`` of native audio at a time, mixed to mono and fed to one
+    streaming soxr resampler (:class:`soxr.ResampleStream`, same quality) per rate, so that joining
+    the blocks of a rate gives exactly ``load_audio(path, rate, offset=..., duration=..., gain=...)``
+    (soxr's one-shot call streams internally: the samples are identical). The ``"peak"`` gain needs the
+    whole clip's peak first, so it decodes the window twice (a first pass only measures the peaks).
+
+    Args:
+        path, offset, duration, gain: as for :func:`load_audio`.
+        rates: target sample rates in Hz (positive integers).
+        block_seconds: native audio read per block.
+
+    Yields:
+        ``{rate: float32 [samples]}`` per block (a block may hold zero samples at a rate: the
+        resampler's delay); the last one flushes the resamplers.
+
+    Raises:
+        AudioError: as :func:`load_audio`; a truncation shows only once the blocks before it were yielded.
+    """
+    p = Path(path)
+    rates = sorted(set(rates))
+    for sr in rates or [None]:
+        _check_request(p, sr, offset, duration, gain)
+    peaks = dict.fromkeys(rates, 0.0)
     if gain == "peak":
-        peak = float(np.max(np.abs(mono))) if mono.size else 0.0
-        if peak > 0.0:
-            mono = mono / np.float32(peak)
-            np.clip(mono, -1.0, 1.0, out=mono)  # guard the last ulp of rounding
-    return mono
+        for blocks in _resampled_blocks(p, rates, offset, duration, block_seconds):
+            for sr, x in blocks.items():
+                peaks[sr] = max(peaks[sr], float(np.max(np.abs(x))) if x.size else 0.0)
+    for blocks in _resampled_blocks(p, rates, offset, duration, block_seconds):
+        yield {sr: _apply_gain(x, gain, peaks[sr]) for sr, x in blocks.items()}

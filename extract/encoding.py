@@ -1,13 +1,24 @@
-"""Encoding whole clips into store rows: windows -> encoder -> per-window moments -> pooled rows.
+"""Encoding clips into store rows: windows -> encoder -> per-window moments -> pooled rows.
 
 Clips are cut into equal-length windows (:mod:`embedstore.extract.windowing`), batched, run through
 the encoder, and each window's frame moments are merged per clip (:mod:`embedstore.extract.pooling`),
 so the pooled rows equal the statistics of each clip's joined frame sequence.
+
+Two entry points share that machinery:
+
+* :func:`encode_clips`: a block of whole clips (the windows of all of them batched together);
+* :class:`ClipStream`: one long clip pushed block by block; its windows are cut as they complete and
+  run in groups of at most ``batch_size`` windows (and about :data:`STREAM_GROUP_SAMPLES` samples), so
+  memory holds a group of windows, never the clip. Its row equals :func:`encode_clips` of the clip.
+
+Coarse frame sequences are binned as each window's frames arrive (:class:`~embedstore.extract.pooling.FrameBinner`),
+so a long clip never holds its full-rate frames either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -15,80 +26,76 @@ import torch
 
 from embedstore.extract.encoders import Encoder
 from embedstore.extract.options import ExtractOptions
-from embedstore.extract.pooling import RunningMoments, bin_frames, window_moments
-from embedstore.extract.windowing import WindowRule, frames_to_skip
+from embedstore.extract.pooling import FrameBinner, RunningMoments, window_moments
+from embedstore.extract.windowing import WindowRule, WindowStream, frames_to_skip
+
+#: A streamed clip's windows are run in groups of at most ``batch_size`` windows and at most this many
+#: samples (at least one window): an encoder with long windows (MFCC: 600 s) runs one window at a time.
+STREAM_GROUP_SAMPLES = 1 << 23
 
 
 class _ClipAccumulator:
     """Collects one clip's per-window results for every layer until the clip is complete."""
 
-    def __init__(self, n_layers: int, frame_layers: Sequence[int]):
-        self.moments = [RunningMoments() for _ in range(n_layers)]
-        # layer -> [(window index, frames [n, dim])], joined in window order at the end
-        self.frames: dict[int, list[tuple[int, np.ndarray]]] = {layer: [] for layer in frame_layers}
+    def __init__(self, encoder: Encoder, options: ExtractOptions, frame_layers: Sequence[int], max_frames: int):
+        self.moments = [RunningMoments() for _ in range(encoder.num_layers)]
+        self.binners = {
+            layer: FrameBinner(encoder.layer_frame_rates[layer], options.frames_hop, max_frames)
+            for layer in frame_layers
+        }
+        self._next = dict.fromkeys(frame_layers, 0)  # next window index whose frames are expected
+
+    def add_frames(self, layer: int, window: int, frames: np.ndarray) -> None:
+        """Bin the kept frames ``[n, dim]`` of window number ``window`` (windows must come in time order)."""
+        if window != self._next[layer]:
+            raise RuntimeError(f"window {window} of a clip arrived before window {self._next[layer]}")
+        self._next[layer] += 1
+        self.binners[layer].push(frames)
 
 
-def _encode_block(
-    encoder: Encoder,
-    waves: list[np.ndarray],
-    options: ExtractOptions,
-    frame_layers: Sequence[int],
-) -> list[_ClipAccumulator]:
-    """Run the encoder over every window of ``waves`` (clips at the encoder's rate).
+@dataclass
+class _Window:
+    """One window of a clip: its accumulator, index in the clip, overlap (last window) and samples."""
 
-    Returns one accumulator per clip, holding the moments of every layer (and the frames of
-    ``frame_layers``) over all of the clip's windows.
-    """
-    rule = WindowRule(encoder.window_seconds, encoder.sample_rate)
-    accs = [_ClipAccumulator(encoder.num_layers, frame_layers) for _ in waves]
-    # (clip, window index, is last window with overlap, samples) for every window, grouped by length
-    windows: list[tuple[int, int, float, np.ndarray]] = []
-    for c, wave in enumerate(waves):
-        cut = rule.cut(wave)
-        overlap = rule.overlap_fraction(wave.shape[0])
-        for k in range(cut.shape[0]):
-            windows.append((c, k, overlap if k == cut.shape[0] - 1 else 0.0, cut[k]))
-    # clips' windows are processed in time order within each length group (stable sort)
-    order = sorted(range(len(windows)), key=lambda i: -windows[i][3].shape[0])
+    acc: _ClipAccumulator
+    index: int
+    overlap: float
+    samples: np.ndarray
+
+
+def _run_windows(encoder: Encoder, windows: Sequence[_Window], batch_size: int) -> None:
+    """Run ``windows`` through the encoder, ``batch_size`` consecutive ones per call (a call's windows of
+    another length than its first run as a second group), merging each window into its accumulator."""
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start : start + batch_size]
+        length = batch[0].samples.shape[0]
+        same = [w for w in batch if w.samples.shape[0] == length]
+        other = [w for w in batch if w.samples.shape[0] != length]
+        for group in (same, other):
+            if group:
+                _run_group(encoder, group)
+
+
+def _run_group(encoder: Encoder, group: Sequence[_Window]) -> None:
+    lengths = torch.tensor([w.samples.shape[0] for w in group], dtype=torch.long)
+    padded = np.zeros((len(group), int(lengths.max())), dtype=np.float32)
+    for j, w in enumerate(group):
+        padded[j, : w.samples.shape[0]] = w.samples
     device = encoder.device
-    for start in range(0, len(order), options.batch_size):
-        idx = order[start : start + options.batch_size]
-        length = windows[idx[0]][3].shape[0]
-        same = [i for i in idx if windows[i][3].shape[0] == length]
-        groups = [same] + ([[i for i in idx if windows[i][3].shape[0] != length]] if len(same) < len(idx) else [])
-        for group in groups:
-            batch = [windows[i][3] for i in group]
-            lengths = torch.tensor([w.shape[0] for w in batch], dtype=torch.long)
-            padded = np.zeros((len(batch), int(lengths.max())), dtype=np.float32)
-            for j, w in enumerate(batch):
-                padded[j, : w.shape[0]] = w
-            out = encoder(torch.from_numpy(padded).to(device), lengths.to(device))
-            for layer, hidden in enumerate(out.hidden_states):
-                n_valid = out.lengths(layer).tolist()
-                end = torch.tensor(n_valid, dtype=torch.long, device=hidden.device)
-                first = torch.tensor(
-                    [frames_to_skip(windows[i][2], n) for i, n in zip(group, n_valid)],
-                    dtype=torch.long,
-                    device=hidden.device,
-                )
-                count, mean, m2 = window_moments(hidden, first, end)
-                for j, i in enumerate(group):
-                    accs[windows[i][0]].moments[layer].merge(count[j], mean[j], m2[j])
-                if layer in frame_layers:
-                    h = hidden.float().cpu().numpy()
-                    for j, i in enumerate(group):
-                        clip, k = windows[i][0], windows[i][1]
-                        accs[clip].frames[layer].append((k, h[j, int(first[j]) : int(end[j])]))
-    return accs
-
-
-def _frames_of(acc: _ClipAccumulator, layer: int, frame_rate: float, hop: float, max_frames: int) -> tuple[np.ndarray, int]:
-    """The coarse frame sequence of one clip's layer, padded to ``[max_frames, dim]``, and its length."""
-    parts = [f for _, f in sorted(acc.frames[layer], key=lambda kf: kf[0])]
-    binned = bin_frames(np.concatenate(parts, axis=0), frame_rate, hop)[:max_frames]
-    out = np.zeros((max_frames, binned.shape[1]), dtype=np.float32)
-    out[: binned.shape[0]] = binned
-    return out, binned.shape[0]
+    out = encoder(torch.from_numpy(padded).to(device), lengths.to(device))
+    for layer, hidden in enumerate(out.hidden_states):
+        n_valid = out.lengths(layer).tolist()
+        end = torch.tensor(n_valid, dtype=torch.long, device=hidden.device)
+        first = torch.tensor(
+            [frames_to_skip(w.overlap, n) for w, n in zip(group, n_valid)], dtype=torch.long, device=hidden.device
+        )
+        count, mean, m2 = window_moments(hidden, first, end)
+        for j, w in enumerate(group):
+            w.acc.moments[layer].merge(count[j], mean[j], m2[j])
+        if group[0].acc.binners.get(layer) is not None:
+            h = hidden.float().cpu().numpy()
+            for j, w in enumerate(group):
+                w.acc.add_frames(layer, w.index, h[j, int(first[j]) : int(end[j])])
 
 
 class EncodedClips(NamedTuple):
@@ -105,6 +112,33 @@ class EncodedClips(NamedTuple):
     layers: list[np.ndarray]
     frames: list[np.ndarray] | None
     counts: np.ndarray | None
+
+
+def _pooled_rows(
+    encoder: Encoder, accs: Sequence[_ClipAccumulator], options: ExtractOptions,
+    frame_layers: Sequence[int], max_frames: int,
+) -> EncodedClips:
+    """The store rows of finished accumulators (one row per accumulator)."""
+    if encoder.device.type == "cuda":
+        torch.cuda.synchronize(encoder.device)
+    layers = [
+        np.stack([acc.moments[layer].pooled(options.pooling) for acc in accs]).astype(np.float32)
+        for layer in range(encoder.num_layers)
+    ]
+    if not frame_layers:
+        return EncodedClips(layers, None, None)
+    frames, counts_list = [], []
+    for layer in frame_layers:
+        seqs = [acc.binners[layer].result() for acc in accs]
+        block = np.zeros((len(accs), max_frames, encoder.layer_widths[layer]), dtype=np.float32)
+        for i, seq in enumerate(seqs):
+            block[i, : seq.shape[0]] = seq
+        frames.append(block)
+        counts_list.append([seq.shape[0] for seq in seqs])
+    # layers at different frame rates (CLAP stages) can differ by a bin: keep the common part
+    counts = np.asarray(counts_list, dtype=np.int64).min(axis=0)
+    valid = np.arange(max_frames)[None, :] < counts[:, None]
+    return EncodedClips(layers, [f * valid[:, :, None] for f in frames], counts)
 
 
 def encode_clips(
@@ -127,22 +161,68 @@ def encode_clips(
     Returns:
         :class:`EncodedClips` with ``layers[l]`` ``[len(waves), pooled_width_l]``.
     """
+    rule = WindowRule(encoder.window_seconds, encoder.sample_rate)
+    accs = [_ClipAccumulator(encoder, options, frame_layers, max_frames) for _ in waves]
+    windows: list[_Window] = []
+    for acc, wave in zip(accs, waves):
+        cut = rule.cut(wave)
+        overlap = rule.overlap_fraction(wave.shape[0])
+        last = cut.shape[0] - 1
+        windows.extend(_Window(acc, k, overlap if k == last else 0.0, cut[k]) for k in range(cut.shape[0]))
+    # longest windows first; a clip's windows stay in time order (stable sort)
+    windows.sort(key=lambda w: -w.samples.shape[0])
     with torch.inference_mode():
-        accs = _encode_block(encoder, list(waves), options, frame_layers)
-    if encoder.device.type == "cuda":
-        torch.cuda.synchronize(encoder.device)
-    layers = [
-        np.stack([acc.moments[layer].pooled(options.pooling) for acc in accs]).astype(np.float32)
-        for layer in range(encoder.num_layers)
-    ]
-    if not frame_layers:
-        return EncodedClips(layers, None, None)
-    frames, counts_list = [], []
-    for layer in frame_layers:
-        seqs = [_frames_of(acc, layer, encoder.layer_frame_rates[layer], options.frames_hop, max_frames) for acc in accs]
-        frames.append(np.stack([s for s, _ in seqs]))
-        counts_list.append([n for _, n in seqs])
-    # layers at different frame rates (CLAP stages) can differ by a bin: keep the common part
-    counts = np.asarray(counts_list, dtype=np.int64).min(axis=0)
-    valid = np.arange(max_frames)[None, :] < counts[:, None]
-    return EncodedClips(layers, [f * valid[:, :, None] for f in frames], counts)
+        _run_windows(encoder, windows, options.batch_size)
+    return _pooled_rows(encoder, accs, options, frame_layers, max_frames)
+
+
+class ClipStream:
+    """One clip fed to one encoder block by block; :meth:`finish` gives its row.
+
+    Equals ``encode_clips(encoder, [joined blocks], ...)`` while holding at most a group of windows
+    (``batch_size`` windows, at most about :data:`STREAM_GROUP_SAMPLES` samples, at least one), the
+    window cutter's state (:class:`~embedstore.extract.windowing.WindowStream`) and the frame bins.
+
+    Args:
+        encoder, options, frame_layers, max_frames: as for :func:`encode_clips`.
+    """
+
+    def __init__(self, encoder: Encoder, options: ExtractOptions, frame_layers: Sequence[int] = (),
+                 max_frames: int = 0):
+        self.encoder, self.options = encoder, options
+        self.frame_layers, self.max_frames = list(frame_layers), max_frames
+        rule = WindowRule(encoder.window_seconds, encoder.sample_rate)
+        self._cutter = WindowStream(rule)
+        self._group = max(1, min(options.batch_size, STREAM_GROUP_SAMPLES // rule.window))
+        self._acc = _ClipAccumulator(encoder, options, frame_layers, max_frames)
+        self._pending: list[_Window] = []
+        self._count = 0
+
+    @property
+    def samples(self) -> int:
+        """Samples pushed so far (at ``encoder.sample_rate``)."""
+        return self._cutter.samples
+
+    def _add(self, samples: np.ndarray, overlap: float = 0.0) -> None:
+        self._pending.append(_Window(self._acc, self._count, overlap, samples))
+        self._count += 1
+
+    def _run_pending(self) -> None:
+        with torch.inference_mode():
+            _run_windows(self.encoder, self._pending, self._group)
+        self._pending = []
+
+    def push(self, block: np.ndarray) -> None:
+        """Feed the clip's next samples, float32 ``[samples]`` at ``encoder.sample_rate`` (may be empty)."""
+        for window in self._cutter.push(block):
+            self._add(window)
+            if len(self._pending) >= self._group:
+                self._run_pending()
+
+    def finish(self) -> EncodedClips:
+        """The clip's row: :class:`EncodedClips` with ``layers[l]`` ``[1, pooled_width_l]``."""
+        last = self._cutter.finish()
+        if last is not None:
+            self._add(*last)
+        self._run_pending()
+        return _pooled_rows(self.encoder, [self._acc], self.options, self.frame_layers, self.max_frames)

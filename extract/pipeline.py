@@ -8,23 +8,34 @@ Flow for every block of clips (a DataLoader batch)::
         equal-length windows -> encoder (inference mode, autocast on GPU) -> per-window moments of every
         layer on the device (extract/pooling) -> merged per clip -> pooled rows -> store writer
 
+Long clips (over :data:`STREAM_SECONDS`, from the file's header) are not decoded whole: the worker
+only marks them, and the main process streams each one (:func:`encode_streamed`): blocks of
+:data:`~embedstore.extract.audio.STREAM_BLOCK_SECONDS` decoded and resampled to every rate at once
+(:func:`~embedstore.extract.audio.stream_audio`, in a background thread a few blocks ahead of the
+model), cut into windows as they complete and run in bounded groups
+(:class:`~embedstore.extract.encoding.ClipStream`). Their rows equal the whole-clip computation, and
+memory stays that of a few blocks and one group of windows per encoder, whatever the clip's length.
+
 Decoding runs in ``workers`` processes ahead of the model (``prefetch_factor`` blocks each), so the model
 does not wait on I/O; the writer holds at most one chunk of rows, so memory does not grow with the
 dataset. Rows already done are skipped, so running the same command again finishes an interrupted run.
 
-Shared with the Ray engine (``extract/ray_engine.py``): :func:`decode_clip` (decoding),
-:func:`~embedstore.extract.encoding.encode_clips` (encoder + pooling into rows) and
-:func:`~embedstore.extract.writing.open_extraction` (track table, model entries and the
-:class:`~embedstore.extract.writing.ExtractionRun` through which every engine writes rows and records
-failures). This module keeps the local engine: worker-process decoding and the block loop.
+Shared with the Ray engine (``extract/ray_engine.py``): :func:`decode_clip` and :func:`is_long_clip`
+(decoding), :func:`~embedstore.extract.encoding.encode_clips` and :func:`encode_streamed` (encoder +
+pooling into rows) and :func:`~embedstore.extract.writing.open_extraction` (track table, model entries
+and the :class:`~embedstore.extract.writing.ExtractionRun` through which every engine writes rows and
+records failures). This module keeps the local engine: worker-process decoding and the block loop.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import signal
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +45,10 @@ from torch.utils.data import DataLoader
 
 from embedstore.devices import resolve_device
 from embedstore.errors import AudioError, EmbedstoreError
-from embedstore.extract.audio import DEFAULT_GAIN, load_audio
+from embedstore.extract.audio import DEFAULT_GAIN, audio_info, load_audio, stream_audio
 from embedstore.extract.datasets import Dataset, Track
 from embedstore.extract.encoders import Encoder
-from embedstore.extract.encoding import encode_clips
+from embedstore.extract.encoding import ClipStream, EncodedClips, encode_clips
 from embedstore.extract.options import ExtractOptions
 from embedstore.extract.writing import ExtractionRun, ExtractSummary, format_summary, open_extraction
 
@@ -45,16 +56,23 @@ __all__ = [
     "ExtractOptions",
     "ExtractSummary",
     "check_model_args",
+    "STREAM_SECONDS",
+    "Streamed",
     "decode_clip",
     "default_workers",
+    "encode_streamed",
     "extract_dataset",
     "format_summary",
+    "is_long_clip",
     "is_silent",
     "model_key",
     "refusals",
     "run_extract",
 ]
 
+#: Clips longer than this (seconds, from the file's header) are decoded and encoded block by block
+#: (:func:`encode_streamed`); shorter ones are decoded whole in the worker processes.
+STREAM_SECONDS = 60.0
 
 
 def leave_interrupts_to_main(_worker_id: int = 0) -> None:
@@ -83,6 +101,16 @@ def decode_clip(path: Path, rates: Sequence[int], *, offset: float = 0.0, durati
     return {sr: load_audio(path, sr, offset=offset, duration=duration, gain=gain) for sr in sorted(set(rates))}
 
 
+def is_long_clip(path: Path, *, offset: float = 0.0, duration: float | None = None) -> bool:
+    """True when the clip (the window ``[offset, offset + duration)`` of ``path``) lasts more than
+    :data:`STREAM_SECONDS`: it is then streamed (:func:`encode_streamed`), not decoded whole. Reads only
+    the header, and not even that when ``duration`` is short; raises :class:`AudioError` naming the file."""
+    if duration is not None and duration <= STREAM_SECONDS:
+        return False
+    seconds = audio_info(path).duration - offset
+    return min(seconds, duration if duration is not None else seconds) > STREAM_SECONDS
+
+
 def is_silent(waves: dict[int, np.ndarray]) -> bool:
     """True when every decoded waveform of a clip is all zeros (stored, with a warning)."""
     return not any(np.any(w) for w in waves.values())
@@ -90,11 +118,13 @@ def is_silent(waves: dict[int, np.ndarray]) -> bool:
 
 @dataclass
 class _Decoded:
-    """One decoded clip as it leaves a worker: waveforms at each needed rate, or the error."""
+    """One decoded clip as it leaves a worker: waveforms at each needed rate, or the error, or
+    ``streamed`` (a long clip, left for the main process to stream: no waveforms)."""
 
     row: int
     waves: dict[int, np.ndarray]
     error: str | None = None
+    streamed: bool = False
 
 
 class _ClipSource(torch.utils.data.Dataset):
@@ -111,6 +141,8 @@ class _ClipSource(torch.utils.data.Dataset):
         row = self.rows[i]
         track = self.tracks[row]
         try:
+            if is_long_clip(self.root / track.path, offset=track.offset, duration=track.duration):
+                return _Decoded(row, {}, streamed=True)
             waves = decode_clip(self.root / track.path, self.rates, offset=track.offset, duration=track.duration,
                                 gain=self.gain)
         except AudioError as exc:
@@ -193,6 +225,8 @@ def _process_block(
         if item.error is not None:
             run.fail(item.row, item.error)
             continue
+        if item.streamed:
+            continue
         needs = [item.row in t.todo for t in run.targets]
         refused = refusals(item.waves, [enc for _, enc in encoders], needs)
         if refused:
@@ -213,7 +247,150 @@ def _process_block(
         rows = np.array([it.row for it in items], dtype=np.int64)
         run.write(m_index, rows, encoded, audio_seconds=seconds, model_seconds=time.perf_counter() - t0)
         audio_seconds = max(audio_seconds, seconds)
+    for item in block:
+        if item.streamed and item.error is None:
+            audio_seconds += _process_streamed(item.row, encoders, run, options)
     run.progress.update(len(block), audio_seconds)
+
+
+def _process_streamed(row: int, encoders: Sequence[tuple[str, Encoder]], run: ExtractionRun,
+                      options: ExtractOptions) -> float:
+    """Stream one long clip through every encoder that needs it and write its rows; returns its seconds."""
+    track = run.by_row[row]
+    targets = run.targets
+    try:
+        result = encode_streamed(
+            Path(run.dataset.root) / track.path, [enc for _, enc in encoders], [row in t.todo for t in targets],
+            options, [t.frame_layers for t in targets], [t.max_frames for t in targets],
+            offset=track.offset, duration=track.duration,
+        )
+    except AudioError as exc:
+        run.fail(row, exc.reason)
+        return 0.0
+    if result.silent:
+        run.warn_silent(row)
+    for m, encoded in result.rows.items():
+        run.write(m, np.array([row], dtype=np.int64), encoded, audio_seconds=result.audio_seconds[m],
+                  model_seconds=result.model_seconds[m])
+    return max(result.audio_seconds.values(), default=0.0)
+
+
+@dataclass
+class Streamed:
+    """What :func:`encode_streamed` gives for one clip.
+
+    Attributes:
+        rows: ``{model index: EncodedClips of one row}`` for every encoder that needed the clip.
+        audio_seconds, model_seconds: ``{model index: seconds}`` of audio encoded and of encoder time.
+        silent: every decoded sample was zero.
+    """
+
+    rows: dict[int, EncodedClips]
+    audio_seconds: dict[int, float]
+    model_seconds: dict[int, float]
+    silent: bool
+
+
+def encode_streamed(
+    path: Path,
+    encoders: Sequence[Encoder],
+    needs: Sequence[bool],
+    options: ExtractOptions,
+    frame_layers: Sequence[Sequence[int]],
+    max_frames: Sequence[int],
+    *,
+    offset: float = 0.0,
+    duration: float | None = None,
+) -> Streamed:
+    """Decode one (long) clip block by block and encode it with every encoder ``m`` where ``needs[m]``.
+
+    The blocks of :func:`~embedstore.extract.audio.stream_audio` (every encoder's rate, ``options.gain``)
+    are decoded in a background thread at most :data:`_PREFETCH_BLOCKS` ahead and pushed into one
+    :class:`~embedstore.extract.encoding.ClipStream` per encoder, so memory is bounded by the blocks and
+    the windows in flight, not by the clip's length. The rows equal
+    ``encode_clips(encoder, [decode_clip(...)[rate]], ...)``. No too-short check: a streamed clip is
+    longer than :data:`STREAM_SECONDS`.
+
+    Args:
+        path: the audio file; ``offset``/``duration`` the window (as for ``load_audio``).
+        encoders: the run's encoders, in model order; ``needs`` which of them still need the clip.
+        options: batching, pooling, frames hop and gain.
+        frame_layers, max_frames: per encoder, as for :func:`~embedstore.extract.encoding.encode_clips`.
+
+    Returns:
+        :class:`Streamed`. Raises :class:`AudioError` (naming the file) when decoding fails, even late
+        (a truncated file): no row of the clip is then returned.
+    """
+    streams = {m: ClipStream(enc, options, frame_layers[m], max_frames[m])
+               for m, (enc, need) in enumerate(zip(encoders, needs)) if need}
+    model_seconds = dict.fromkeys(streams, 0.0)
+    silent = True
+    blocks = stream_audio(path, sorted({encoders[m].sample_rate for m in streams}), offset=offset,
+                          duration=duration, gain=options.gain)
+    with closing(_prefetched(blocks, _PREFETCH_BLOCKS)) as prefetched:  # an error here stops the thread
+        for block in prefetched:
+            silent = silent and not any(np.any(x) for x in block.values())
+            for m, stream in streams.items():
+                t0 = time.perf_counter()
+                stream.push(block[encoders[m].sample_rate])
+                model_seconds[m] += time.perf_counter() - t0
+    rows = {}
+    for m, stream in streams.items():
+        t0 = time.perf_counter()
+        rows[m] = stream.finish()
+        model_seconds[m] += time.perf_counter() - t0
+    audio_seconds = {m: stream.samples / encoders[m].sample_rate for m, stream in streams.items()}
+    return Streamed(rows, audio_seconds, model_seconds, silent)
+
+
+#: Decoded blocks a streamed clip's decoding thread runs ahead of the encoders.
+_PREFETCH_BLOCKS = 2
+_END = object()
+
+
+def _prefetched(items: Iterable, depth: int) -> Iterator:
+    """Iterate ``items`` in a background thread at most ``depth`` items ahead (libsndfile and soxr
+    release the GIL, so decoding overlaps the model). An exception of ``items`` is raised here; leaving
+    the loop early stops the thread."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                if not put((item, None)):
+                    return
+            put((_END, None))
+        except BaseException as exc:  # handed to the consumer
+            put((_END, exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="embedstore-stream-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def refusals(waves: dict[int, np.ndarray], encoders: Sequence[Encoder], needs: Sequence[bool]) -> dict[int, str]:

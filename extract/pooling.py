@@ -86,21 +86,45 @@ def pooled_width(width: int, pooling: str) -> int:
     return 2 * width if pooling == "mean+std" else width
 
 
-def bin_frames(frames: np.ndarray, frame_rate: float, hop_seconds: float) -> np.ndarray:
-    """Average consecutive frames into bins of ``hop_seconds`` (the coarse frame sequence).
+class FrameBinner:
+    """Averages consecutive frames into bins of ``hop_seconds`` as the frames arrive (a clip's windows
+    in time order), keeping only the finished bins and the frames of the bin in progress.
 
-    Args:
-        frames: ``[n_frames, dim]`` at ``frame_rate`` frames per second.
-
-    Returns:
-        ``[ceil(n_frames / per_bin), dim]`` float32, the last bin averaging what remains.
+    Pushing a sequence in any pieces and calling :meth:`result` equals :func:`bin_frames` of the whole
+    sequence cut to ``max_bins``; frames past ``max_bins`` bins are dropped on arrival.
     """
-    per_bin = max(1, int(round(hop_seconds * frame_rate)))
-    n = frames.shape[0]
-    n_bins = -(-n // per_bin)
-    padded = np.zeros((n_bins * per_bin, frames.shape[1]), dtype=np.float64)
-    padded[:n] = frames
-    sums = padded.reshape(n_bins, per_bin, -1).sum(axis=1)
-    counts = np.full(n_bins, per_bin, dtype=np.float64)
-    counts[-1] = n - (n_bins - 1) * per_bin
-    return (sums / counts[:, None]).astype(np.float32)
+
+    def __init__(self, frame_rate: float, hop_seconds: float, max_bins: int | None = None):
+        self.per_bin = max(1, int(round(hop_seconds * frame_rate)))
+        self.max_bins = max_bins
+        self._bins: list[np.ndarray] = []  # float32 [k, dim] pieces of finished bins
+        self._n_bins = 0
+        self._rest: np.ndarray | None = None  # frames of the unfinished bin, [< per_bin, dim]
+
+    def _full(self) -> bool:
+        return self.max_bins is not None and self._n_bins >= self.max_bins
+
+    def push(self, frames: np.ndarray) -> None:
+        """Add the next frames, ``[n, dim]`` (any float dtype), in time order."""
+        if self._full():
+            return
+        if self._rest is not None and self._rest.shape[0]:
+            frames = np.concatenate([self._rest, frames])
+        n_done = frames.shape[0] // self.per_bin
+        if self.max_bins is not None:
+            n_done = min(n_done, self.max_bins - self._n_bins)
+        if n_done:
+            done = frames[: n_done * self.per_bin].astype(np.float64).reshape(n_done, self.per_bin, -1)
+            self._bins.append((done.sum(axis=1) / self.per_bin).astype(np.float32))
+            self._n_bins += n_done
+        self._rest = frames[n_done * self.per_bin :].copy()
+
+    def result(self) -> np.ndarray:
+        """The bins so far plus the last partial bin (the mean of what remains): float32 ``[bins, dim]``."""
+        parts = list(self._bins)
+        if self._rest is not None and self._rest.shape[0] and not self._full():
+            parts.append(self._rest.astype(np.float64).mean(axis=0, keepdims=True).astype(np.float32))
+        if not parts:
+            dim = self._rest.shape[1] if self._rest is not None else 0
+            return np.zeros((0, dim), dtype=np.float32)
+        return np.concatenate(parts)

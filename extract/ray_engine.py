@@ -4,16 +4,20 @@ Dataflow (Ray Data, streaming)::
 
     driver: track table + model entries (pipeline.open_extraction), rows still to do
       -> ray.data.from_items(one item per pending row)
-      -> map(_decode_item): CPU tasks decode + resample each clip (pipeline.decode_clip)
+      -> map(_decode_item): CPU tasks decode + resample each clip (pipeline.decode_clip); a clip
+         longer than pipeline.STREAM_SECONDS is only marked ``stream`` (no waveforms)
       -> map_batches(EncoderActor, ActorPoolStrategy(size=concurrency), num_gpus=...): each actor loads
-         the encoders once (load_encoder) and pools clips into store rows (pipeline.encode_clips)
+         the encoders once (load_encoder) and pools clips into store rows (encoding.encode_clips);
+         it decodes and encodes a ``stream`` clip itself, block by block (pipeline.encode_streamed)
       -> driver: iter_batches -> ExtractionRun.write / .fail / .refuse -> ModelWriter (one per model entry)
 
 Why the driver writes: the store allows one writing process (an advisory lock on the store), and
 a single writer owns every chunk, so "no two writers per chunk", the ``done``-after-durable rule,
 resume and crash safety are exactly those of the local engine (same :class:`ExtractionRun`). What
 reaches the driver is pooled rows (a few KB per clip, or the opt-in coarse frames), far less than
-the audio the workers decode, so the single writer is not the bottleneck of a GPU cluster.
+the audio the workers decode, so the single writer is not the bottleneck of a GPU cluster. Long clips
+never travel whole: the actor that encodes one streams it from the file (the dataset folder is at the
+same path on every node), with the local engine's bounded memory.
 
 Ray is an optional extra (``pip install 'embedstore[ray]'``); this module imports it only when a
 run starts. Every node needs embedstore installed, and the dataset folder (and a local checkpoint
@@ -39,7 +43,16 @@ from embedstore.extract.datasets import Dataset
 from embedstore.extract.encoders import Encoder
 from embedstore.extract.encoding import EncodedClips, encode_clips
 from embedstore.extract.options import ExtractOptions
-from embedstore.extract.pipeline import check_model_args, decode_clip, is_silent, model_key, refusals
+from embedstore.extract.pipeline import (
+    Streamed,
+    check_model_args,
+    decode_clip,
+    encode_streamed,
+    is_long_clip,
+    is_silent,
+    model_key,
+    refusals,
+)
 from embedstore.extract.writing import ExtractionRun, ExtractSummary, open_extraction
 from embedstore.extract.pooling import pooled_width
 from embedstore.store import IDENTITY_KEYS
@@ -157,15 +170,21 @@ def _col(model: int, what: str) -> str:
 
 def _decode_item(item: dict[str, Any], rates: Sequence[int], gain: str) -> dict[str, Any]:
     """Ray ``map`` stage: one pending row -> its waveforms ``wave_<rate>`` (float32 ``[samples]``, decoded
-    with the ``gain`` rule), ``error`` ("" when decoded) and ``silent``. Failed clips carry empty waveforms."""
+    with the ``gain`` rule), ``error`` ("" when decoded), ``silent`` and ``stream`` (a long clip, left to
+    the actor to stream: see :func:`~embedstore.extract.pipeline.is_long_clip`); ``path``, ``offset`` and
+    ``duration`` pass through. Failed and streamed clips carry empty waveforms."""
     duration = None if math.isnan(item["duration"]) else float(item["duration"])
-    out: dict[str, Any] = {k: item[k] for k in ("row", *(k for k in item if k.startswith("todo_")))}
+    keys = ("row", "path", "offset", "duration", *(k for k in item if k.startswith("todo_")))
+    out: dict[str, Any] = {k: item[k] for k in keys}
+    path, offset = Path(item["path"]), float(item["offset"])
+    waves = {sr: np.zeros(0, dtype=np.float32) for sr in rates}
     try:
-        waves = decode_clip(Path(item["path"]), rates, offset=float(item["offset"]), duration=duration, gain=gain)
-        out.update(error="", silent=is_silent(waves))
+        stream = is_long_clip(path, offset=offset, duration=duration)
+        if not stream:
+            waves = decode_clip(path, rates, offset=offset, duration=duration, gain=gain)
+        out.update(error="", silent=not stream and is_silent(waves), stream=stream)
     except AudioError as exc:
-        waves = {sr: np.zeros(0, dtype=np.float32) for sr in rates}
-        out.update(error=exc.reason, silent=False)
+        out.update(error=exc.reason, silent=False, stream=False)
     for sr, wave in waves.items():
         out[f"wave_{sr}"] = wave
     return out
@@ -176,7 +195,8 @@ class EncoderActor:
     of decoded clips into pooled store rows.
 
     Input batch: ``row`` ``[n]``, ``error`` ``[n]`` str, ``silent`` ``[n]``, ``todo_<m>`` ``[n]`` bool
-    (model m still needs the row), ``wave_<rate>`` ``[n]`` of float32 ``[samples_i]``.
+    (model m still needs the row), ``wave_<rate>`` ``[n]`` of float32 ``[samples_i]``, ``stream`` ``[n]``
+    bool (a long clip this actor decodes itself from ``path``, ``offset``, ``duration`` ``[n]``).
     Output batch: ``row``, ``error``, ``silent`` and per model m: ``m<m>_refused`` ``[n]`` str (why the
     encoder refused the clip as too short, "" when it did not), ``m<m>_ok`` ``[n]`` (row encoded),
     ``m<m>_layer<l>`` ``[n, pooled_width_l]`` float32 (zeros where not ok), ``m<m>_audio_seconds`` and
@@ -222,10 +242,12 @@ class EncoderActor:
 
     def _encode(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["row"])
-        ok_clip = np.asarray([e == "" for e in batch["error"]], dtype=bool)
+        errors = np.asarray(batch["error"], dtype=object)
+        silent = np.asarray(batch["silent"], dtype=bool)
+        streamed = self._stream(batch, errors, silent)
+        ok_clip = np.asarray([e == "" for e in errors], dtype=bool) & ~np.asarray(batch["stream"], dtype=bool)
         out: dict[str, np.ndarray] = {"row": np.asarray(batch["row"], dtype=np.int64),
-                                      "error": np.asarray(batch["error"], dtype=str),
-                                      "silent": np.asarray(batch["silent"], dtype=bool)}
+                                      "error": errors.astype(str), "silent": silent}
         refused = np.full((len(self.encoders), n), "", dtype=object)
         for i in np.flatnonzero(ok_clip):
             waves = {enc.sample_rate: batch[f"wave_{enc.sample_rate}"][i] for enc in self.encoders}
@@ -244,16 +266,45 @@ class EncoderActor:
             else:
                 encoded = _no_clips(enc, self.options, layers, n_frames)
             seconds = time.perf_counter() - t0
-            out[_col(m, "ok")] = ok
-            out[_col(m, "audio_seconds")] = np.zeros(n)
-            out[_col(m, "audio_seconds")][idx] = [w.shape[0] / enc.sample_rate for w in waves]
-            out[_col(m, "model_seconds")] = np.zeros(n)
-            out[_col(m, "model_seconds")][idx] = seconds / max(len(idx), 1)
-            for name, values in _encoded_columns(encoded).items():
-                full = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
-                full[idx] = values
-                out[_col(m, name)] = full
+            audio, model = np.zeros(n), np.zeros(n)
+            audio[idx] = [w.shape[0] / enc.sample_rate for w in waves]
+            model[idx] = seconds / max(len(idx), 1)
+            columns = {name: _full(values, n, idx) for name, values in _encoded_columns(encoded).items()}
+            for i, result in streamed.items():
+                if m in result.rows:
+                    ok[i], audio[i], model[i] = True, result.audio_seconds[m], result.model_seconds[m]
+                    for name, values in _encoded_columns(result.rows[m]).items():
+                        columns[name][i] = values[0]
+            out[_col(m, "ok")], out[_col(m, "audio_seconds")], out[_col(m, "model_seconds")] = ok, audio, model
+            out.update({_col(m, name): values for name, values in columns.items()})
         return out
+
+    def _stream(self, batch: dict[str, np.ndarray], errors: np.ndarray, silent: np.ndarray) -> dict[int, Streamed]:
+        """Decode and encode the batch's ``stream`` clips here, block by block: ``{batch index: result}``;
+        a clip that fails to decode gets its reason in ``errors``, a silent one is flagged in ``silent``."""
+        results = {}
+        for i in np.flatnonzero(np.asarray(batch["stream"], dtype=bool)):
+            if errors[i]:
+                continue
+            duration = None if math.isnan(batch["duration"][i]) else float(batch["duration"][i])
+            needs = [bool(batch[f"todo_{m}"][i]) for m in range(len(self.encoders))]
+            try:
+                results[int(i)] = encode_streamed(
+                    Path(str(batch["path"][i])), self.encoders, needs, self.options, self.frame_layers,
+                    self.max_frames, offset=float(batch["offset"][i]), duration=duration,
+                )
+            except AudioError as exc:
+                errors[i] = exc.reason
+                continue
+            silent[i] = results[int(i)].silent
+        return results
+
+
+def _full(values: np.ndarray, n: int, idx: np.ndarray) -> np.ndarray:
+    """``[n, ...]`` zeros with ``values`` at the rows ``idx``."""
+    full = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
+    full[idx] = values
+    return full
 
 
 def _no_clips(enc: Encoder, options: ExtractOptions, frame_layers: Sequence[int], max_frames: int) -> EncodedClips:

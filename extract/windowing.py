@@ -10,6 +10,9 @@ The rule (written into every model entry's metadata as :meth:`WindowRule.describ
   MERT) never see padding.
 * Joining: the frames of each window are concatenated in time order; from the end-aligned last window,
   the frames that lie inside the previous window are dropped, so each moment of audio is counted once.
+
+:class:`WindowStream` applies the same rule to a clip that arrives in consecutive blocks (a long file
+decoded block by block): it holds at most one window plus one block, never the whole clip.
 """
 
 from __future__ import annotations
@@ -77,6 +80,46 @@ class WindowRule:
             "short_clips": "fed whole at their own length",
             "join": "frames of all windows concatenated in time order, then pooled",
         }
+
+
+class WindowStream:
+    """:meth:`WindowRule.cut` for a clip that arrives as consecutive blocks of samples.
+
+    :meth:`push` returns the full windows (starting at ``0, window, 2*window, ...``) as soon as their
+    samples are in; :meth:`finish` returns what the rule adds at the end: the whole clip when it is no
+    longer than a window, else the end-aligned last window when the length is not a multiple of the
+    window. Together they give exactly the windows of ``rule.cut(joined blocks)``, in order. Memory:
+    the last full window (for the end-aligned one) plus the samples not yet in a window.
+    """
+
+    def __init__(self, rule: WindowRule):
+        self.window = rule.window
+        self.samples = 0  #: samples pushed so far
+        self._rest = np.zeros(0, dtype=np.float32)  # samples after the last full window
+        self._previous: np.ndarray | None = None  # the last full window
+
+    def push(self, block: np.ndarray) -> list[np.ndarray]:
+        """Add the next ``block`` (float32 ``[samples]``); returns the windows it completes, ``[window]`` each."""
+        self.samples += block.shape[0]
+        joined = np.concatenate([self._rest, block]) if self._rest.size else np.asarray(block, dtype=np.float32)
+        w = self.window
+        n_full = joined.shape[0] // w
+        windows = [joined[k * w : (k + 1) * w] for k in range(n_full)]
+        self._rest = joined[n_full * w :].copy() if n_full else joined
+        if windows:
+            self._previous = windows[-1]
+        return windows
+
+    def finish(self) -> tuple[np.ndarray, float] | None:
+        """The last window and its :meth:`WindowRule.overlap_fraction`, or None when the full windows
+        already cover the clip (its length is a multiple of the window, or it is empty)."""
+        r = self._rest.shape[0]
+        if r == 0:
+            return None
+        if self._previous is None:  # no longer than one window: fed whole
+            return self._rest, 0.0
+        w = self.window
+        return np.concatenate([self._previous[r:], self._rest]), float(w - r) / w
 
 
 def frames_to_skip(overlap_fraction: float, n_frames: int) -> int:

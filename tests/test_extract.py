@@ -45,6 +45,12 @@ def tiny_w2v(tmp_path_factory) -> Path:
 
 def direct_mean(encoder, wave: np.ndarray) -> list[np.ndarray]:
     """Per-layer mean over time computed independently: each window run alone, frames joined by hand."""
+    return [frames.mean(axis=0) for frames in direct_frames(encoder, wave)]
+
+
+def direct_frames(encoder, wave: np.ndarray) -> list[np.ndarray]:
+    """Per-layer joined frame sequence ``[frames, dim]``: each window run alone, the end-aligned last
+    window's frames inside the previous window dropped, the rest concatenated by hand."""
     w = int(round(encoder.window_seconds * encoder.sample_rate))
     n = wave.shape[0]
     if n <= w:
@@ -66,7 +72,7 @@ def direct_mean(encoder, wave: np.ndarray) -> list[np.ndarray]:
                 if k == len(pieces) - 1 and overlap > 0:
                     frames = frames[int(round(overlap * frames.shape[0])) :]
                 per_layer[layer].append(frames)
-    return [np.concatenate(f).mean(axis=0) for f in per_layer]
+    return [np.concatenate(f) for f in per_layer]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -634,3 +640,161 @@ def test_reasons_group_by_kind_and_files_are_named_once():
         {"path": "s.wav", "stage": "scan", "reason": "empty file (0 bytes)", "models": []},
         {"path": "x.wav", "stage": "extract", "reason": "too short for wav2vec2: 1 samples", "models": ["w2v"]},
         {"path": "y.wav", "stage": "extract", "reason": "not audio", "models": ["w2v", "mert"]}]
+
+
+# ---- long files: decoded and encoded block by block ---------------------------------------------
+LONG_SECONDS, LONG_SR = 180.0, 44_100
+#: w2v windows of 7 s (25 full windows and an end-aligned last one), MFCC windows of 50 s
+LONG_WINDOWS = {"wav2vec2": 7.0, "mfcc": 50.0}
+
+
+@pytest.fixture(scope="module")
+def long_dir(tmp_path_factory) -> Path:
+    """A manifest dataset: a 3-minute 44.1 kHz stereo FLAC (a tone sweep over noise, so every
+    window differs), a 2 s WAV, and a 2-minute FLAC cut in half (its decoder fails after 1 minute)."""
+    root = tmp_path_factory.mktemp("long")
+    rng = np.random.default_rng(3)
+    t = np.arange(int(LONG_SECONDS * LONG_SR)) / LONG_SR
+    tone = 0.3 * np.sin(2 * np.pi * (200 + 5 * t) * t)
+    stereo = np.stack([tone, tone * 0.5], axis=1) + rng.normal(0, 0.05, (t.size, 2))
+    sf.write(root / "long.flac", stereo.astype(np.float32), LONG_SR)
+    sf.write(root / "short.wav", rng.uniform(-0.5, 0.5, 2 * 16_000).astype(np.float32), 16_000)
+    sf.write(root / "cut.flac", rng.uniform(-0.5, 0.5, 120 * 8000).astype(np.float32), 8000)
+    cut_bytes(root / "cut.flac", (root / "cut.flac").stat().st_size // 2)
+    (root / "manifest.csv").write_text("path,label,split\nlong.flac,a,train\nshort.wav,b,test\ncut.flac,a,train\n")
+    return root
+
+
+def _long_encoders(tiny_w2v) -> list[tuple[str, object]]:
+    return [("w2v", load_encoder("wav2vec2", str(tiny_w2v), window_seconds=LONG_WINDOWS["wav2vec2"])),
+            ("mfcc", load_encoder("mfcc", window_seconds=LONG_WINDOWS["mfcc"]))]
+
+
+def _binned(frames: np.ndarray, per_bin: int) -> np.ndarray:
+    """Means of consecutive runs of ``per_bin`` frames, the last run averaging what remains."""
+    return np.stack([frames[i : i + per_bin].mean(axis=0) for i in range(0, frames.shape[0], per_bin)])
+
+
+# frames with mean+std are left out: the store sizes frame arrays by the pooled width (a known store bug)
+@pytest.mark.parametrize(("pooling", "hop"), [("mean", 2.0), ("mean+std", None)])
+def test_long_clip_streamed_rows_equal_the_whole_clip_computation(long_dir, tiny_w2v, tmp_path, pooling, hop):
+    encoders = _long_encoders(tiny_w2v)
+    ds = discover_dataset(long_dir)
+    path = tmp_path / "long.zarr"
+    opts = ExtractOptions(workers=1, progress=False, batch_size=4, pooling=pooling, frames_hop=hop,
+                          frame_layers=[0, -1] if hop else None)
+    summary = extract_dataset(ds, encoders, path, opts)
+    assert [m.written for m in summary.models] == [2, 2]
+    assert [p for p, _ in summary.failures] == ["cut.flac"] and "flac decoder lost sync" in summary.failures[0][1]
+    for key, enc in encoders:
+        for name in ("long.flac", "short.wav"):
+            track_id = next(t.id for t in ds.tracks if t.path == name)
+            joined = direct_frames(enc, load_audio(long_dir / name, enc.sample_rate))  # the whole clip
+            for layer, frames in enumerate(joined):
+                emb = load_embeddings(path, model=key, layer=layer)
+                expect = frames.mean(axis=0)
+                if pooling == "mean+std":
+                    expect = np.concatenate([expect, frames.std(axis=0)])
+                np.testing.assert_allclose(emb.X[list(emb.track_ids).index(track_id)], expect, rtol=1e-4, atol=1e-4)
+            for layer in (0, enc.num_layers - 1) if hop else ():
+                values, counts, meta = load_frames(path, model=key, layer=layer)
+                per_bin = int(round(hop * enc.layer_frame_rates[layer]))
+                want = _binned(joined[layer], per_bin)[: int(np.ceil(LONG_SECONDS / hop))]
+                i = list(meta.track_ids).index(track_id)
+                assert counts[i] == want.shape[0] and (name != "long.flac" or counts[i] == 90)
+                np.testing.assert_allclose(values[i, : counts[i]], want, rtol=1e-4, atol=1e-4)
+
+
+def test_long_clip_is_decoded_and_encoded_in_bounded_pieces(long_dir, tiny_w2v, tmp_path, monkeypatch):
+    from embedstore.extract import audio, pipeline
+
+    reads, whole, calls = [], [], []
+    read = sf.SoundFile.read
+
+    def recording_read(self, *args, **kwargs):
+        data = read(self, *args, **kwargs)
+        reads.append((Path(self.name).name, data.shape[0]))
+        return data
+
+    def recording_load(path, *args, **kwargs):
+        whole.append(Path(path).name)
+        return load_audio(path, *args, **kwargs)
+
+    monkeypatch.setattr(sf.SoundFile, "read", recording_read)
+    monkeypatch.setattr(pipeline, "load_audio", recording_load)
+    encoders = _long_encoders(tiny_w2v)
+    for key, enc in encoders:
+        forward = enc.forward
+        monkeypatch.setattr(enc, "forward", lambda w, n, f=forward, k=key: calls.append((k, w.shape)) or f(w, n))
+    ds = discover_dataset(long_dir)
+    extract_dataset(ds, encoders, tmp_path / "b.zarr", ExtractOptions(workers=0, progress=False, batch_size=4))
+    assert whole == ["short.wav", "short.wav"]  # at 16 and 22.05 kHz; the long files are never decoded whole
+    long_reads = [n for name, n in reads if name == "long.flac"]
+    block = int(round(audio.STREAM_BLOCK_SECONDS * LONG_SR))
+    assert max(long_reads) == block and sum(long_reads) == int(LONG_SECONDS * LONG_SR)
+    # the encoders see at most batch_size windows per call (MFCC: one 50 s window at a time)
+    w2v_calls = [shape for k, shape in calls if k == "w2v"]
+    assert max(s[0] for s in w2v_calls) == 4 and {s[1] for s in w2v_calls} == {7 * 16_000, 2 * 16_000}
+    assert max(s[0] * s[1] for k, s in calls if k == "mfcc") <= 4 * 50 * 22_050
+
+
+def test_stream_audio_blocks_join_to_the_whole_decode(tmp_path):
+    from embedstore.extract.audio import stream_audio
+
+    x = np.random.default_rng(5).normal(0, 0.1, (11 * 44_100, 2)).astype(np.float32)
+    for ext in ("wav", "flac", "mp3"):
+        sf.write(tmp_path / f"a.{ext}", x, 44_100)
+        for offset, duration in ((0.0, None), (2.5, None), (1.25, 6.0)):
+            for gain in ("none", "peak"):
+                blocks = list(stream_audio(tmp_path / f"a.{ext}", [16_000, 44_100], offset=offset, duration=duration,
+                                           gain=gain, block_seconds=0.7))
+                assert max(b[44_100].shape[0] for b in blocks) <= round(0.7 * 44_100)
+                for sr in (16_000, 44_100):
+                    whole = load_audio(tmp_path / f"a.{ext}", sr, offset=offset, duration=duration, gain=gain)
+                    joined = np.concatenate([b[sr] for b in blocks])
+                    assert joined.shape == whole.shape
+                    np.testing.assert_allclose(joined, whole, rtol=0, atol=1e-6)
+
+
+def test_ray_engine_streams_long_clips_like_the_local_engine(long_dir, tiny_w2v, tmp_path):
+    from embedstore.extract.ray_engine import EncoderLoad
+
+    ds = discover_dataset(long_dir)
+    options = ExtractOptions(workers=0, progress=False, batch_size=4, pooling="mean+std")
+    loads = [EncoderLoad("wav2vec2", str(tiny_w2v), window_seconds=LONG_WINDOWS["wav2vec2"], key="w2v"),
+             EncoderLoad("mfcc", window_seconds=LONG_WINDOWS["mfcc"], key="mfcc")]
+    ray_summary = _ray_flow(ds, loads, tmp_path / "ray.zarr", options)
+    local = extract_dataset(ds, [load.load("cpu") for load in loads], tmp_path / "local.zarr", options)
+    assert sorted(ray_summary.failures) == sorted(local.failures) and [p for p, _ in local.failures] == ["cut.flac"]
+    for model, n_layers in (("w2v", 3), ("mfcc", 5)):
+        for layer in range(n_layers):
+            a = load_embeddings(tmp_path / "ray.zarr", model=model, layer=layer)
+            b = load_embeddings(tmp_path / "local.zarr", model=model, layer=layer)
+            assert list(a.track_ids) == list(b.track_ids) and len(a.track_ids) == 2
+            np.testing.assert_allclose(a.X, b.X, rtol=1e-5, atol=1e-6)
+
+
+def test_stream_prefetch_hands_on_errors_and_stops_when_left_early():
+    from embedstore.errors import AudioError
+    from embedstore.extract.pipeline import _prefetched
+
+    closed = []
+
+    def source(fail_at: int):
+        try:
+            for i in range(10):
+                if i == fail_at:
+                    raise AudioError("x.flac", "corrupt")
+                yield i
+        finally:
+            closed.append(fail_at)
+
+    got = []
+    with pytest.raises(AudioError, match="x.flac: corrupt"):
+        for item in _prefetched(source(3), 2):
+            got.append(item)
+    assert got == [0, 1, 2]
+    blocks = _prefetched(source(99), 2)
+    assert [next(blocks), next(blocks)] == [0, 1]
+    blocks.close()  # the consumer leaves: the thread stops and closes the source
+    assert closed == [3, 99]
