@@ -405,6 +405,7 @@ def open_extraction(
                     storage_dtype=options.storage_dtype,
                     frame_layers=layers or None,
                     max_frames=n_frames,
+                    frame_widths=[enc.layer_widths[i] for i in layers],
                     flush_seconds=options.flush_seconds,
                 )
                 todo = set(int(r) for r in writer.pending()) & set(by_row)

@@ -59,6 +59,7 @@ IDENTITY_KEYS: tuple[str, ...] = (
     "storage_dtype",
     "frame_layers",
     "max_frames",
+    "frame_widths",
     "model_name",
     "checkpoint",
     "revision",
@@ -223,3 +224,12 @@ def one_line(text: str, limit: int = REASON_BYTES) -> str:
     """``text`` on one line, cut to at most ``limit`` UTF-8 bytes."""
     line = " ".join(str(text).split())
     return line.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+
+
+def frame_widths_of(attrs: dict) -> list[int]:
+    """Width of each stored frame layer, in ``frame_layers`` order. Entries written before
+    ``frame_widths`` was recorded sized their frame arrays by the layer's pooled width."""
+    widths = attrs.get("frame_widths")
+    if widths is None:
+        widths = [attrs["layer_widths"][i] for i in attrs.get("frame_layers", [])]
+    return [int(w) for w in widths]

@@ -46,6 +46,7 @@ from embedstore.store.schema import (
     TRACKS,
     TrackTable,
     check_name,
+    frame_widths_of,
     model_node,
     normalise_tasks,
     table_disagreement,
@@ -300,7 +301,7 @@ class Store:
 
     def model_writer(self, dataset: str, model: str, metadata: dict, layer_widths: list[int], *,
                      storage_dtype: str = "float32", frame_layers: list[int] | None = None,
-                     max_frames: int = 0, chunk_rows: int | None = None,
+                     max_frames: int = 0, frame_widths: list[int] | None = None, chunk_rows: int | None = None,
                      flush_seconds: float | None = DEFAULT_FLUSH_SECONDS) -> ModelWriter:
         """Create (or reopen, to resume) the model entry ``model`` of ``dataset`` and return its writer.
 
@@ -308,7 +309,9 @@ class Store:
         (``model_name, checkpoint, revision, weights_sha256, sample_rate, layer_names, frame_rate,
         pooling, window_rule, frame_hop, preprocessing``, ...) identify the entry, and reopening it with
         a different value for one of them, different ``layer_widths``, dtype or frame settings raises
-        :class:`StoreError`. ``frame_layers`` (indices) get ``[tracks, max_frames, width]`` frame arrays.
+        :class:`StoreError`. ``frame_layers`` (indices) get ``[tracks, max_frames, width]`` frame arrays,
+        ``width`` the layer's entry of ``frame_widths`` (one per frame layer, in sorted layer order; default
+        the layer's pooled width: frames are not pooled, so mean+std rows are twice as wide as frames).
         ``flush_seconds`` bounds how long a written row may wait in the writer's buffer before it is made
         durable and marked done, whatever ``chunk_rows`` is (``None``: only whole chunks, a full buffer
         and close flush; see :class:`~embedstore.store.writer.ModelWriter`). The writer holds the
@@ -330,6 +333,10 @@ class Store:
         frames = sorted({int(i) % count for i in frame_layers or []})
         if frames and max_frames <= 0:
             raise StoreError(f"model {model!r}: frame layers need max_frames > 0")
+        f_widths = [int(w) for w in frame_widths] if frame_widths is not None else [widths[i] for i in frames]
+        if len(f_widths) != len(frames) or any(w <= 0 for w in f_widths):
+            raise StoreError(f"model {model!r}: frame_widths {frame_widths} must be one positive width per frame "
+                             f"layer {frames}")
         if flush_seconds is not None and not flush_seconds >= 0:
             raise StoreError(f"model {model!r}: flush_seconds must be >= 0 seconds or None, got {flush_seconds}")
         meta = _jsonable(dict(metadata), f"metadata of model {model!r}")
@@ -339,7 +346,7 @@ class Store:
         itemsize = np.dtype(storage_dtype).itemsize
         entry = {**meta, "layer_names": names, "layer_widths": widths, "num_layers": count,
                  "storage_dtype": storage_dtype, "frame_layers": frames,
-                 "max_frames": int(max_frames) if frames else 0,
+                 "max_frames": int(max_frames) if frames else 0, "frame_widths": f_widths,
                  "chunk_rows": int(chunk_rows or default_chunk_rows(widths, itemsize)),
                  "embedstore_version": __version__, "schema_version": SCHEMA_VERSION,
                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -376,8 +383,7 @@ class Store:
                 CreateArray(f"{node}/{FAIL_REASON}", (n,), "fixedstr", rows, "")]
         if entry["frame_layers"]:
             itemsize = np.dtype(dtype).itemsize
-            for i in entry["frame_layers"]:
-                width = entry["layer_widths"][i]
+            for i, width in zip(entry["frame_layers"], frame_widths_of(entry)):
                 frame_rows = max(1, min(rows, _FRAME_CHUNK_BYTES // (entry["max_frames"] * width * itemsize)))
                 ops.append(CreateArray(f"{node}/{FRAMES}/{i}", (n, entry["max_frames"], width), dtype,
                                        frame_rows, math.nan))

@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embedstore.errors import StoreError
-from embedstore.store.schema import DONE, FAIL_REASON, FAILED, FRAME_COUNTS, FRAMES, LAYERS, model_node, one_line
+from embedstore.store.schema import (
+    DONE,
+    FAIL_REASON,
+    FAILED,
+    FRAME_COUNTS,
+    FRAMES,
+    LAYERS,
+    frame_widths_of,
+    model_node,
+    one_line,
+)
 
 if TYPE_CHECKING:
     from embedstore.store.store import Store
@@ -40,9 +50,10 @@ class ModelWriter:
         self.widths: list[int] = list(attrs["layer_widths"])
         self.frame_layers: list[int] = list(attrs.get("frame_layers", []))
         self.max_frames = int(attrs.get("max_frames", 0))
+        self.frame_widths: list[int] = frame_widths_of(attrs)
         self.dtype = np.dtype(attrs["storage_dtype"])
         self.chunk_rows = int(attrs["chunk_rows"])
-        row_bytes = self.dtype.itemsize * (sum(self.widths) + self.max_frames * sum(self.widths[i] for i in self.frame_layers))
+        row_bytes = self.dtype.itemsize * (sum(self.widths) + self.max_frames * sum(self.frame_widths))
         self.max_buffer_rows = max_buffer_rows or max(1, min(4 * self.chunk_rows, _BUFFER_BYTES // row_bytes))
         self._done = np.asarray(store.backend.read(f"{self.node}/{DONE}", slice(0, n_rows)), dtype=bool)
         self._failed = np.asarray(store.backend.read(f"{self.node}/{FAILED}", slice(0, n_rows)), dtype=bool)
@@ -84,10 +95,10 @@ class ModelWriter:
         if self.frame_layers:
             if len(frames) != len(self.frame_layers) or frame_counts is None:
                 raise StoreError(f"model {self.model!r}: frames for layers {self.frame_layers} and frame_counts are required")
-            for j, (f, layer) in enumerate(zip(frames, self.frame_layers)):
-                if f.shape != (n, self.max_frames, self.widths[layer]):
+            for j, (f, width) in enumerate(zip(frames, self.frame_widths)):
+                if f.shape != (n, self.max_frames, width):
                     raise StoreError(f"model {self.model!r}: frames {j} have shape {f.shape}, expected "
-                                     f"{(n, self.max_frames, self.widths[layer])}")
+                                     f"{(n, self.max_frames, width)}")
             counts = np.asarray(frame_counts).reshape(-1)
             if counts.size != n or (n and (counts.min() < 0 or counts.max() > self.max_frames)):
                 raise StoreError(f"model {self.model!r}: frame_counts must be {n} values in 0..{self.max_frames}")

@@ -258,12 +258,17 @@ def test_two_models_share_one_track_table_and_limit(small_dir, tiny_w2v, tmp_pat
     np.testing.assert_array_equal(a.labels, b.labels)
 
 
-def test_frame_sequences_at_a_coarse_hop(small_dir, tmp_path):
+@pytest.mark.parametrize("pooling", ["mean", "mean+std"])
+def test_frame_sequences_at_a_coarse_hop(small_dir, tmp_path, pooling):
     path = tmp_path / "f.zarr"
-    run_extract(small_dir, ["mfcc"], path, options=ExtractOptions(workers=0, progress=False, frames_hop=0.5, frame_layers=[0, -1], limit=2))
+    run_extract(small_dir, ["mfcc"], path, options=ExtractOptions(workers=0, progress=False, frames_hop=0.5,
+                                                                  frame_layers=[0, -1], limit=2, pooling=pooling))
     values, counts, meta = load_frames(path, model="mfcc", layer=0)
-    assert values.shape[:2] == (2, 4) and list(counts) == [4, 4]  # 2 s at 0.5 s per frame
     enc = load_encoder("mfcc")
+    # frames are time bins of the layer, never pooled moments: as wide as the layer whatever the pooling
+    assert values.shape == (2, 4, enc.layer_widths[0]) and list(counts) == [4, 4]  # 2 s at 0.5 s per frame
+    pooled = load_embeddings(path, model="mfcc", layer=0).X
+    assert pooled.shape[1] == enc.layer_widths[0] * (2 if pooling == "mean+std" else 1)
     track_path = next(t.path for t in discover_dataset(small_dir).tracks if t.id == meta.track_ids[0])
     wave = load_audio(small_dir / track_path, enc.sample_rate)
     with torch.inference_mode():
