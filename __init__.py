@@ -17,6 +17,8 @@ _LAZY = {
     "open_store": "embedstore.store",
     "load_audio": "embedstore.extract.audio",
     "discover_dataset": "embedstore.extract.datasets",
+    "DatasetRequest": "embedstore.extract.datasets",
+    "EncoderRequest": "embedstore.extract.encoders.registry",
     "EmbedstoreError": "embedstore.errors",
     "run_extract": "embedstore.extract.pipeline",
     "run_probe": "embedstore.heads.probe",

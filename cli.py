@@ -142,7 +142,7 @@ StandardizeOption = Annotated[bool, typer.Option("--standardize/--no-standardize
 DatasetTypeOption = Annotated[Optional[str], typer.Option("--dataset-type", callback=_choice("--dataset-type"), help="gtzan, musiccaps, folder or manifest (default: detected).")]
 SplitDirOption = Annotated[Optional[Path], typer.Option(help="Folder with GTZAN's train/valid/test_filtered.txt lists.")]
 WeightsOption = Annotated[str, typer.Option(callback=_choice("--weights"), help="pretrained, or random: the same architecture, seeded random init (the probing control; nothing to download).")]
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda[:N] or mps.")]
 ProgressOption = Annotated[bool, typer.Option(help="Show progress bars.")]
 
 SPLIT_SCHEME_HELP = (
@@ -213,10 +213,10 @@ def _what_was_kept(kept: Callable[[dict[str, Any]], str], arguments: dict[str, A
 
 def _extract_kept(store: Path, models: list[str], weights: str, as_name: Optional[str]) -> str:
     """``<store> keeps <dataset>/<model>: N of M clips done, ...``: the model entries of this run."""
+    from embedstore.extract.encoders.registry import EncoderRequest
     from embedstore.store import open_store
 
-    names = _split_list(models) or []
-    keys = [as_name] if as_name else [f"{m}+random" if weights == "random" else m for m in names]  # as model_key
+    keys = [r.store_key for r in EncoderRequest.for_models(_split_list(models) or [], key=as_name, weights=weights)]
     if not store.exists():
         return f"nothing was written yet ({store} not created)"
     with open_store(store, "r") as st:
@@ -290,10 +290,10 @@ def datasets(
     """Show what a dataset folder holds: where its labels are, clips per label and split (and why that split), unreadable files."""
     import json
 
-    from embedstore.extract.datasets import discover_dataset, format_dataset_summary, summarize_dataset
+    from embedstore.extract.datasets import DatasetRequest, format_dataset_summary, summarize_dataset
 
-    ds = discover_dataset(dataset_dir, dataset_type or old_type, split=split_scheme, split_dir=split_dir, seed=seed, folds=folds,
-                          label_name=label_name)
+    ds = DatasetRequest(dataset_dir, dataset_type or old_type, label_name=label_name, split_scheme=split_scheme,
+                        split_dir=split_dir, seed=seed, folds=folds).discover()
     typer.echo(json.dumps(summarize_dataset(ds), indent=2) if as_json else format_dataset_summary(ds, verbose=verbose))
 
 
@@ -393,8 +393,16 @@ def extract(
     verbose: VerboseOption = False,
 ) -> None:
     """Run encoders over a dataset and store the pooled embeddings of EVERY layer (resumable)."""
+    from embedstore.extract.datasets import DatasetRequest
+    from embedstore.extract.encoders.registry import EncoderRequest
     from embedstore.extract.pipeline import ExtractOptions, format_summary, run_extract
 
+    dataset = DatasetRequest(dataset_dir, dataset_type, name=dataset_name, label_name=label_name,
+                             split_scheme=split_scheme, split_dir=split_dir, seed=seed)
+    encoders = EncoderRequest.for_models(
+        _split_list(model) or [], checkpoint=checkpoint, key=as_name, weights=weights, dtype=dtype, seed=seed,
+        trust_remote_code=trust_remote_code, window_seconds=window_seconds,
+    )
     options = ExtractOptions(
         batch_size=batch_size,
         pooling=pool,
@@ -409,31 +417,14 @@ def extract(
         flush_seconds=flush_seconds,
         gain=gain,
     )
-    common = dict(
-        checkpoint=checkpoint,
-        weights=weights,
-        model_name=as_name,
-        dataset_type=dataset_type,
-        dataset_name=dataset_name,
-        label_name=label_name,
-        split_scheme=split_scheme,
-        split_dir=split_dir,
-        dtype=dtype,
-        window_seconds=window_seconds,
-        trust_remote_code=trust_remote_code,
-        seed=seed,
-        options=options,
-    )
-    models = _split_list(model) or []
     if engine == "local":
-        summary = run_extract(dataset_dir, models, _store_path(store), device=device, **common)
+        summary = run_extract(dataset, encoders, _store_path(store), device=device, options=options)
     else:
-        from embedstore.extract.ray_engine import run_extract_ray
+        from embedstore.extract.ray_engine import RayOptions, run_extract_ray
 
-        summary = run_extract_ray(
-            dataset_dir, models, _store_path(store), ray_address=ray_address, concurrency=concurrency,
-            num_gpus_per_worker=num_gpus_per_worker, num_cpus_per_worker=num_cpus_per_worker, **common,
-        )
+        ray_options = RayOptions(address=ray_address, concurrency=concurrency, num_gpus_per_worker=num_gpus_per_worker,
+                                 num_cpus_per_worker=num_cpus_per_worker)
+        summary = run_extract_ray(dataset, encoders, _store_path(store), options=options, ray_options=ray_options)
     typer.echo(format_summary(summary, verbose=verbose))
 
 
@@ -451,7 +442,7 @@ def probe(
     head: Annotated[str, typer.Option(callback=_choice("--head"), help="mlp (the study's Linear-512-ReLU-BatchNorm-Linear) or logreg.")] = "mlp",
     preset: Annotated[str, typer.Option(callback=_choice("--preset"), help="default (hyper-parameters chosen on validation, early stopping) or paper (lr 1e-5, 10 epochs, as the study).")] = "default",
     seeds: Annotated[int, typer.Option(min=1, help="Repeat training with this many seeds; report mean and std.")] = 1,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result records as JSON.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     t5: Annotated[str, typer.Option(help="caption: T5 checkpoint id or local directory.")] = "t5-small",
@@ -522,7 +513,7 @@ def finetune(
     gradient_checkpointing: Annotated[bool, typer.Option(help="Trade compute for memory in the transformer.")] = False,
     spec_augment: Annotated[bool, typer.Option(help="The encoder's own time/feature masking during training.")] = True,
     precision: Annotated[str, typer.Option(callback=_choice("--precision"), help="auto (bf16 on GPUs that have it, else fp16; fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    device: DeviceOption = "auto",
     patience: Annotated[int, typer.Option(min=1, help="Stop after this many epochs without a validation gain.")] = 3,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default finetune-<model>-<task>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from <out>/last.pt.")] = False,
@@ -544,6 +535,12 @@ def finetune(
     """Fine-tune an encoder end to end on raw audio (the unfrozen path) and report as probe does.
 
     With --task caption the encoder trains together with the T5 captioner (MusicCaps)."""
+    from embedstore.extract.datasets import DatasetRequest
+    from embedstore.extract.encoders.registry import EncoderRequest
+
+    dataset = DatasetRequest(dataset_dir, dataset_type, label_name=label_name, split_scheme=split_scheme,
+                             split_dir=split_dir, seed=seed)
+    encoder = EncoderRequest(model, checkpoint, weights=weights, seed=seed)
     if task == "caption":
         if limit is not None or train_eval != "auto" or keep_optimizer:
             raise EmbedstoreError("--limit, --train-eval and --keep-optimizer apply to classification tasks, "
@@ -551,12 +548,11 @@ def finetune(
         from embedstore.finetune.caption import finetune_caption, format_caption_finetune_report
 
         report = finetune_caption(
-            dataset_dir, model=model, checkpoint=checkpoint, weights=weights, t5=t5, bert=bert, epochs=epochs,
+            dataset, encoder, t5=t5, bert=bert, epochs=epochs,
             lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay, batch_size=batch_size,
             crop_seconds=crop_seconds, freeze_feature_encoder=freeze_feature_encoder, spec_augment=spec_augment,
             patience=patience, device=device, precision=precision, out=out, store=export_to_store, resume=resume,
-            seed=seed, split_scheme=split_scheme, split_dir=split_dir, dataset_type=dataset_type, workers=workers,
-            progress=progress, gain=gain,
+            seed=seed, workers=workers, progress=progress, gain=gain,
         )
         typer.echo(format_caption_finetune_report(report))
         return
@@ -564,13 +560,12 @@ def finetune(
     from embedstore.finetune import format_finetune_report
 
     report = run_finetune(
-        dataset_dir, model=model, task=task, checkpoint=checkpoint, weights=weights, layer=_layer_arg(layer),
+        dataset, encoder, task=task, layer=_layer_arg(layer),
         epochs=epochs, lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay, batch_size=batch_size,
         grad_accum=grad_accum, crop_seconds=crop_seconds, freeze_feature_encoder=freeze_feature_encoder,
         gradient_checkpointing=gradient_checkpointing, spec_augment=spec_augment, precision=precision, device=device,
-        patience=patience, out=out, resume=resume, export_to_store=export_to_store, dataset_type=dataset_type,
-        label_name=label_name, split_scheme=split_scheme, split_dir=split_dir, workers=workers, seed=seed, progress=progress, gain=gain,
-        limit=limit, train_eval=train_eval, keep_optimizer=keep_optimizer,
+        patience=patience, out=out, resume=resume, export_to_store=export_to_store, workers=workers, seed=seed,
+        progress=progress, gain=gain, limit=limit, train_eval=train_eval, keep_optimizer=keep_optimizer,
     )
     typer.echo(format_finetune_report(report))
 

@@ -60,8 +60,8 @@ def run_demo(
     """
     from embedstore.analysis import format_layers, format_projection, layers, pca
     from embedstore.extract.datasets import discover_dataset
-    from embedstore.extract.encoders import load_encoder
-    from embedstore.extract.pipeline import ExtractOptions, extract_dataset, format_summary, model_key
+    from embedstore.extract.encoders import EncoderRequest
+    from embedstore.extract.pipeline import ExtractOptions, extract_dataset, format_summary
     from embedstore.heads.probe import format_comparison, run_probe
 
     out = Path(out)
@@ -82,8 +82,8 @@ def run_demo(
     for name in models:
         weights = "pretrained" if name == "mfcc" else "random"
         checkpoint = _control_config(out / "wav2vec2-random-config") if name == "wav2vec2" else None
-        enc = load_encoder(name, checkpoint, weights=weights, device="cpu")
-        encoders.append((model_key(enc, weights), enc))
+        request = EncoderRequest(name, checkpoint, weights=weights)
+        encoders.append((request.store_key, request.load("cpu")))
     summary = extract_dataset(dataset, encoders, report.store, ExtractOptions(workers=workers, progress=progress))
     say(format_summary(summary))
 

@@ -46,8 +46,8 @@ from torch.utils.data import DataLoader
 from embedstore.devices import resolve_device
 from embedstore.errors import AudioError, EmbedstoreError
 from embedstore.extract.audio import DEFAULT_GAIN, audio_info, load_audio, stream_audio
-from embedstore.extract.datasets import Dataset, Track
-from embedstore.extract.encoders import Encoder
+from embedstore.extract.datasets import Dataset, DatasetRequest, Track
+from embedstore.extract.encoders import Encoder, EncoderRequest
 from embedstore.extract.encoding import ClipStream, EncodedClips, encode_clips
 from embedstore.extract.options import ExtractOptions
 from embedstore.extract.writing import ExtractionRun, ExtractSummary, format_summary, open_extraction
@@ -55,9 +55,10 @@ from embedstore.extract.writing import ExtractionRun, ExtractSummary, format_sum
 __all__ = [
     "ExtractOptions",
     "ExtractSummary",
-    "check_model_args",
     "STREAM_SECONDS",
     "Streamed",
+    "as_requests",
+    "check_requests",
     "decode_clip",
     "default_workers",
     "encode_streamed",
@@ -65,7 +66,6 @@ __all__ = [
     "format_summary",
     "is_long_clip",
     "is_silent",
-    "model_key",
     "refusals",
     "run_extract",
 ]
@@ -85,13 +85,6 @@ def leave_interrupts_to_main(_worker_id: int = 0) -> None:
 def default_workers() -> int:
     """Decoding worker processes: one fewer than the CPUs (the main process runs the model), 1..4."""
     return max(1, min(4, (os.cpu_count() or 2) - 1))
-
-
-def model_key(encoder: Encoder, weights: str, name: str | None = None) -> str:
-    """The store key of a model entry: ``name`` if given, else the encoder name (``+random`` for random weights)."""
-    if name:
-        return name
-    return f"{encoder.name}+random" if weights == "random" else encoder.name
 
 
 def decode_clip(path: Path, rates: Sequence[int], *, offset: float = 0.0, duration: float | None = None,
@@ -175,8 +168,9 @@ def extract_dataset(
     options = options or ExtractOptions()
     with open_extraction(dataset, encoders, store_path, options) as run:
         rows = run.rows()
-        for block in _decoded_blocks(dataset.root, [run.by_row[r] for r in rows], rows, encoders, options):
-            _process_block(block, encoders, run, options)
+        rates = [enc.sample_rate for enc in run.encoders]
+        for block in _decoded_blocks(dataset.root, [run.track(r) for r in rows], rows, rates, options):
+            _process_block(block, run, options)
     return run.finish()
 
 
@@ -184,12 +178,12 @@ def _decoded_blocks(
     root: Path,
     tracks: Sequence[Track],
     rows: Sequence[int],
-    encoders: Sequence[tuple[str, Encoder]],
+    rates: Sequence[int],
     options: ExtractOptions,
 ) -> Iterator[list[_Decoded]]:
-    """Blocks of decoded clips, decoded in worker processes ahead of the model."""
+    """Blocks of decoded clips (at each sample rate in ``rates``), decoded in worker processes ahead of the model."""
     all_tracks: dict[int, Track] = dict(zip(rows, tracks))
-    source = _ClipSource(root, _RowView(all_tracks), rows, [enc.sample_rate for _, enc in encoders], options.gain)
+    source = _ClipSource(root, _RowView(all_tracks), rows, rates, options.gain)
     workers = default_workers() if options.workers is None else options.workers
     loader = DataLoader(
         source,
@@ -214,12 +208,7 @@ class _RowView:
         return self.by_row[row]
 
 
-def _process_block(
-    block: list[_Decoded],
-    encoders: Sequence[tuple[str, Encoder]],
-    run: ExtractionRun,
-    options: ExtractOptions,
-) -> None:
+def _process_block(block: list[_Decoded], run: ExtractionRun, options: ExtractOptions) -> None:
     good = []
     for item in block:
         if item.error is not None:
@@ -227,8 +216,8 @@ def _process_block(
             continue
         if item.streamed:
             continue
-        needs = [item.row in t.todo for t in run.targets]
-        refused = refusals(item.waves, [enc for _, enc in encoders], needs)
+        needs = run.needs(item.row)
+        refused = refusals(item.waves, run.encoders, needs)
         if refused:
             run.refuse(item.row, refused)
         if len(refused) < sum(needs):
@@ -236,10 +225,11 @@ def _process_block(
                 run.warn_silent(item.row)
             good.append(item)
     audio_seconds = 0.0
-    for m_index, ((key, enc), target) in enumerate(zip(encoders, run.targets)):
-        items = [it for it in good if it.row in target.todo]
+    for m_index, target in enumerate(run.targets):
+        items = [it for it in good if target.needs(it.row)]
         if not items:
             continue
+        enc = target.encoder
         waves = [it.waves[enc.sample_rate] for it in items]
         t0 = time.perf_counter()
         encoded = encode_clips(enc, waves, options, target.frame_layers, target.max_frames)
@@ -249,18 +239,17 @@ def _process_block(
         audio_seconds = max(audio_seconds, seconds)
     for item in block:
         if item.streamed and item.error is None:
-            audio_seconds += _process_streamed(item.row, encoders, run, options)
+            audio_seconds += _process_streamed(item.row, run, options)
     run.progress.update(len(block), audio_seconds)
 
 
-def _process_streamed(row: int, encoders: Sequence[tuple[str, Encoder]], run: ExtractionRun,
-                      options: ExtractOptions) -> float:
+def _process_streamed(row: int, run: ExtractionRun, options: ExtractOptions) -> float:
     """Stream one long clip through every encoder that needs it and write its rows; returns its seconds."""
-    track = run.by_row[row]
+    track = run.track(row)
     targets = run.targets
     try:
         result = encode_streamed(
-            Path(run.dataset.root) / track.path, [enc for _, enc in encoders], [row in t.todo for t in targets],
+            Path(run.dataset.root) / track.path, run.encoders, run.needs(row),
             options, [t.frame_layers for t in targets], [t.max_frames for t in targets],
             offset=track.offset, duration=track.duration,
         )
@@ -405,68 +394,49 @@ def refusals(waves: dict[int, np.ndarray], encoders: Sequence[Encoder], needs: S
 
 
 def run_extract(
-    dataset_dir: str | Path,
-    models: Sequence[str],
+    dataset: DatasetRequest | str | Path,
+    encoders: Sequence[EncoderRequest | str],
     store_path: str | Path,
     *,
-    checkpoint: str | None = None,
-    weights: str = "pretrained",
-    model_name: str | None = None,
-    dataset_type: str | None = None,
-    dataset_name: str | None = None,
-    label_name: str | None = None,
-    split_scheme: str = "auto",
-    split_dir: str | Path | None = None,
     device: str = "auto",
-    dtype: str = "auto",
-    window_seconds: float | None = None,
-    trust_remote_code: bool = False,
-    seed: int = 0,
     options: ExtractOptions | None = None,
 ) -> ExtractSummary:
     """``embedstore extract``: discover a dataset, load the encoders and extract into the store.
 
     Args:
-        dataset_dir: the dataset folder (GTZAN, MusicCaps, class folders or a manifest's folder).
-        models: encoder names from the registry (``embedstore models``); several share one decoding pass.
+        dataset: which dataset and how to split it (a folder path means ``DatasetRequest(path)``:
+            GTZAN, MusicCaps, class folders or a manifest's folder, detected).
+        encoders: one request per model entry (a registry name means ``EncoderRequest(name)``); several
+            share one decoding pass. Each entry is stored under the request's ``store_key``.
         store_path: the store to write (created if missing).
-        checkpoint: hub id or local path for the (single) model, instead of its default checkpoint.
-        weights: ``"pretrained"`` or ``"random"`` (same architecture, seeded random initialisation).
-        model_name: the store key for the (single) model entry (default: the encoder name).
-        label_name: name of the dataset's class-label task (e.g. ``genre`` for a folder of genres;
-            see :func:`~embedstore.extract.datasets.discover_dataset`).
+        device: ``auto``, ``cpu``, ``cuda[:N]`` or ``mps`` (:func:`~embedstore.devices.resolve_device`).
+        options: batching, pooling, frames, workers, limits, gain.
 
     Returns:
         The run's :class:`ExtractSummary`.
     """
-    from embedstore.extract.datasets import discover_dataset
-    from embedstore.extract.encoders import load_encoder
-
-    check_model_args(models, checkpoint, model_name)
-    dataset = discover_dataset(
-        dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed, name=dataset_name,
-        label_name=label_name,
-    )
+    dataset = DatasetRequest.coerce(dataset)
+    requests = as_requests(encoders)
+    check_requests(requests)
+    found = dataset.discover()
     device = str(resolve_device(device))
-    encoders = []
-    for name in models:
-        enc = load_encoder(
-            name,
-            checkpoint,
-            weights=weights,
-            device=device,
-            dtype=dtype,
-            seed=seed,
-            trust_remote_code=trust_remote_code,
-            window_seconds=window_seconds,
-        )
-        encoders.append((model_key(enc, weights, model_name), enc))
-    return extract_dataset(dataset, encoders, store_path, options)
+    loaded = [(request.store_key, request.load(device)) for request in requests]
+    return extract_dataset(found, loaded, store_path, options)
 
 
-def check_model_args(models: Sequence[str], checkpoint: str | None, model_name: str | None) -> None:
-    """One-line :class:`EmbedstoreError` for ``--model`` missing, or ``--checkpoint``/``--as`` with several models."""
-    if not models:
+def as_requests(encoders: EncoderRequest | str | Sequence[EncoderRequest | str]) -> list[EncoderRequest]:
+    """A list of :class:`EncoderRequest` from one request or name, or a sequence of them."""
+    if isinstance(encoders, (str, EncoderRequest)):
+        encoders = [encoders]
+    return [EncoderRequest.coerce(e) for e in encoders]
+
+
+def check_requests(requests: Sequence[EncoderRequest]) -> None:
+    """One-line :class:`EmbedstoreError` when no encoder is requested, or two would share a store key."""
+    if not requests:
         raise EmbedstoreError("--model is required (see `embedstore models`)")
-    if len(models) > 1 and (checkpoint or model_name):
-        raise EmbedstoreError("--checkpoint and --as apply to a single --model; run one command per model")
+    keys = [r.store_key for r in requests]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise EmbedstoreError(f"two model entries would have the store key {', '.join(twice)}: "
+                              "give each model once, each under its own --as")

@@ -39,18 +39,18 @@ import numpy as np
 
 from embedstore import errors
 from embedstore.errors import AudioError, EmbedstoreError, ModelError
-from embedstore.extract.datasets import Dataset
-from embedstore.extract.encoders import Encoder
+from embedstore.extract.datasets import Dataset, DatasetRequest
+from embedstore.extract.encoders import Encoder, EncoderRequest
 from embedstore.extract.encoding import EncodedClips, encode_clips
 from embedstore.extract.options import ExtractOptions
 from embedstore.extract.pipeline import (
     Streamed,
-    check_model_args,
+    as_requests,
+    check_requests,
     decode_clip,
     encode_streamed,
     is_long_clip,
     is_silent,
-    model_key,
     refusals,
 )
 from embedstore.extract.writing import ExtractionRun, ExtractSummary, open_extraction
@@ -58,40 +58,6 @@ from embedstore.extract.pooling import pooled_width
 from embedstore.store import IDENTITY_KEYS
 
 INSTALL_HINT = "pip install 'embedstore[ray]'"
-
-
-@dataclass(frozen=True)
-class EncoderLoad:
-    """How to load one encoder, so that the driver and every Ray worker load the same model.
-
-    Attributes mirror :func:`~embedstore.extract.encoders.load_encoder`; ``key`` is the store key of
-    the model entry (None: :func:`~embedstore.extract.pipeline.model_key`).
-    """
-
-    name: str
-    checkpoint: str | None = None
-    weights: str = "pretrained"
-    dtype: str = "auto"
-    seed: int = 0
-    trust_remote_code: bool = False
-    window_seconds: float | None = None
-    key: str | None = None
-
-    def load(self, device: str = "cpu") -> tuple[str, Encoder]:
-        """``(store key, encoder on device)``."""
-        from embedstore.extract.encoders import load_encoder
-
-        enc = load_encoder(
-            self.name,
-            self.checkpoint,
-            weights=self.weights,
-            device=device,
-            dtype=self.dtype,
-            seed=self.seed,
-            trust_remote_code=self.trust_remote_code,
-            window_seconds=self.window_seconds,
-        )
-        return model_key(enc, self.weights, self.key), enc
 
 
 @dataclass
@@ -206,7 +172,7 @@ class EncoderActor:
 
     def __init__(
         self,
-        loads: Sequence[EncoderLoad],
+        loads: Sequence[EncoderRequest],
         expected: Sequence[dict],
         frame_layers: Sequence[Sequence[int]],
         max_frames: Sequence[int],
@@ -218,7 +184,7 @@ class EncoderActor:
         # reports a failed actor start only as text, and retries it.
         self.error: EmbedstoreError | None = None
         try:
-            self.encoders = [load.load(device)[1] for load in loads]
+            self.encoders = [load.load(device) for load in loads]
             for load, enc, want in zip(loads, self.encoders, expected):
                 got = model_identity(enc)
                 if got != want:
@@ -350,7 +316,7 @@ def _write_batch(run: ExtractionRun, batch: dict[str, np.ndarray]) -> None:
         ok = np.asarray(batch[_col(m, "ok")], dtype=bool)
         if not ok.any():
             continue
-        n_layers = len(target.writer.widths)
+        n_layers = target.encoder.num_layers
         frames = [batch[_col(m, f"frames{j}")][ok] for j in range(len(target.frame_layers))] or None
         encoded = EncodedClips(
             [batch[_col(m, f"layer{layer}")][ok] for layer in range(n_layers)],
@@ -367,7 +333,7 @@ def _write_batch(run: ExtractionRun, batch: dict[str, np.ndarray]) -> None:
 # ---------------------------------------------------------------------------------- public API
 def extract_dataset_ray(
     dataset: Dataset,
-    loads: Sequence[EncoderLoad],
+    loads: Sequence[EncoderRequest],
     store_path: str | Path,
     options: ExtractOptions | None = None,
     ray_options: RayOptions | None = None,
@@ -380,8 +346,9 @@ def extract_dataset_ray(
 
     Args:
         dataset: the clips (from :func:`~embedstore.extract.datasets.discover_dataset`).
-        loads: how to load each encoder (the driver loads them on CPU for the entries' metadata;
-            each actor loads them on its device and must get identical models).
+        loads: the encoder of each model entry (stored under its ``store_key``; the driver loads them
+            on CPU for the entries' metadata; each actor loads them on its device and must get
+            identical models).
         store_path: Zarr directory or ``.h5`` file on this machine; created if missing.
         options: as for the local engine (``batch_size`` is clips per actor call and windows per
             encoder call; ``workers`` is unused: Ray schedules the decoding).
@@ -393,14 +360,14 @@ def extract_dataset_ray(
     options = options or ExtractOptions()
     ray_options = ray_options or RayOptions()
     import_ray()
-    encoders = [load.load("cpu") for load in loads]
+    encoders = [(load.store_key, load.load("cpu")) for load in loads]
     with open_extraction(dataset, encoders, store_path, options) as run:
         if run.rows():  # nothing to do: no Ray start
             with ray_session(ray_options.address) as ray:
                 ctx = ray.data.DataContext.get_current()
                 progress_bars, ctx.enable_progress_bars = ctx.enable_progress_bars, bool(options.progress)
                 try:
-                    data = _clip_dataset(ray, run, loads, encoders, options, ray_options)
+                    data = _clip_dataset(ray, run, loads, options, ray_options)
                     for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
                         _write_batch(run, batch)
                 finally:
@@ -408,47 +375,59 @@ def extract_dataset_ray(
     return run.finish()
 
 
-def _clip_dataset(
-    ray: Any,
-    run: ExtractionRun,
-    loads: Sequence[EncoderLoad],
-    encoders: Sequence[tuple[str, Encoder]],
-    options: ExtractOptions,
-    ray_options: RayOptions,
-) -> Any:
-    """The lazy Ray Dataset of pooled rows: pending rows -> decode tasks -> encoder actor pool
-    (``encoders``: the driver's copies of ``loads``, for the sample rates and model identities)."""
-    num_gpus = ray_options.num_gpus_per_worker
-    if num_gpus is None:
-        num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+def pending_items(run: ExtractionRun) -> list[dict[str, Any]]:
+    """One Ray item per store row still to do: ``row``, absolute ``path``, ``offset``, ``duration``
+    (NaN: to the end) and ``todo_<m>`` (entry m still needs the row)."""
     root = Path(run.dataset.root).resolve()
     items = []
     for row in run.rows():
-        track = run.by_row[row]
+        track = run.track(row)
         items.append({
             "row": row,
             "path": str(root / track.path),
             "offset": float(track.offset),
             "duration": math.nan if track.duration is None else float(track.duration),
-            **{f"todo_{m}": row in target.todo for m, target in enumerate(run.targets)},
+            **{f"todo_{m}": need for m, need in enumerate(run.needs(row))},
         })
+    return items
+
+
+def actor_arguments(run: ExtractionRun, loads: Sequence[EncoderRequest], options: ExtractOptions,
+                    device: str) -> dict[str, Any]:
+    """The constructor arguments of :class:`EncoderActor` for ``run``: the requests, the identity of
+    the driver's encoders (each actor must load the same models) and each entry's frame settings."""
+    return {
+        "loads": list(loads),
+        "expected": [model_identity(enc) for enc in run.encoders],
+        "frame_layers": [t.frame_layers for t in run.targets],
+        "max_frames": [t.max_frames for t in run.targets],
+        "options": options,
+        "device": device,
+    }
+
+
+def _clip_dataset(
+    ray: Any,
+    run: ExtractionRun,
+    loads: Sequence[EncoderRequest],
+    options: ExtractOptions,
+    ray_options: RayOptions,
+) -> Any:
+    """The lazy Ray Dataset of pooled rows: pending rows -> decode tasks -> encoder actor pool
+    (``run.encoders``: the driver's copies of ``loads``, for the sample rates and model identities)."""
+    num_gpus = ray_options.num_gpus_per_worker
+    if num_gpus is None:
+        num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     return (
-        ray.data.from_items(items)
+        ray.data.from_items(pending_items(run))
         .map(
             _decode_item,
-            fn_kwargs={"rates": sorted({enc.sample_rate for _, enc in encoders}), "gain": options.gain},
+            fn_kwargs={"rates": sorted({enc.sample_rate for enc in run.encoders}), "gain": options.gain},
             num_cpus=ray_options.decode_cpus,
         )
         .map_batches(
             EncoderActor,
-            fn_constructor_kwargs={
-                "loads": list(loads),
-                "expected": [model_identity(enc) for _, enc in encoders],
-                "frame_layers": [t.frame_layers for t in run.targets],
-                "max_frames": [t.max_frames for t in run.targets],
-                "options": options,
-                "device": "cuda" if num_gpus > 0 else "cpu",
-            },
+            fn_constructor_kwargs=actor_arguments(run, loads, options, "cuda" if num_gpus > 0 else "cpu"),
             batch_size=options.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=ray_options.concurrency),
@@ -459,33 +438,17 @@ def _clip_dataset(
 
 
 def run_extract_ray(
-    dataset_dir: str | Path,
-    models: Sequence[str],
+    dataset: DatasetRequest | str | Path,
+    encoders: Sequence[EncoderRequest | str],
     store_path: str | Path,
     *,
-    checkpoint: str | None = None,
-    weights: str = "pretrained",
-    model_name: str | None = None,
-    dataset_type: str | None = None,
-    dataset_name: str | None = None,
-    label_name: str | None = None,
-    split_scheme: str = "auto",
-    split_dir: str | Path | None = None,
-    dtype: str = "auto",
-    window_seconds: float | None = None,
-    trust_remote_code: bool = False,
-    seed: int = 0,
     options: ExtractOptions | None = None,
-    ray_address: str | None = None,
-    concurrency: int = 1,
-    num_gpus_per_worker: float | None = None,
-    num_cpus_per_worker: float = 1.0,
+    ray_options: RayOptions | None = None,
 ) -> ExtractSummary:
     """``embedstore extract --engine ray``: :func:`~embedstore.extract.pipeline.run_extract` on a Ray cluster.
 
     Takes the arguments of ``run_extract`` (except ``device``: actors with GPUs use ``cuda``, others
-    the CPU) plus ``ray_address``, ``concurrency``, ``num_gpus_per_worker`` and
-    ``num_cpus_per_worker`` (see :class:`RayOptions`).
+    the CPU) plus ``ray_options`` (cluster address and actor resources, :class:`RayOptions`).
 
     Returns:
         The run's :class:`~embedstore.extract.pipeline.ExtractSummary` (print it with ``format_summary``).
@@ -494,20 +457,8 @@ def run_extract_ray(
         EmbedstoreError: Ray is not installed (with the install command), bad options, or as
             ``run_extract``.
     """
-    from embedstore.extract.datasets import discover_dataset
-
-    check_model_args(models, checkpoint, model_name)
-    ray_options = RayOptions(
-        address=ray_address, concurrency=concurrency, num_gpus_per_worker=num_gpus_per_worker,
-        num_cpus_per_worker=num_cpus_per_worker,
-    )
+    dataset = DatasetRequest.coerce(dataset)
+    requests = as_requests(encoders)
+    check_requests(requests)
     import_ray()  # fail fast, before discovering the dataset
-    dataset = discover_dataset(
-        dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed, name=dataset_name,
-        label_name=label_name,
-    )
-    loads = [
-        EncoderLoad(name, checkpoint, weights, dtype, seed, trust_remote_code, window_seconds, model_name)
-        for name in models
-    ]
-    return extract_dataset_ray(dataset, loads, store_path, options, ray_options)
+    return extract_dataset_ray(dataset.discover(), requests, store_path, options, ray_options)

@@ -255,30 +255,40 @@ def check_gain_matches(store: Store, dataset: str, key: str, gain: str) -> None:
 
 @dataclass
 class ModelTarget:
-    """One model entry being written: its writer, frame settings and the rows it still needs.
+    """One model entry being written: its encoder, writer, frame settings and the rows it still needs.
 
     Attributes:
         key: the store key of the entry.
+        encoder: the encoder whose rows go into it.
         writer: its :class:`ModelWriter` (owned by the process that opened the extraction).
         frame_layers: layer indices with stored frame sequences.
         max_frames: frames per stored sequence (0 without frames).
-        todo: store rows of this run not yet written for this entry.
+        todo: store rows of this run not yet written for this entry (read it through :meth:`needs`).
         summary: what the run did for this entry.
     """
 
     key: str
+    encoder: Encoder
     writer: ModelWriter
     frame_layers: list[int]
     max_frames: int
     todo: set[int]
     summary: ModelSummary
 
+    def needs(self, row: int) -> bool:
+        """True while the entry still needs store row ``row`` (not written, not failed)."""
+        return row in self.todo
+
 
 class ExtractionRun:
     """The writing side of one extraction: the open store, the run's tracks by store row, and one
-    :class:`ModelTarget` per model entry. Every engine feeds results through :meth:`fail`,
-    :meth:`warn_silent` and :meth:`write`, so failures, warnings and resume work the same everywhere.
-    Get one from :func:`open_extraction`.
+    :class:`ModelTarget` per model entry (``targets``, in the order the encoders were given; a
+    target's position is its *entry index*, the ``m`` of :meth:`refuse` and :meth:`write`).
+
+    Engines read the work from :meth:`rows`, :meth:`track`, :meth:`needs` and each target's
+    ``encoder``, ``frame_layers`` and ``max_frames``, and feed results through :meth:`fail`,
+    :meth:`refuse`, :meth:`warn_silent` and :meth:`write`, so failures, warnings and resume work the
+    same everywhere. Get one from :func:`open_extraction`.
     """
 
     def __init__(self, dataset: Dataset, store: Store, by_row: dict[int, Track], targets: list[ModelTarget],
@@ -287,14 +297,27 @@ class ExtractionRun:
         self.summary, self.options, self.started = summary, options, started
         self.progress = _Progress(len(self.rows()), options.progress, desc=f"extract {dataset.name}")
 
+    @property
+    def encoders(self) -> list[Encoder]:
+        """The encoder of each target, by entry index."""
+        return [t.encoder for t in self.targets]
+
     def rows(self) -> list[int]:
         """Store rows that at least one model entry still needs, in increasing order."""
         return sorted(set().union(*(t.todo for t in self.targets)))
 
+    def track(self, row: int) -> Track:
+        """The track at store row ``row`` (one of this run's)."""
+        return self.by_row[row]
+
+    def needs(self, row: int) -> list[bool]:
+        """Whether each target (by entry index) still needs store row ``row``."""
+        return [t.needs(row) for t in self.targets]
+
     def fail(self, row: int, reason: str) -> None:
         """Record that the clip at ``row`` failed for every entry that still needs it (reported, and
         kept in each entry's failure list)."""
-        self.refuse(row, {m: reason for m, target in enumerate(self.targets) if row in target.todo})
+        self.refuse(row, {m: reason for m, target in enumerate(self.targets) if target.needs(row)})
 
     def refuse(self, row: int, reasons: dict[int, str]) -> None:
         """Record that the clip at ``row`` failed for the entries ``{entry index: reason}`` only (e.g. too
@@ -311,7 +334,7 @@ class ExtractionRun:
         """Warn that the clip at ``row`` is silent (it is stored all the same)."""
         self.progress.note(f"warning: {self.by_row[row].path}: silent clip (stored; its embedding is that of silence)")
         for target in self.targets:
-            if row in target.todo:
+            if target.needs(row):
                 target.summary.silent += 1
 
     def write(self, index: int, rows: np.ndarray, encoded: EncodedClips, audio_seconds: float, model_seconds: float) -> None:
@@ -411,7 +434,7 @@ def open_extraction(
                 todo = set(int(r) for r in writer.pending()) & set(by_row)
                 model = ModelSummary(model=key, total=len(by_row), already_done=len(by_row) - len(todo))
                 summary.models.append(model)
-                targets.append(ModelTarget(key, writer, layers, n_frames, todo, model))
+                targets.append(ModelTarget(key, enc, writer, layers, n_frames, todo, model))
         except BaseException:
             for target in targets:
                 target.writer.close()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from embedstore.errors import DatasetError, EmbedstoreError, ModelError
 from embedstore.extract.audio import DEFAULT_GAIN, check_gain
+from embedstore.extract.datasets import DatasetRequest
+from embedstore.extract.encoders.registry import EncoderRequest
 from embedstore.finetune.data import (
     ClipDataset,
     CropDataset,
@@ -187,12 +189,10 @@ def _check_options(*, epochs: int, lr_encoder: float, lr_head: float, batch_size
 
 
 def finetune_caption(
-    dataset_dir: str | Path,
+    dataset: DatasetRequest | str | Path,
+    model: EncoderRequest | str = "mert",
     *,
-    model: str = "mert",
     task: str = CAPTION_TASK,
-    checkpoint: str | None = None,
-    weights: str = "pretrained",
     t5: str | Path = "t5-small",
     bert: str | Path = DEFAULT_BERT,
     sentence_model: str | Path | None = None,
@@ -216,21 +216,19 @@ def finetune_caption(
     resume: bool = False,
     seed: int = 0,
     generation: GenerationSettings | None = None,
-    split_scheme: str = "auto",
-    split_dir: str | Path | None = None,
-    dataset_type: str | None = None,
-    dataset_name: str | None = None,
-    window_seconds: float | None = None,
     workers: int | None = None,
-    trust_remote_code: bool = False,
     progress: bool = True,
     gain: str = DEFAULT_GAIN,
 ) -> CaptionFinetuneReport:
     """Fine-tune ``model`` end to end with a T5 captioner on a dataset's captions (e.g. MusicCaps).
 
     Args:
-        dataset_dir: dataset folder with captions (MusicCaps CSV, or a manifest with a caption column).
-        model, checkpoint, weights: the encoder (registry name, checkpoint, ``pretrained``/``random``).
+        dataset: the dataset with captions (MusicCaps CSV, or a manifest with a caption column): a
+            :class:`~embedstore.extract.datasets.DatasetRequest`, or a folder (then
+            ``DatasetRequest(folder, seed=seed)``).
+        model: the encoder to start from: an :class:`~embedstore.extract.encoders.EncoderRequest`
+            (its dtype is float32 here, its ``key`` unused), or a registry name (then
+            ``EncoderRequest(name, seed=seed)``).
         task: the caption task of the dataset (``caption``).
         t5, bert, sentence_model: T5 checkpoint (trained), BERT and sentence model (metrics only).
         layer_mix: ``softmax`` or ``conv1x1`` mix of all encoder layers.
@@ -247,8 +245,7 @@ def finetune_caption(
             also receives the record. resume: not supported (an error).
         seed: seeds initialisation, crops, batch order and the held-out validation split.
         generation: beam-search settings for the test captions (None: the defaults).
-        split_scheme, split_dir, dataset_type, dataset_name: passed to ``discover_dataset``.
-        window_seconds: the encoder's window; workers: decoding processes (None: as extraction).
+        workers: decoding processes (None: as extraction).
         gain: the gain rule of decoding, as extraction's ``--gain`` (``"none"`` or ``"peak"``).
 
     Returns:
@@ -258,8 +255,6 @@ def finetune_caption(
         EmbedstoreError (DatasetError, ModelError): bad options, dataset, task, or checkpoints.
     """
     from embedstore.devices import resolve_device
-    from embedstore.extract.datasets import discover_dataset
-    from embedstore.extract.encoders import load_encoder
     from embedstore.extract.pipeline import default_workers
     from embedstore.finetune.checkpoint import write_json
     from embedstore.finetune.model import disable_layerdrop, set_spec_augment
@@ -275,8 +270,9 @@ def finetune_caption(
     check_gain(gain)
     generation = generation or GenerationSettings()
     notes: list[str] = []
-    dataset = discover_dataset(dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed,
-                               name=dataset_name)
+    encoder_request = replace(EncoderRequest.coerce(model, seed=seed), dtype="float32")
+    model, checkpoint, weights = encoder_request.name, encoder_request.checkpoint, encoder_request.weights
+    dataset = DatasetRequest.coerce(dataset, seed=seed).discover()
     tracks, split_note = caption_split_tracks(dataset, task, seed)
     dev = resolve_device(device)
     if precision not in ("auto", "fp32"):
@@ -286,8 +282,7 @@ def finetune_caption(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     seed_everything(seed)
-    encoder = load_encoder(model, checkpoint, weights=weights, device=str(dev), dtype="float32", seed=seed,
-                           trust_remote_code=trust_remote_code, window_seconds=window_seconds)
+    encoder = encoder_request.load(dev)
     if disable_layerdrop(encoder) > 0:
         notes.append("LayerDrop turned off (it would drop hidden states the captioner reads)")
     if freeze_feature_encoder and not freeze_conv_features(encoder):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ from tqdm.auto import tqdm
 
 from embedstore.errors import EmbedstoreError, ModelError
 from embedstore.extract.audio import DEFAULT_GAIN, LEGACY_GAIN, check_gain
+from embedstore.extract.datasets import DatasetRequest
+from embedstore.extract.encoders.registry import EncoderRequest
 from embedstore.finetune.checkpoint import (
     BEST,
     LAST,
@@ -321,12 +323,10 @@ def _split_record_metrics(net: FinetuneModel, splits: TaskSplits, root: Path, *,
 
 
 def finetune(
-    dataset_dir: str | Path,
+    dataset: DatasetRequest | str | Path,
+    model: EncoderRequest | str = "mert",
     *,
-    model: str = "mert",
     task: str | None = None,
-    checkpoint: str | None = None,
-    weights: str = "pretrained",
     epochs: int = 10,
     lr_encoder: float = 1e-5,
     lr_head: float = 1e-3,
@@ -343,19 +343,12 @@ def finetune(
     patience: int | None = 3,
     seed: int = 0,
     export_to_store: str | Path | None = None,
-    split_scheme: str = "auto",
-    split_dir: str | Path | None = None,
-    dataset_type: str | None = None,
-    dataset_name: str | None = None,
-    label_name: str | None = None,
     gradient_checkpointing: bool = False,
     spec_augment: bool = True,
-    window_seconds: float | None = None,
     head_hidden: int = 512,
     head_dropout: float = 0.25,
     max_grad_norm: float | None = 1.0,
     workers: int | None = None,
-    trust_remote_code: bool = False,
     progress: bool = True,
     gain: str = DEFAULT_GAIN,
     limit: int | None = None,
@@ -365,9 +358,14 @@ def finetune(
     """Fine-tune ``model`` end to end on the raw audio of a dataset's classification ``task``.
 
     Args:
-        dataset_dir: dataset folder (GTZAN, class folders, manifest; see ``discover_dataset``).
-        model, checkpoint, weights: the encoder (registry name), its checkpoint (hub id or local
-            directory; None = default) and ``pretrained`` or ``random`` initial weights.
+        dataset: which dataset and how to split it (GTZAN, class folders, manifest): a
+            :class:`~embedstore.extract.datasets.DatasetRequest`, or a folder (then
+            ``DatasetRequest(folder, seed=seed)``).
+        model: the encoder to start from: an :class:`~embedstore.extract.encoders.EncoderRequest`
+            (name, checkpoint, ``pretrained``/``random`` weights, seed of a random init, window,
+            trust_remote_code; its dtype follows ``precision``, and its ``key`` is not used: the
+            fine-tuned entry is ``<model>+ft-<task>``), or a registry name (then
+            ``EncoderRequest(name, seed=seed)``).
         task: a class-label task of the dataset (``genre`` for GTZAN, ``label`` for folders/manifests);
             None = the dataset's only class-label task (several: the error lists them).
         epochs: the most epochs to train (in total, counting epochs done before a resume).
@@ -385,19 +383,15 @@ def finetune(
             ``training_curve.png`` (default ``finetune-<model>-<task>``).
         resume: continue from ``out/last.pt`` at its next epoch (the network options must match).
         patience: stop after this many epochs without a validation gain (None: never).
-        seed: seeds initialisation, crops, batch order, dropout and the inner validation split.
+        seed: seeds the head's initialisation, crops, batch order, dropout and the inner validation split.
         export_to_store: a store path: extract every clip with the fine-tuned encoder into it as
             model entry ``<model>+ft-<task>``, and save the record in its results folder.
-        split_scheme, split_dir, dataset_type, dataset_name, label_name: passed to ``discover_dataset``
-            (``label_name``: the name of the class-label task, e.g. ``genre`` for a folder of genres).
         gradient_checkpointing: recompute transformer activations in the backward pass (memory).
         spec_augment: keep the checkpoint's SpecAugment time/feature masking while training (off:
             no masking; short crops lose most of their frames to the minimum of 2 masks).
-        window_seconds: the encoder's evaluation window (default: the encoder's, e.g. 10 s).
         head_hidden, head_dropout: the MLP head's hidden width and dropout.
         max_grad_norm: clip the gradient norm (None: no clipping).
         workers: decoding processes (None: as extraction, ``min(4, cpus - 1)``; 0: in-process).
-        trust_remote_code: let MERT load its checkpoint's own code.
         progress: tqdm bars.
         gain: the gain rule of decoding, as extraction's ``--gain`` (``"none"``: the decoded amplitude;
             ``"peak"``: peak-normalised); training, evaluation and the export all use it.
@@ -417,19 +411,17 @@ def finetune(
     Raises:
         EmbedstoreError (DatasetError, ModelError, ...): bad options, dataset, task, layer or checkpoint.
     """
+    data_request = DatasetRequest.coerce(dataset, seed=seed)
+    encoder_request = EncoderRequest.coerce(model, seed=seed)
     if task == "caption":  # the captioning fine-tune (encoder + T5), see embedstore.finetune.caption
         from embedstore.finetune.caption import finetune_caption
 
         return finetune_caption(
-            dataset_dir, model=model, checkpoint=checkpoint, weights=weights, epochs=epochs, lr_encoder=lr_encoder,
+            data_request, encoder_request, epochs=epochs, lr_encoder=lr_encoder,
             lr_head=lr_head, weight_decay=weight_decay, batch_size=batch_size, crop_seconds=crop_seconds,
             freeze_feature_encoder=freeze_feature_encoder, spec_augment=spec_augment, max_grad_norm=max_grad_norm,
             patience=patience, device=device, precision=precision, out=out, store=export_to_store, resume=resume,
-            seed=seed, split_scheme=split_scheme, split_dir=split_dir, dataset_type=dataset_type,
-            dataset_name=dataset_name, window_seconds=window_seconds, workers=workers,
-            trust_remote_code=trust_remote_code, progress=progress, gain=gain)
-    from embedstore.extract.datasets import discover_dataset
-    from embedstore.extract.encoders import load_encoder
+            seed=seed, workers=workers, progress=progress, gain=gain)
     from embedstore.devices import resolve_device
     from embedstore.extract.pipeline import ExtractOptions, default_workers, extract_dataset
     from embedstore.heads.protocol import ProbeResult
@@ -440,8 +432,8 @@ def finetune(
                    weight_decay=weight_decay, head_dropout=head_dropout, max_grad_norm=max_grad_norm, limit=limit)
     check_gain(gain)
     notes: list[str] = []
-    dataset = discover_dataset(dataset_dir, dataset_type, split=split_scheme, split_dir=split_dir, seed=seed,
-                               name=dataset_name, label_name=label_name)
+    model, checkpoint, weights = encoder_request.name, encoder_request.checkpoint, encoder_request.weights
+    dataset = data_request.discover()
     task = label_task(dataset, task)
     splits = limit_splits(task_splits(dataset, task, seed), limit, seed)
     train_clips = train_eval_size(train_eval, len(splits.tracks["train"]), len(splits.tracks["valid"]))
@@ -455,8 +447,7 @@ def finetune(
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    encoder = load_encoder(model, checkpoint, weights=weights, device=dev, dtype=_ENCODER_DTYPE[prec], seed=seed,
-                           trust_remote_code=trust_remote_code, window_seconds=window_seconds)
+    encoder = replace(encoder_request, dtype=_ENCODER_DTYPE[prec]).load(dev)
     if disable_layerdrop(encoder) > 0:
         notes.append("LayerDrop turned off (it would drop hidden states the head reads)")
     if freeze_feature_encoder and not freeze_conv_features(encoder):
@@ -651,16 +642,14 @@ def load_finetuned(path: str | Path, device: str = "cpu") -> LoadedFinetune:
     Raises:
         ModelError: unreadable checkpoint or unavailable base model.
     """
-    from embedstore.extract.encoders import load_encoder
-
     state = load_checkpoint(path)
     cfg = state["config"]
-    common = dict(device=device, dtype=_ENCODER_DTYPE.get(cfg["precision"], "auto"), seed=cfg["seed"],
-                  window_seconds=cfg["window_seconds"])
+    request = EncoderRequest(cfg["model"], cfg["checkpoint"], weights=cfg["weights"], seed=cfg["seed"],
+                             dtype=_ENCODER_DTYPE.get(cfg["precision"], "auto"), window_seconds=cfg["window_seconds"])
     try:  # the architecture alone: no need to read the base weights
-        encoder = load_encoder(cfg["model"], cfg["checkpoint"], weights="random", **common)
+        encoder = replace(request, weights="random").load(device)
     except ModelError:
-        encoder = load_encoder(cfg["model"], cfg["checkpoint"], weights=cfg["weights"], **common)
+        encoder = request.load(device)
     disable_layerdrop(encoder)
     net = FinetuneModel(encoder, len(state["labels"]), cfg["layer"], hidden=cfg["head_hidden"],
                         dropout=cfg["head_dropout"])

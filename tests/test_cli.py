@@ -530,3 +530,75 @@ def test_missing_weights_fail_fast_without_network_and_say_what_to_do(tmp_path):
     result, _ = _resolve_with_hub(tmp_path, "someone/cached")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [commit, "model.safetensors"]
+
+
+class _Called(Exception):
+    """Raised by a stand-in for a library entry point: the command stops there, its arguments kept."""
+
+
+def _stand_in(monkeypatch, owner, name: str) -> list:
+    """Replace ``owner.name`` by a function that records its ``(args, kwargs)`` and raises :class:`_Called`."""
+    calls = []
+
+    def record(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise _Called
+
+    monkeypatch.setattr(owner, name, record)
+    return calls
+
+
+def test_the_cli_builds_the_requests_a_library_user_builds(tmp_path, monkeypatch):
+    """Each command's options become one DatasetRequest and EncoderRequest(s), equal to the ones written
+    out here by hand, and one library call gets them."""
+    from embedstore import cli
+    from embedstore.extract import pipeline, ray_engine
+    from embedstore.extract.datasets import DatasetRequest
+    from embedstore.extract.encoders import EncoderRequest
+    from embedstore.finetune import caption, train
+
+    data, lists, store = tmp_path / "data", tmp_path / "lists", tmp_path / "s.zarr"
+    data.mkdir()
+    lists.mkdir()
+    local = _stand_in(monkeypatch, pipeline, "run_extract")
+    assert cli.run(["extract", str(data), "-m", "wav2vec2", "--checkpoint", "ckpt/w2v", "--weights", "random",
+                    "--as", "control", "--dataset-type", "folder", "--dataset-name", "mine", "--label-name", "mood",
+                    "--split-scheme", "random-val", "--split-dir", str(lists), "--dtype", "float16",
+                    "--window-seconds", "4", "--trust-remote-code", "--seed", "7", "--device", "cpu",
+                    "--store", str(store)]) == 1
+    assert cli.run(["extract", str(data), "-m", "mfcc,mert", "-m", "clap", "--store", str(store)]) == 1
+    (full, full_kw), (several, _) = local
+    assert full == (DatasetRequest(data, "folder", name="mine", label_name="mood", split_scheme="random-val",
+                                   split_dir=lists, seed=7),
+                    [EncoderRequest("wav2vec2", "ckpt/w2v", weights="random", dtype="float16", seed=7,
+                                    trust_remote_code=True, window_seconds=4.0, key="control")], store)
+    assert full_kw["device"] == "cpu"
+    assert several == (DatasetRequest(data), [EncoderRequest("mfcc"), EncoderRequest("mert"), EncoderRequest("clap")],
+                       store)
+
+    ray = _stand_in(monkeypatch, ray_engine, "run_extract_ray")
+    assert cli.run(["extract", str(data), "-m", "mfcc", "--engine", "ray", "--ray-address", "auto",
+                    "--concurrency", "2", "--store", str(store)]) == 1
+    (args, kwargs), = ray
+    assert args == (DatasetRequest(data), [EncoderRequest("mfcc")], store)
+    assert kwargs["ray_options"] == ray_engine.RayOptions(address="auto", concurrency=2)
+
+    discovered = _stand_in(monkeypatch, DatasetRequest, "discover")
+    for kind_option in ("--dataset-type", "--type"):  # --type: the old spelling, hidden
+        assert cli.run(["datasets", str(data), kind_option, "gtzan", "--split-scheme", "kfold", "--folds", "3",
+                        "--seed", "2", "--label-name", "style"]) == 1
+    assert [args for args, _ in discovered] == [(DatasetRequest(data, "gtzan", label_name="style",
+                                                                split_scheme="kfold", seed=2, folds=3),)] * 2
+
+    tuned = _stand_in(monkeypatch, train, "finetune")
+    assert cli.run(["finetune", str(data), "-m", "mert", "--checkpoint", "ckpt/mert", "--weights", "random",
+                    "--task", "genre", "--dataset-type", "gtzan", "--split-scheme", "random", "--seed", "5"]) == 1
+    (args, kwargs), = tuned
+    assert args == (DatasetRequest(data, "gtzan", split_scheme="random", seed=5),
+                    EncoderRequest("mert", "ckpt/mert", weights="random", seed=5))
+    assert kwargs["task"] == "genre" and kwargs["seed"] == 5
+    captioned = _stand_in(monkeypatch, caption, "finetune_caption")
+    assert cli.run(["finetune", str(data), "-m", "wav2vec2", "--task", "caption"]) == 1
+    assert captioned[0][0] == (DatasetRequest(data), EncoderRequest("wav2vec2"))
+    assert cli.run(["extract", str(data), "-m", "mfcc", "-m", "mert", "--as", "x", "--store", str(store)]) == 1
+    assert len(local) == 2  # refused before any library call: --as names one model entry

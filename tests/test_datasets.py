@@ -564,3 +564,62 @@ def test_finetune_uses_the_only_label_task(tmp_path):
     ds.tasks = {"caption": "caption"}
     with pytest.raises(DatasetError, match=r"no class labels to learn \(tasks: caption\); use --task caption"):
         label_task(ds, None)
+
+
+# ---- the dataset request and the registry of kinds --------------------------------------------------
+
+LINES_KIND = '''
+"""A kind for the test: a folder whose labels.txt lists "<file> <label>" lines."""
+from embedstore.extract.datasets import Dataset, Track
+
+
+def marker(folder):
+    return (folder / "labels.txt").is_file()
+
+
+def detect(root):
+    return marker(root)
+
+
+def discover(request, given, level):
+    pairs = [line.split() for line in (level / "labels.txt").read_text().splitlines() if line.strip()]
+    tracks = [Track(path.rsplit(".", 1)[0], path, label, None, None) for path, label in pairs]
+    return Dataset("lines", "lines", level, tracks, [], {request.label_name or "label": "label"}, request.split_scheme)
+'''
+
+
+def test_a_kind_is_one_module_and_one_registry_entry(tmp_path, monkeypatch):
+    from embedstore.extract.datasets import KINDS, DatasetKind, DatasetRequest, get_kind
+
+    inner = tmp_path / "wrap" / "inner"  # a wrapper folder above the dataset, and class folders inside it
+    files = make_class_folders(inner, {"calm": "classical", "loud": "metal"}, 2)
+    listed = {f"{p.parent.name}/{p.name}": f"tag{i}" for i, p in enumerate(files["calm"] + files["loud"])}
+    (inner / "labels.txt").write_text("".join(f"{path} {label}\n" for path, label in listed.items()))
+    with pytest.raises(DatasetError, match=r"--dataset-type 'lines': unknown dataset type"):
+        DatasetRequest(tmp_path / "wrap", "lines")
+    assert discover_dataset(tmp_path / "wrap").kind == "folder"  # before the kind is registered
+
+    (tmp_path / "lines_kind.py").write_text(LINES_KIND)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(KINDS, "lines", DatasetKind("lines", "lines_kind", "labels.txt lines", detect_order=-1))
+    found = discover_dataset(tmp_path / "wrap")  # detected first; the wrapper descent stops at its marker
+    assert (found.kind, found.root) == ("lines", inner)
+    assert {t.path: t.label for t in found.tracks} == listed
+    assert DatasetRequest(tmp_path / "wrap", "LINES", label_name="mood").discover().tasks == {"mood": "label"}
+    with pytest.raises(DatasetError, match=r"--dataset-type 'line': unknown dataset type \(did you mean 'lines'\?\)"):
+        DatasetRequest(tmp_path, "line")
+    named = DatasetRequest(tmp_path / "wrap", "folder").discover()  # a named kind is not detected
+    assert named.kind == "folder" and {t.label for t in named.tracks} == {"calm", "loud"}
+    assert get_kind("Folder").adapter().__name__ == "embedstore.extract.datasets.folder"
+
+
+def test_dataset_request_normalises_what_it_is_given(tmp_path):
+    from embedstore.extract.datasets import DatasetRequest
+
+    assert DatasetRequest(str(tmp_path), "GTZAN", split_dir=str(tmp_path / "lists")) == DatasetRequest(
+        tmp_path, "gtzan", split_dir=tmp_path / "lists")
+    given = DatasetRequest(tmp_path, seed=3)
+    assert DatasetRequest.coerce(given, seed=9) is given
+    assert DatasetRequest.coerce(str(tmp_path), seed=9) == DatasetRequest(tmp_path, seed=9)
+    with pytest.raises(DatasetError, match="--label-name 'caption'"):
+        DatasetRequest(tmp_path, label_name="caption")

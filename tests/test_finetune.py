@@ -19,7 +19,7 @@ import torch
 from embedstore.errors import DatasetError, EmbedstoreError, ModelError
 from embedstore.extract.audio import load_audio
 from embedstore.extract.datasets import discover_dataset
-from embedstore.extract.encoders import load_encoder
+from embedstore.extract.encoders import EncoderRequest, load_encoder
 from embedstore.extract.synthetic import render_genre
 from embedstore.finetune import finetune, format_finetune_report, load_finetuned
 from embedstore.finetune.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -36,8 +36,13 @@ PER_SPLIT = {"train": 24, "valid": 8, "test": 4}
 N_CLIPS = sum(PER_SPLIT.values()) * len(GENRES)
 # An easy, fast setting for the tiny model: short crops, no SpecAugment (its 2 minimum masks would
 # hide most of a 25-frame crop), no head dropout, a larger encoder learning rate than for real models.
-FAST = dict(model="wav2vec2", task="label", lr_encoder=1e-3, lr_head=3e-3, batch_size=8, crop_seconds=0.25,
-            window_seconds=0.25, spec_augment=False, head_dropout=0.0, workers=0, progress=False, patience=None)
+FAST = dict(task="label", lr_encoder=1e-3, lr_head=3e-3, batch_size=8, crop_seconds=0.25, spec_augment=False,
+            head_dropout=0.0, workers=0, progress=False, patience=None)
+
+
+def w2v(ckpt, name: str = "wav2vec2") -> EncoderRequest:
+    """The encoder of the fast runs: the tiny checkpoint ``ckpt`` with 0.25 s windows."""
+    return EncoderRequest(name, str(ckpt), window_seconds=0.25)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -81,7 +86,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run(data_dir: Path, ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
     """Three epochs with export into a store (shared by several tests)."""
     base = tmp_path_factory.mktemp("ft_run")
-    report = finetune(data_dir, checkpoint=str(ckpt), epochs=3, out=base / "run", export_to_store=base / "s.zarr",
+    report = finetune(data_dir, model=w2v(ckpt), epochs=3, out=base / "run", export_to_store=base / "s.zarr",
                       **FAST)
     return report, base / "s.zarr"
 
@@ -217,7 +222,7 @@ def test_limit_caps_each_split_and_train_eval_takes_a_count(data_dir, ckpt, tmp_
 
     monkeypatch.setattr(train_module, "predict_logits", spy_predict)
     monkeypatch.setattr(train_module, "_train_epoch", spy_epoch)
-    report = finetune(data_dir, checkpoint=str(ckpt), epochs=2, out=tmp_path / "lim", limit=6, train_eval=4,
+    report = finetune(data_dir, model=w2v(ckpt), epochs=2, out=tmp_path / "lim", limit=6, train_eval=4,
                       **{**FAST, "batch_size": 4})
     assert trained == [6, 6]
     assert [(desc, len(paths)) for desc, paths in evaluated] == [
@@ -236,7 +241,7 @@ def test_limit_caps_each_split_and_train_eval_takes_a_count(data_dir, ckpt, tmp_
     assert [report.record["metrics"][s]["n"] for s in ("train", "valid", "test")] == [4, 6, 6]
     assert "--limit 6" in format_finetune_report(report)
     with pytest.raises(EmbedstoreError, match="limit"):  # a different --limit cannot resume this run
-        finetune(data_dir, checkpoint=str(ckpt), epochs=3, out=tmp_path / "lim", resume=True, limit=8,
+        finetune(data_dir, model=w2v(ckpt), epochs=3, out=tmp_path / "lim", resume=True, limit=8,
                  **{**FAST, "batch_size": 4})
 
 
@@ -310,7 +315,7 @@ def test_interrupted_run_resumes_exactly(run, data_dir, ckpt, tmp_path, monkeypa
     with monkeypatch.context() as patch:
         patch.setattr(train_module, "_train_epoch", interrupt_in_epoch_3)
         with pytest.raises(KeyboardInterrupt):
-            finetune(data_dir, checkpoint=str(ckpt), epochs=3, out=out, **FAST)
+            finetune(data_dir, model=w2v(ckpt), epochs=3, out=out, **FAST)
     saved, best = load_checkpoint(out / "last.pt"), load_checkpoint(out / "best.pt")
     assert saved["epoch"] == 2 and "optimizer" in saved and "optimizer" not in best
     # mid-run, last.pt carries AdamW's two float32 moments per trained weight; best.pt only the weights
@@ -318,7 +323,7 @@ def test_interrupted_run_resumes_exactly(run, data_dir, ckpt, tmp_path, monkeypa
     grown = (out / "last.pt").stat().st_size - (out / "best.pt").stat().st_size
     assert moments < grown < 1.3 * moments
 
-    resumed = finetune(data_dir, checkpoint=str(ckpt), epochs=3, out=out, resume=True, **FAST)
+    resumed = finetune(data_dir, model=w2v(ckpt), epochs=3, out=out, resume=True, **FAST)
     assert resumed.resumed_from == 2 and not any("optimizer" in n for n in resumed.notes)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     assert resumed.history[:2] == saved["history"]
@@ -332,7 +337,7 @@ def test_interrupted_run_resumes_exactly(run, data_dir, ckpt, tmp_path, monkeypa
 
 def test_finished_run_drops_optimizer_state_unless_kept(data_dir, ckpt, tmp_path):
     quick = {**FAST, "limit": 4, "batch_size": 4}
-    plain = finetune(data_dir, checkpoint=str(ckpt), epochs=1, out=tmp_path / "plain", **quick)
+    plain = finetune(data_dir, model=w2v(ckpt), epochs=1, out=tmp_path / "plain", **quick)
     last, best = load_checkpoint(plain.last_path), load_checkpoint(plain.best_path)
     assert "optimizer" not in last and "optimizer" not in best and not plain.last_has_optimizer
     assert last["epoch"] == best["epoch"] == 1
@@ -346,23 +351,23 @@ def test_finished_run_drops_optimizer_state_unless_kept(data_dir, ckpt, tmp_path
         shown = re.search(rf"{re.escape(name)} ([0-9.]+)kB \({what}\)", text)
         assert shown and float(shown.group(1)) * 1000 == pytest.approx(sizes[name], rel=0.01)
 
-    kept = finetune(data_dir, checkpoint=str(ckpt), epochs=1, out=tmp_path / "kept", keep_optimizer=True, **quick)
+    kept = finetune(data_dir, model=w2v(ckpt), epochs=1, out=tmp_path / "kept", keep_optimizer=True, **quick)
     assert "optimizer" in load_checkpoint(kept.last_path) and kept.last_has_optimizer
     assert kept.checkpoint_bytes["last.pt"] - kept.checkpoint_bytes["best.pt"] > moments
     assert "weights + optimizer state" in format_finetune_report(kept)
 
     # extending a finished run: exact with the kept state, a fresh AdamW (and a note) without it
-    extended = finetune(data_dir, checkpoint=str(ckpt), epochs=2, out=tmp_path / "kept", resume=True,
+    extended = finetune(data_dir, model=w2v(ckpt), epochs=2, out=tmp_path / "kept", resume=True,
                         keep_optimizer=True, **quick)
     assert extended.resumed_from == 1 and not any("optimizer" in n for n in extended.notes)
-    fresh = finetune(data_dir, checkpoint=str(ckpt), epochs=2, out=tmp_path / "plain", resume=True, **quick)
+    fresh = finetune(data_dir, model=w2v(ckpt), epochs=2, out=tmp_path / "plain", resume=True, **quick)
     assert fresh.resumed_from == 1 and any("no optimizer state" in n for n in fresh.notes)
 
 
 def test_resume_refuses_a_different_network(run, data_dir, ckpt):
     report, _ = run
     with pytest.raises(EmbedstoreError, match="layer"):
-        finetune(data_dir, checkpoint=str(ckpt), epochs=4, out=report.out_dir, resume=True, **{**FAST, "layer": 1})
+        finetune(data_dir, model=w2v(ckpt), epochs=4, out=report.out_dir, resume=True, **{**FAST, "layer": 1})
 
 
 def test_early_stopping_keeps_the_best_epoch(data_dir, ckpt, tmp_path, monkeypatch):
@@ -371,7 +376,7 @@ def test_early_stopping_keeps_the_best_epoch(data_dir, ckpt, tmp_path, monkeypat
 
     scores = iter([(0.5, 0.7), (0.5, 0.6), (0.5, 0.6), (0.75, 0.1)])  # (accuracy, loss) per epoch
     monkeypatch.setattr(train_module, "_valid_scores", lambda *args: next(scores))
-    report = finetune(data_dir, checkpoint=str(ckpt), epochs=6, out=tmp_path / "stop",
+    report = finetune(data_dir, model=w2v(ckpt), epochs=6, out=tmp_path / "stop",
                       **{**FAST, "patience": 1, "batch_size": 16, "workers": 1})
     # epoch 2 improves the loss at equal accuracy; epoch 3 brings no gain -> stop (epoch 4 never runs)
     assert report.stopped_early and report.epochs_run == 3 and report.best_epoch == 2
@@ -490,7 +495,7 @@ def test_checkpoint_files_are_atomic_and_checked(tmp_path):
 )
 def test_bad_options_are_clear_errors(data_dir, ckpt, tmp_path, options, error, match):
     with pytest.raises(error, match=match):
-        finetune(data_dir, checkpoint=str(ckpt), epochs=1, out=tmp_path / "bad", **{**FAST, **options})
+        finetune(data_dir, model=w2v(ckpt), epochs=1, out=tmp_path / "bad", **{**FAST, **options})
 
 
 # ---- clips too short for the encoder --------------------------------------------------------------
@@ -553,8 +558,8 @@ def test_finetune_skips_clips_too_short_for_the_encoder(model, short_data_dir, c
     from embedstore.store import info as store_info
 
     checkpoint = str(ckpt if model == "wav2vec2" else tiny_mert_ckpt)
-    options = {**FAST, "model": model, "spec_augment": True, "batch_size": 4}
-    report = finetune(short_data_dir, checkpoint=checkpoint, epochs=1, out=tmp_path / "run", train_eval="full",
+    options = {**FAST, "model": w2v(checkpoint, model), "spec_augment": True, "batch_size": 4}
+    report = finetune(short_data_dir, epochs=1, out=tmp_path / "run", train_eval="full",
                       export_to_store=tmp_path / "s.zarr", **options)
     # training (SpecAugment on) refuses all three short crops; evaluation only those under the receptive field
     assert report.history[0]["skipped"] == 3

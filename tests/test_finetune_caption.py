@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from embedstore.errors import DatasetError, EmbedstoreError
+from embedstore.extract.encoders import EncoderRequest
 from embedstore.extract.synthetic import make_musiccaps_like
 from embedstore.finetune.caption import (
     block_pool,
@@ -19,9 +20,13 @@ from embedstore.heads import caption_metrics as cm
 from test_caption import _one_thread, tiny_bert_dir, tiny_t5_dir  # noqa: F401  (shared fixtures)
 from tiny_models import save_tiny_wav2vec2
 
-FAST = {"model": "wav2vec2", "lr_encoder": 1e-3, "lr_head": 3e-3, "batch_size": 4, "crop_seconds": 0.5,
-        "window_seconds": 0.5, "spec_augment": False, "patience": None, "workers": 0, "device": "cpu",
-        "progress": False}
+FAST = {"lr_encoder": 1e-3, "lr_head": 3e-3, "batch_size": 4, "crop_seconds": 0.5, "spec_augment": False,
+        "patience": None, "workers": 0, "device": "cpu", "progress": False}
+
+
+def w2v(ckpt) -> EncoderRequest:
+    """The encoder of the fast runs: the tiny wav2vec2 checkpoint ``ckpt`` with 0.5 s windows."""
+    return EncoderRequest("wav2vec2", str(ckpt), window_seconds=0.5)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,7 +53,7 @@ def run(caps_dir, ckpt, tiny_t5_dir, tiny_bert_dir, tmp_path_factory):  # noqa: 
     before = load_encoder("wav2vec2", str(ckpt), device="cpu").state_dict()
     out = tmp_path_factory.mktemp("cap_run")
     store = out / "store.zarr"
-    report = finetune_caption(caps_dir, checkpoint=str(ckpt), t5=tiny_t5_dir, bert=tiny_bert_dir, epochs=4,
+    report = finetune_caption(caps_dir, model=w2v(ckpt), t5=tiny_t5_dir, bert=tiny_bert_dir, epochs=4,
                               out=out / "run", store=store, **FAST)
     return report, before, store
 
@@ -106,15 +111,15 @@ def test_block_pool_matches_direct_means():
 
 def test_bad_options_are_one_line_errors(caps_dir, ckpt, tiny_t5_dir, tmp_path):  # noqa: F811
     with pytest.raises(DatasetError, match="--task 'genre'") as exc:
-        finetune_caption(caps_dir, task="genre", checkpoint=str(ckpt), t5=tiny_t5_dir, out=tmp_path, **FAST)
+        finetune_caption(caps_dir, task="genre", model=w2v(ckpt), t5=tiny_t5_dir, out=tmp_path, **FAST)
     assert "\n" not in str(exc.value)
     with pytest.raises(EmbedstoreError, match="--epochs"):
-        finetune_caption(caps_dir, checkpoint=str(ckpt), epochs=0, out=tmp_path, **FAST)
+        finetune_caption(caps_dir, model=w2v(ckpt), epochs=0, out=tmp_path, **FAST)
 
 
 def test_finetune_dispatches_caption_task(caps_dir, ckpt, tmp_path):
     from embedstore.finetune import finetune
 
     with pytest.raises(EmbedstoreError, match="--resume"):
-        finetune(caps_dir, model="wav2vec2", task="caption", checkpoint=str(ckpt), resume=True, out=tmp_path,
+        finetune(caps_dir, model=w2v(ckpt), task="caption", resume=True, out=tmp_path,
                  progress=False)

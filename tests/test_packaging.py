@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ("extract", "extract/encoders", "store", "heads", "analysis", "finetune")
+SUBPACKAGES = ("extract", "extract/datasets", "extract/encoders", "store", "heads", "analysis", "finetune")
 
 
 @pytest.fixture(scope="module")

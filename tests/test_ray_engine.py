@@ -14,10 +14,10 @@ ray = pytest.importorskip("ray")
 
 from embedstore.errors import EmbedstoreError  # noqa: E402
 from embedstore.extract.datasets import discover_dataset  # noqa: E402
-from embedstore.extract.encoders import load_encoder  # noqa: E402
+from embedstore.extract.encoders import EncoderRequest, load_encoder  # noqa: E402
 from embedstore.extract.pipeline import ExtractOptions, extract_dataset  # noqa: E402
 from embedstore.extract.writing import ExtractionRun  # noqa: E402
-from embedstore.extract.ray_engine import EncoderLoad, RayOptions, extract_dataset_ray, run_extract_ray  # noqa: E402
+from embedstore.extract.ray_engine import RayOptions, extract_dataset_ray, run_extract_ray  # noqa: E402
 from embedstore.extract.synthetic import make_gtzan_like  # noqa: E402
 from embedstore.store import load_embeddings, load_frames, open_store  # noqa: E402
 from tiny_models import save_tiny_wav2vec2  # noqa: E402
@@ -85,12 +85,13 @@ def test_interrupted_run_resumes_to_the_local_store_and_records_the_failing_file
 
     monkeypatch.setattr(ExtractionRun, "write", interrupted_write)
     with pytest.raises(KeyboardInterrupt):
-        extract_dataset_ray(ds, [EncoderLoad("mfcc")], remote, ExtractOptions(**OPTS))
+        extract_dataset_ray(ds, [EncoderRequest("mfcc")], remote, ExtractOptions(**OPTS))
     monkeypatch.setattr(ExtractionRun, "write", real_write)
     partial = load_embeddings(remote, model="mfcc", layer=0)
     assert 0 < len(partial.track_ids) < 8  # the rows handed over before the interrupt are durable
 
-    summary = run_extract_ray(data_dir, ["mfcc"], remote, options=ExtractOptions(**OPTS), concurrency=1)
+    summary = run_extract_ray(data_dir, ["mfcc"], remote, options=ExtractOptions(**OPTS),
+                              ray_options=RayOptions(concurrency=1))
     assert summary.models[0].already_done == len(partial.track_ids)
     assert summary.models[0].written == 8 - len(partial.track_ids)
     assert_same_entry(remote, local, "mfcc")
@@ -109,10 +110,10 @@ def test_two_models_limit_then_full_run_with_frames_equals_local(ray_cluster, da
     # wav2vec2 with 0.4 s windows (1 s clips: 3 windows, the last overlapping) and coarse frames
     ds = discover_dataset(data_dir)
     opts = {**OPTS, "frames_hop": 0.25, "frame_layers": [0, -1]}
-    w2v = EncoderLoad("wav2vec2", str(tiny_w2v), window_seconds=0.4, key="tiny")
-    mfcc = EncoderLoad("mfcc")
+    w2v = EncoderRequest("wav2vec2", str(tiny_w2v), window_seconds=0.4, key="tiny")
+    mfcc = EncoderRequest("mfcc")
     local, remote = tmp_path / "local.h5", tmp_path / "ray.h5"
-    extract_dataset(ds, [w2v.load(), mfcc.load()], local, ExtractOptions(**opts))
+    extract_dataset(ds, [(r.store_key, r.load()) for r in (w2v, mfcc)], local, ExtractOptions(**opts))
 
     # first only mfcc on the first 4 clips, then both models on everything: per-model pending rows
     first = extract_dataset_ray(ds, [mfcc], remote, ExtractOptions(**opts, limit=4), RayOptions(concurrency=1))

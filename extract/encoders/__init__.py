@@ -11,7 +11,7 @@ from typing import Any
 _LAZY = {
     "Encoder": "base",
     "EncoderOutput": "base",
-    "LoadRequest": "base",
+    "EncoderRequest": "registry",
     "EncoderSpec": "registry",
     "ENCODERS": "registry",
     "load_encoder": "registry",

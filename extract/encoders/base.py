@@ -35,29 +35,6 @@ from embedstore.errors import ModelError
 from .registry import DTYPE_CHOICES as AUTOCAST_DTYPES
 
 
-@dataclass(frozen=True)
-class LoadRequest:
-    """What :func:`~embedstore.extract.encoders.registry.load_encoder` asks an encoder module for.
-
-    Attributes:
-        name: registry name of the encoder.
-        checkpoint: hub id or local path (the registry fills in the default).
-        weights: ``"pretrained"`` or ``"random"`` (same architecture, re-initialised with ``seed``).
-        seed: seed of the random initialisation.
-        trust_remote_code: allow the checkpoint's own Python code (MERT only; off by default).
-        window_seconds: longest input fed at once; None means the encoder's default.
-        autocast_dtype: see :class:`Encoder`.
-    """
-
-    name: str
-    checkpoint: str | None
-    weights: str = "pretrained"
-    seed: int = 0
-    trust_remote_code: bool = False
-    window_seconds: float | None = None
-    autocast_dtype: str = "auto"
-
-
 @dataclass
 class EncoderOutput:
     """Per-layer hidden states of one batch.

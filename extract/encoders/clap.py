@@ -36,9 +36,10 @@ import torch.nn.functional as F
 
 from embedstore.errors import ModelError
 
-from .base import Encoder, EncoderOutput, LoadRequest, mask_frames, sha256_files, state_dict_sha256
+from .base import Encoder, EncoderOutput, mask_frames, sha256_files, state_dict_sha256
 from .checkpoints import ResolvedCheckpoint
 from .hf_loading import load_model, read_preprocessor
+from .registry import EncoderRequest
 
 DEFAULT_CHECKPOINT = "laion/larger_clap_music"
 UNFUSED_CHECKPOINT = "laion/clap-htsat-unfused"
@@ -209,7 +210,7 @@ class ClapEncoder(Encoder):
         }
 
 
-def load(request: LoadRequest) -> ClapEncoder:
+def load(request: EncoderRequest) -> ClapEncoder:
     """CLAP audio encoder for ``request`` (hub id or local ``ClapModel`` directory)."""
     from transformers import ClapAudioConfig, ClapAudioModelWithProjection, ClapFeatureExtractor
 
@@ -244,6 +245,6 @@ def load(request: LoadRequest) -> ClapEncoder:
         checkpoint_id=loaded.checkpoint_id,
         weights=request.weights,
         seed=request.seed,
-        autocast_dtype=request.autocast_dtype,
+        autocast_dtype=request.dtype,
         feature_extractor_source=source,
     )

@@ -17,8 +17,9 @@ import torch
 
 from embedstore.errors import ModelError
 
-from .base import LoadRequest, seeded
+from .base import seeded
 from .checkpoints import PREPROCESSOR_NAME, ResolvedCheckpoint, resolve_checkpoint, try_resolve_config
+from .registry import EncoderRequest
 
 # Parameters that exist only for training-time masking and never affect inference.
 INFERENCE_IRRELEVANT_KEYS = frozenset({"masked_spec_embed"})
@@ -56,7 +57,7 @@ class LoadedModel:
 
 
 def load_model(
-    request: LoadRequest,
+    request: EncoderRequest,
     model_cls: Any,
     *,
     config_from_dir: Callable[[ResolvedCheckpoint], Any],

@@ -54,10 +54,10 @@ import torch
 
 from embedstore.errors import ModelError
 
-from .base import LoadRequest
 from .checkpoints import ResolvedCheckpoint, resolve_checkpoint, try_resolve_config
 from .conv_transformer import ConvTransformerEncoder
 from .hf_loading import INFERENCE_IRRELEVANT_KEYS, quiet_transformers, random_model, read_preprocessor
+from .registry import EncoderRequest
 
 DEFAULT_CHECKPOINT = "m-a-p/MERT-v1-95M"
 LARGE_CHECKPOINT = "m-a-p/MERT-v1-330M"
@@ -195,7 +195,7 @@ def map_mert_keys(state: dict[str, torch.Tensor], expected: set[str]) -> dict[st
     return renamed
 
 
-def load(request: LoadRequest) -> ConvTransformerEncoder:
+def load(request: EncoderRequest) -> ConvTransformerEncoder:
     """MERT encoder for ``request`` (see the module docstring for what is mapped or refused)."""
     checkpoint = request.checkpoint or DEFAULT_CHECKPOINT
     if request.trust_remote_code:
@@ -246,7 +246,7 @@ def _pretrained_hubert(model_cls: Any, config: Any, ckpt: ResolvedCheckpoint) ->
 
 
 def _encoder(
-    request: LoadRequest,
+    request: EncoderRequest,
     model: torch.nn.Module,
     ckpt: ResolvedCheckpoint | None,
     checkpoint: str,
@@ -272,7 +272,7 @@ def _encoder(
         checkpoint_id=checkpoint,
         weights=request.weights,
         seed=request.seed,
-        autocast_dtype=request.autocast_dtype,
+        autocast_dtype=request.dtype,
         extra_info={
             "loader": "checkpoint's own code (trust_remote_code)" if remote_code
             else "transformers HubertModel (MERT config mapped, no remote code)",
@@ -283,7 +283,7 @@ def _encoder(
     )
 
 
-def _load_remote_code(request: LoadRequest) -> ConvTransformerEncoder:
+def _load_remote_code(request: EncoderRequest) -> ConvTransformerEncoder:
     """Opt-in: the repository's own ``MERTModel`` through ``AutoModel(trust_remote_code=True)``."""
     from transformers import AutoConfig, AutoModel
 

@@ -26,7 +26,8 @@ import torch
 
 from embedstore.errors import ModelError
 
-from .base import Encoder, EncoderOutput, LoadRequest
+from .base import Encoder, EncoderOutput
+from .registry import EncoderRequest
 
 SAMPLE_RATE = 22_050
 HOP_LENGTH = 512
@@ -133,7 +134,7 @@ class MfccEncoder(Encoder):
         }
 
 
-def load(request: LoadRequest) -> MfccEncoder:
+def load(request: EncoderRequest) -> MfccEncoder:
     """The MFCC baseline (no checkpoint; ``weights="random"`` is refused: there are no weights)."""
     if request.weights != "pretrained":
         raise ModelError("mfcc has no weights; --weights random does not apply to it")

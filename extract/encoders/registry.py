@@ -1,17 +1,20 @@
-"""The encoder registry: name -> :class:`EncoderSpec`, and :func:`load_encoder`.
+"""The encoder registry: name -> :class:`EncoderSpec`; :class:`EncoderRequest`, the one description of
+which encoder to load; and :func:`load_encoder`.
 
-Adding an encoder = one module with a ``load(request: LoadRequest) -> Encoder`` function plus one
+Adding an encoder = one module with a ``load(request: EncoderRequest) -> Encoder`` function plus one
 entry in :data:`ENCODERS`. This module imports neither torch nor transformers (encoder modules are
-imported when loaded), so listing encoders stays fast.
+imported when loaded), so listing encoders and checking a request stay fast.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from importlib import import_module
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from embedstore.errors import ModelError, did_you_mean, not_one_of
+from embedstore.errors import EmbedstoreError, ModelError, did_you_mean, not_one_of
 
 if TYPE_CHECKING:
     from .base import Encoder
@@ -106,6 +109,88 @@ def get_spec(name: str) -> EncoderSpec:
         ) from None
 
 
+@dataclass(frozen=True)
+class EncoderRequest:
+    """Which encoder to load, and under which store key: what ``--model``, ``--checkpoint``,
+    ``--weights``, ``--dtype``, ``--seed``, ``--trust-remote-code``, ``--window-seconds`` and ``--as``
+    say. Checked when built (no torch needed); :meth:`load` builds the encoder on a device.
+
+    The device is not part of the request: the same request is loaded on the CPU by the driver and on
+    each worker's GPU by the Ray engine, and must give the same model everywhere.
+
+    Attributes:
+        name: registry name of the encoder (``embedstore models``).
+        checkpoint: hub id or local directory / weights file; None: the encoder's default checkpoint
+            (filled in by :meth:`load` before the encoder module sees the request).
+        weights: ``"pretrained"`` or ``"random"`` (same architecture, re-initialised with ``seed``).
+        dtype: autocast on CUDA: ``"auto"`` (bfloat16 where supported, else float16), ``"float16"``,
+            ``"bfloat16"`` or ``"float32"``; CPU always runs float32.
+        seed: seed of the random initialisation.
+        trust_remote_code: allow the checkpoint's own Python code (MERT only; off by default).
+        window_seconds: longest input fed at once; None: the encoder's default (e.g. 10 s).
+        key: store key of the extracted model entry (``--as``); None: :attr:`store_key`'s default.
+    """
+
+    name: str
+    checkpoint: str | None = None
+    weights: str = "pretrained"
+    dtype: str = "auto"
+    seed: int = 0
+    trust_remote_code: bool = False
+    window_seconds: float | None = None
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        get_spec(self.name)
+        if self.weights not in WEIGHTS_CHOICES:
+            raise ModelError(not_one_of("--weights", self.weights, WEIGHTS_CHOICES, "weights"))
+        if self.dtype not in DTYPE_CHOICES:
+            raise ModelError(not_one_of("--dtype", self.dtype, DTYPE_CHOICES, "dtype"))
+        if self.window_seconds is not None and not self.window_seconds > 0:
+            raise ModelError(f"--window-seconds must be positive, got {self.window_seconds}")
+        if isinstance(self.checkpoint, Path):
+            object.__setattr__(self, "checkpoint", str(self.checkpoint))
+        object.__setattr__(self, "seed", int(self.seed))
+
+    @property
+    def store_key(self) -> str:
+        """The model entry's key in a store: :attr:`key` if given, else the encoder name (with
+        ``+random`` for random weights)."""
+        if self.key:
+            return self.key
+        return f"{self.name}+random" if self.weights == "random" else self.name
+
+    @classmethod
+    def coerce(cls, value: EncoderRequest | str, **defaults: Any) -> EncoderRequest:
+        """``value`` itself if it is a request, else the request for encoder name ``value`` with ``defaults``."""
+        return value if isinstance(value, cls) else cls(str(value), **defaults)
+
+    @classmethod
+    def for_models(cls, names: Sequence[str], *, checkpoint: str | None = None, key: str | None = None,
+                   **options: Any) -> list[EncoderRequest]:
+        """One request per encoder name, sharing ``options`` (weights, dtype, seed, ...): what
+        ``embedstore extract -m a -m b`` asks for. ``checkpoint`` and ``key`` name one model's
+        weights and entry, so they are refused with several names (a one-line :class:`EmbedstoreError`)."""
+        if len(names) > 1 and (checkpoint or key):
+            raise EmbedstoreError("--checkpoint and --as apply to a single --model; run one command per model")
+        return [cls(name, checkpoint, key=key, **options) for name in names]
+
+    def load(self, device: Any = "cpu") -> Encoder:
+        """Build the encoder on ``device`` (a ``--device`` value: ``auto``, ``cpu``, ``cuda[:N]``,
+        ``mps``; see :func:`~embedstore.devices.resolve_device`), in eval mode.
+
+        Raises:
+            ModelError: unavailable checkpoint or device.
+        """
+        from embedstore.devices import resolve_device
+
+        torch_device = resolve_device(device)
+        spec = get_spec(self.name)
+        resolved = self if self.checkpoint is not None else replace(self, checkpoint=spec.default_checkpoint)
+        encoder = import_module(f"{__package__}.{spec.module}").load(resolved)
+        return encoder.to(torch_device).eval()
+
+
 def load_encoder(
     name: str,
     checkpoint: str | None = None,
@@ -117,19 +202,13 @@ def load_encoder(
     trust_remote_code: bool = False,
     window_seconds: float | None = None,
 ) -> Encoder:
-    """Build encoder ``name`` on ``device``, in eval mode.
+    """Build encoder ``name`` on ``device``, in eval mode: ``EncoderRequest(...).load(device)``.
 
     Args:
         name: registry name (see :func:`list_encoders`).
-        checkpoint: hub id or local directory / weights file; None means the default checkpoint.
-        weights: ``"pretrained"`` or ``"random"`` (the checkpoint's architecture re-initialised with
-            ``seed``; a built-in config of the default checkpoint is used when it is not on disk).
-        device: torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
-        dtype: autocast on CUDA: ``"auto"`` (bfloat16 where supported, else float16), ``"float16"``,
-            ``"bfloat16"`` or ``"float32"``; CPU always runs float32.
-        seed: seed of the random initialisation.
-        trust_remote_code: let MERT load the checkpoint's own model code (off by default).
-        window_seconds: longest input fed at once (default per encoder, e.g. 10 s).
+        checkpoint, weights, dtype, seed, trust_remote_code, window_seconds: see :class:`EncoderRequest`
+            (``weights="random"`` uses a built-in config of the default checkpoint when it is not on disk).
+        device: ``auto``, ``cpu``, ``cuda[:N]`` or ``mps`` (:func:`~embedstore.devices.resolve_device`).
 
     Returns:
         The :class:`~embedstore.extract.encoders.base.Encoder`.
@@ -137,41 +216,9 @@ def load_encoder(
     Raises:
         ModelError: unknown name or option, unavailable checkpoint or device.
     """
-    spec = get_spec(name)
-    if weights not in WEIGHTS_CHOICES:
-        raise ModelError(not_one_of("--weights", weights, WEIGHTS_CHOICES, "weights"))
-    if dtype not in DTYPE_CHOICES:
-        raise ModelError(not_one_of("--dtype", dtype, DTYPE_CHOICES, "dtype"))
-    if window_seconds is not None and window_seconds <= 0:
-        raise ModelError(f"--window-seconds must be positive, got {window_seconds}")
-    torch_device = _device(device)
-    from .base import LoadRequest
-
-    request = LoadRequest(
-        name=spec.name,
-        checkpoint=str(checkpoint) if checkpoint is not None else spec.default_checkpoint,
-        weights=weights,
-        seed=int(seed),
-        trust_remote_code=trust_remote_code,
-        window_seconds=window_seconds,
-        autocast_dtype=dtype,
-    )
-    encoder = import_module(f"{__package__}.{spec.module}").load(request)
-    return encoder.to(torch_device).eval()
-
-
-def _device(device: str) -> Any:
-    import torch
-
-    try:
-        torch_device = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ModelError(f"--device {device!r} is not a torch device ({exc})") from None
-    if torch_device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"--device {device!r}: CUDA is not available on this machine")
-    if torch_device.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelError(f"--device {device!r}: MPS is not available on this machine")
-    return torch_device
+    request = EncoderRequest(name, checkpoint, weights=weights, dtype=dtype, seed=seed,
+                             trust_remote_code=trust_remote_code, window_seconds=window_seconds)
+    return request.load(device)
 
 
 def format_encoder_table(specs: list[EncoderSpec] | None = None) -> str:

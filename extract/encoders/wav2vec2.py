@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from embedstore.errors import ModelError
 
-from .base import LoadRequest
+from .registry import EncoderRequest
 from .conv_transformer import ConvTransformerEncoder
 from .hf_loading import load_model, read_preprocessor
 
@@ -23,7 +23,7 @@ SAMPLE_RATE = 16_000
 DEFAULT_WINDOW_SECONDS = 10.0
 
 
-def load(request: LoadRequest) -> ConvTransformerEncoder:
+def load(request: EncoderRequest) -> ConvTransformerEncoder:
     """wav2vec 2.0 encoder for ``request`` (checkpoint id/path, weights mode, seed, window)."""
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
@@ -49,7 +49,7 @@ def load(request: LoadRequest) -> ConvTransformerEncoder:
         checkpoint_id=loaded.checkpoint_id,
         weights=request.weights,
         seed=request.seed,
-        autocast_dtype=request.autocast_dtype,
+        autocast_dtype=request.dtype,
         extra_info={"preprocessor_config": "checkpoint" if pre else "built-in default"},
     )
 
