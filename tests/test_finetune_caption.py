@@ -78,7 +78,8 @@ def test_record_has_caption_metrics_and_is_saved(run, ckpt):
     report, _, store = run
     rec = report.record
     # the model key of a fine-tuned encoder, as the classification fine-tune's (not the frozen "wav2vec2")
-    assert (rec["task"], rec["model"], rec["head"], rec["layer"]) == ("caption", "wav2vec2+ft-caption", "t5-finetune", "weighted")
+    key = (rec["task"], rec["model"], rec["head"], rec["layer"])
+    assert key == ("caption", "wav2vec2+ft-caption", "t5-finetune", "weighted")
     assert rec.selected_on == "valid" and rec.checkpoint == str(ckpt)  # the MusicCaps-like folder has a valid split
     test = rec["metrics"]["test"]
     assert set(test) >= {"bert_similarity", "sentence_similarity", "bleu", "distinct_ratio"}

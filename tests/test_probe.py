@@ -20,7 +20,7 @@ from embedstore.heads.metrics import bootstrap_ci, classification_metrics, mcnem
 from embedstore.heads.mlp import MLP_PRESETS, LayerWeighting, MLPHead, WeightedLayerMLP
 from embedstore.heads.probe import compare_records, evidence_warnings, format_comparison
 from embedstore.heads.protocol import make_folds, probe_arrays, standardise
-from embedstore.store.records import PROBE_SCHEMA, ProbeRecord, load_records, results_dir, save_record
+from embedstore.store.records import CAPTION_SCHEMA, PROBE_SCHEMA, ProbeRecord, load_records, results_dir, save_record
 
 GENRES = np.array(["blues", "jazz", "metal", "pop"])
 
@@ -311,7 +311,7 @@ def test_format_comparison_pvalues_match_mcnemar():
     yt = np.array(best["y_true"])
     want = mcnemar_exact(np.array(other["y_pred"][0]) == yt, np.array(best["y_pred"][0]) == yt)["p_value"]
     assert rows[0]["p_value"] == pytest.approx(want) and want < 0.01
-    caption_like = dict(recs[0], head="t5", metrics={"test": {"bleu": 0.1}})  # shares the results folder
+    caption_like = dict(recs[0], schema=CAPTION_SCHEMA, head="t5", metrics={"test": {"bleu": 0.1}})  # same folder
     text = format_comparison([*recs, caption_like])
     lines = text.splitlines()
     assert sum(line.startswith("m ") for line in lines) == 4
