@@ -270,9 +270,9 @@ def finetune_caption(
     from embedstore.finetune.model import disable_layerdrop, set_spec_augment
     from embedstore.finetune.model import freeze_feature_encoder as freeze_conv_features
     from embedstore.heads.caption_metrics import caption_metrics
-    from embedstore.store.specs import finetuned_key
     from embedstore.heads.caption_train import seed_everything, tokenize_captions
     from embedstore.heads.captioner import load_t5
+    from embedstore.store.specs import finetuned_key
 
     _check_options(epochs=epochs, lr_encoder=lr_encoder, lr_head=lr_head, batch_size=batch_size,
                    crop_seconds=crop_seconds, block_seconds=block_seconds, patience=patience,
@@ -395,7 +395,7 @@ def finetune_caption(
     predictions = [{"track_id": t, "generated": g, "reference": r} for t, g, r in zip(ids, generated, refs)]
     n_layers = encoder.num_layers
     record = CaptionRecord(
-        task=task, dataset=dataset.name, model=finetuned_key(model, task, weights),
+        task=CAPTION_TASK, dataset=dataset.name, model=finetuned_key(model, task, weights),
         checkpoint=checkpoint or get_spec(model).default_checkpoint, layer="weighted" if n_layers > 1 else 0,
         layer_name="weighted" if n_layers > 1 else encoder.layer_names[0], layers=list(range(n_layers)),
         head=HEAD, preset="default" if layer_mix == "softmax" else layer_mix, t5=str(t5), bert=str(bert),
