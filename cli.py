@@ -264,11 +264,10 @@ def _split_or_none(split: str) -> Optional[str]:
 
 
 def _layer_arg(layer: str):
-    """A --layer value: an int index, or a name / 'all' / 'best' / 'weighted'."""
-    try:
-        return int(layer)
-    except ValueError:
-        return layer
+    """A --layer value: an int index, or a name / 'all' / 'best' / 'weighted' (see embedstore.store.specs)."""
+    from embedstore.store.specs import parse_layer
+
+    return parse_layer(layer)
 
 
 # ---- datasets ----------------------------------------------------------------------------------
@@ -473,7 +472,7 @@ def probe(
                                           repetition_penalty=repetition_penalty),
             progress=progress,
         )
-        typer.echo(json.dumps(report.record, indent=2, default=str) if as_json else format_caption_report(report))
+        typer.echo(json.dumps(report.record.to_dict(), indent=2) if as_json else format_caption_report(report))
         return
 
     from embedstore.heads.probe import format_comparison, run_probe
@@ -481,7 +480,7 @@ def probe(
     report = run_probe(_store_path(store), task, models=_split_list(model), dataset=dataset, layer=_layer_arg(layer),
                        head=head, preset=preset, seeds=seeds, device=device, progress=progress)
     if as_json:
-        typer.echo(json.dumps(report.records, indent=2, default=str))
+        typer.echo(json.dumps([r.to_dict() for r in report.records], indent=2))
     else:
         typer.echo(format_comparison(report))
         if report.paths:

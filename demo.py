@@ -132,7 +132,7 @@ def _pct(x: float) -> str:
 def _model_sentence(model: str, rows: list[dict[str, Any]]) -> str:
     """One model's layers (:func:`~embedstore.heads.probe.compare_records` rows, one with ``best``)."""
     from embedstore.heads.probe import ALPHA
-    from embedstore.heads.results import SELECTED_ON
+    from embedstore.store.records import SELECTED_ON
 
     best = next(row["record"] for row in rows if row["best"])
     test = best["metrics"]["test"]

@@ -1,4 +1,4 @@
-"""The confusion matrix of a stored probe result (see :mod:`embedstore.heads.results`) as a figure."""
+"""The confusion matrix of a stored probe result (see :mod:`embedstore.store.records`) as a figure."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from embedstore.errors import EmbedstoreError
+from embedstore.store.records import load_records, record_selected_on
 
 from . import data
 from .plotting import new_figure, save_figure, set_axes_title
@@ -66,8 +67,6 @@ def find_result(results: list[dict], task: str, model: str, layer: int | str, he
 def _selected_on(record: dict) -> str | None:
     """The rows that chose the record's hyper-parameters (``valid``, ``train_cv``, ...), if recorded."""
     if record.get("selected_on") or record.get("protocol"):
-        from embedstore.heads.results import record_selected_on
-
         return record_selected_on(record)
     return None
 
@@ -88,7 +87,7 @@ def confusion(
     Cells are coloured by the fraction of each true class (rows) and annotated with counts. Writes
     ``confusion_<task>_<model>_layer<layer>_<head>_<split>`` figure(s) and ``.json`` into ``out``.
     """
-    result = find_result(data.probe_results(store_path, dataset, task=task), task, model, layer, head, dataset)
+    result = find_result(load_records(store_path, dataset=dataset, task=task), task, model, layer, head, dataset)
     metrics = result.get("metrics", {})
     if split not in metrics or "confusion" not in metrics[split]:
         raise EmbedstoreError(f"probe result {task}/{model}/layer {layer}/{head} has no confusion matrix for "

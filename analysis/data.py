@@ -1,7 +1,9 @@
-"""Reading what the analyses need from a store: model entries, layers, labelled rows, probe results.
+"""Reading what the analyses need from a store: layer names, labelled rows, splits, output files.
 
-All store access of :mod:`embedstore.analysis` goes through here, so the figure modules only see
-numpy arrays. Layers are always addressed by their non-negative index after :func:`resolve_layers`.
+The store's arrays reach :mod:`embedstore.analysis` through here, so the figure modules only see
+numpy arrays. Dataset, model and layer specs are resolved by :mod:`embedstore.store.specs` and
+probe records read by :mod:`embedstore.store.records`; layers are always addressed by their
+non-negative index after :func:`~embedstore.store.specs.resolve_layers`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from embedstore.errors import EmbedstoreError, ModelError, StoreError, did_you_mean
+from embedstore.errors import EmbedstoreError, StoreError
 
 from .metrics import subsample_indices
 
@@ -67,34 +69,6 @@ def open_for_reading(store_path: str | Path) -> Iterator[Any]:
         yield store
 
 
-def resolve_dataset(store, dataset: str | None) -> str:
-    """``dataset`` checked against the store, or the store's only dataset when None."""
-    names = list(store.datasets())
-    if dataset is None:
-        if len(names) != 1:
-            raise StoreError(f"the store holds datasets {', '.join(names) or 'none'}; choose one with --dataset")
-        return names[0]
-    if dataset not in names:
-        raise StoreError(f"--dataset {dataset!r} is not in the store{did_you_mean(dataset, names)} "
-                         f"(it holds {', '.join(names)})")
-    return dataset
-
-
-def resolve_models(store, dataset: str, models: Sequence[str] | str | None) -> list[str]:
-    """The model entries to analyse: all of the dataset's entries when None, else those named."""
-    have = list(store.models(dataset))
-    if not have:
-        raise StoreError(f"dataset {dataset!r} has no model entries yet; run extract first")
-    if models is None:
-        return have
-    wanted = [models] if isinstance(models, str) else list(models)
-    missing = [m for m in wanted if m not in have]
-    if missing:
-        raise ModelError(f"--model {missing[0]!r} is not in dataset {dataset!r}{did_you_mean(missing[0], have)} "
-                         f"(it holds {', '.join(have)})")
-    return wanted
-
-
 def layer_names(store, dataset: str, model: str) -> list[str]:
     """Names of the layers of one model entry, index order."""
     attrs = store.model_attrs(dataset, model)
@@ -102,27 +76,6 @@ def layer_names(store, dataset: str, model: str) -> list[str]:
     if names is None:
         names = [f"layer{i}" for i in range(len(attrs["layer_widths"]))]
     return [str(n) for n in names]
-
-
-def resolve_layers(names: Sequence[str], layer: LayerSpec, model: str) -> list[int]:
-    """Layer indices (>= 0) for ``layer``: an int (negative from the end), a name or ``"all"``.
-
-    ``"best"`` is not resolved here (it needs probe results or separability scores).
-    """
-    n = len(names)
-    if isinstance(layer, str):
-        if layer == "all":
-            return list(range(n))
-        if layer in names:
-            return [list(names).index(layer)]
-        if re.fullmatch(r"-?\d+", layer.strip()):
-            layer = int(layer)
-        else:
-            raise ModelError(f"layer {layer!r} of model {model!r}: not a number, name, 'all' or 'best' "
-                             f"(names: {', '.join(names)})")
-    if not -n <= int(layer) < n:
-        raise ModelError(f"layer {layer} is out of range for model {model!r} ({n} layers: 0..{n - 1})")
-    return [int(layer) % n]
 
 
 def _as_str_labels(labels: Any, n: int) -> np.ndarray:
@@ -184,44 +137,6 @@ def task_name(store, dataset: str) -> str:
         return "label"
     labelled = [t for t in tasks if t != "caption"]
     return str(labelled[0]) if labelled else "label"
-
-
-# ---- probe results -------------------------------------------------------------------------------
-
-
-def probe_results(store_path: str | Path, dataset: str | None = None, model: str | None = None,
-                  task: str | None = None) -> list[dict]:
-    """The stored probe results (see :mod:`embedstore.heads.results`), filtered; [] if there are none."""
-    try:
-        from embedstore.heads.results import load_results
-    except ImportError:
-        return []
-    rows = load_results(store_path, task=task) or []
-    return [r for r in rows
-            if (dataset is None or r.get("dataset") == dataset) and (model is None or r.get("model") == model)]
-
-
-def layer_key(layer: Any) -> int | str | None:
-    """A record's ``layer`` as an int index, or a string such as ``"weighted"``; None if absent."""
-    if layer is None:
-        return None
-    return int(layer) if not isinstance(layer, str) or layer.lstrip("-").isdigit() else layer
-
-
-def probe_choice_by_layer(results: list[dict], model: str) -> dict[int | str, dict]:
-    """Per layer of ``model``, the stored probe record (over heads, presets and tasks) with the best
-    validation accuracy (:func:`embedstore.heads.results.choose_best`): integer layers, plus string
-    keys such as ``"weighted"``. Layers whose records have no validation score are left out; test
-    metrics are never read here."""
-    from embedstore.heads.results import choose_best
-
-    by_layer: dict[int | str, list[dict]] = {}
-    for r in results:
-        key = layer_key(r.get("layer"))
-        if r.get("model") == model and key is not None:
-            by_layer.setdefault(key, []).append(r)
-    chosen = {k: choose_best(recs) for k, recs in by_layer.items()}
-    return {k: r for k, r in chosen.items() if r is not None}
 
 
 def selection_split(store, dataset: str) -> str | list[str] | None:

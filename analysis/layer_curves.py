@@ -20,6 +20,8 @@ from pathlib import Path
 import matplotlib
 
 from embedstore.errors import EmbedstoreError
+from embedstore.store import specs
+from embedstore.store.records import SELECTED_ON, load_records, record_selected_on, selection_score
 
 from . import data
 from .metrics import separability
@@ -54,8 +56,6 @@ class BestLayer:
         """How the layer was chosen, for titles: "valid accuracy", "silhouette on valid rows"."""
         if self.by != "probe accuracy":
             return f"{self.by} on {self.selected_on} rows"
-        from embedstore.heads.results import SELECTED_ON
-
         return SELECTED_ON.get(self.selected_on, f"{self.selected_on} accuracy")
 
 
@@ -128,16 +128,13 @@ def probe_curve(results: list[dict], model: str) -> tuple[dict[int, float], dict
     """From stored probe records: ``(valid accuracy per int layer, per mixed layer such as
     "weighted", the layer with the best valid accuracy or None)``. Ties go to the lower layer; test
     metrics are read only for the chosen record."""
-    from embedstore.heads.results import record_selected_on, selection_score
-
-    chosen = data.probe_choice_by_layer(results, model)
-    scores = {k: selection_score(r) for k, r in chosen.items()}
+    scores = {k: selection_score(r) for k, r in specs.best_per_layer(results, model).items()}
     ints = {k: v for k, v in scores.items() if isinstance(k, int)}
     mixed = {str(k): v for k, v in scores.items() if not isinstance(k, int)}
-    pick = _argmax(ints)
-    if pick is None:
+    best = specs.best_layer(results, model)
+    if best is None:
         return ints, mixed, None
-    rec = chosen[pick]
+    pick, rec = best
     head = rec.get("head", "?") + ("" if rec.get("preset", "default") == "default" else f"/{rec['preset']}")
     test = rec.get("metrics", {}).get("test", {}).get("accuracy")
     return ints, mixed, BestLayer(pick, "probe accuracy", record_selected_on(rec), ints[pick], head, test)
@@ -173,7 +170,7 @@ def best_layer(store, store_path, dataset: str, model: str, task: str | None = N
     """The layer of ``model`` that ``layer="best"`` means: the best stored probe by validation
     accuracy (:func:`probe_curve`), else the best separability on the selection split
     (:func:`separability_choice`). The test split never chooses."""
-    _, _, choice = probe_curve(data.probe_results(store_path, dataset, model, task), model)
+    _, _, choice = probe_curve(load_records(store_path, dataset=dataset, model=model, task=task), model)
     if choice is not None:
         return choice
     return separability_choice(store, dataset, model, method, metric, max_points, seed)
@@ -200,9 +197,9 @@ def layers(
     ``layers_<dataset>_<models>_<split>.<fmt>`` and a ``.json`` of the numbers into ``out``.
     """
     with data.open_for_reading(store_path) as store:
-        ds = data.resolve_dataset(store, dataset)
-        names_of = {m: data.layer_names(store, ds, m) for m in data.resolve_models(store, ds, models)}
-        results = data.probe_results(store_path, ds, task=task)
+        ds = specs.resolve_dataset(store, dataset, models=models)
+        names_of = {m: data.layer_names(store, ds, m) for m in specs.resolve_models(store, ds, models)}
+        results = load_records(store_path, dataset=ds, task=task)
         curves = []
         for model, names in names_of.items():
             scores, n, n_total = separability_curve(store, ds, model, names, split, method, metric, max_points, seed)

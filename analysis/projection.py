@@ -17,6 +17,7 @@ import matplotlib.colors
 import numpy as np
 
 from embedstore.errors import EmbedstoreError
+from embedstore.store import specs
 
 from . import data
 from .layer_curves import best_layer
@@ -126,16 +127,17 @@ def project(
     if method not in METHODS:
         raise ValueError(f"unknown projection {method!r}; choose from {METHODS}")
     with data.open_for_reading(store_path) as store:
-        ds = data.resolve_dataset(store, dataset)
-        model_list = data.resolve_models(store, ds, models)
+        ds = specs.resolve_dataset(store, dataset, models=models)
+        model_list = specs.resolve_models(store, ds, models)
         panels: list[ProjectionPanel] = []
         for model in model_list:
             names = data.layer_names(store, ds, model)
-            if layer == "best":
+            picked = specs.resolve_layers(layer, names, model=model, words=("all", "best"))
+            if picked.mode == "best":
                 choice = best_layer(store, store_path, ds, model, task, max_points=max_points, seed=seed)
                 picks = [(choice.layer, choice.label, choice.selected_on)]
             else:
-                picks = [(i, "given", None) for i in data.resolve_layers(names, layer, model)]
+                picks = [(i, "given", None) for i in picked.indices]
             for idx, by, on in picks:
                 view = data.load_view(store, ds, model, idx, split, max_points, seed, names)
                 X, stats_on = _features(store, ds, view, standardize)

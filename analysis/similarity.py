@@ -16,6 +16,7 @@ import matplotlib
 import numpy as np
 
 from embedstore.errors import StoreError
+from embedstore.store import specs
 
 from . import data
 from .metrics import CosineStats, cka_matrix, cosine_stats, pairwise_cosine_values, subsample_indices
@@ -85,13 +86,13 @@ def cosine(
     and a ``.json`` of the numbers into ``out``.
     """
     with data.open_for_reading(store_path) as store:
-        ds = data.resolve_dataset(store, dataset)
-        model_list = data.resolve_models(store, ds, models)
+        ds = specs.resolve_dataset(store, dataset, models=models)
+        model_list = specs.resolve_models(store, ds, models)
         rows: list[CosineRow] = []
         hists: list[CosineHistogram] = []
         for model in model_list:
             names = data.layer_names(store, ds, model)
-            idxs = data.resolve_layers(names, layer, model)
+            idxs = specs.resolve_layers(layer, names, model=model, words=("all",)).indices
             for i in idxs:
                 view = data.load_view(store, ds, model, i, split, None, seed, names)
                 st = cosine_stats(view.X, view.labels)
@@ -258,9 +259,9 @@ def cka(
     figure(s) and ``.json`` into ``out``.
     """
     with data.open_for_reading(store_path) as store:
-        ds = data.resolve_dataset(store, dataset)
         other = other_model or model
-        data.resolve_models(store, ds, [model, other])
+        ds = specs.resolve_dataset(store, dataset, models=[model, other])
+        specs.resolve_models(store, ds, [model, other])
         pair = [model] if other == model else [model, other]
         layers, n, n_total = _aligned_layers(store, ds, pair, split, max_points, seed)
         M = cka_matrix(layers[0], None if other == model else layers[1])

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from embedstore import __version__
-from embedstore.errors import EmbedstoreError, ModelError, StoreError
+from embedstore.errors import EmbedstoreError, StoreError
 from embedstore.extract.audio import LEGACY_GAIN, audio_duration, preprocessing_description
 from embedstore.extract.datasets import Dataset, Track
 from embedstore.extract.encoders import Encoder
@@ -31,6 +31,7 @@ from embedstore.extract.pooling import pooled_width
 from embedstore.extract.windowing import WindowRule
 from embedstore.store import ModelWriter, Store, TrackTable, open_store
 from embedstore.store.failures import format_reason_groups, merge_model_reasons
+from embedstore.store.specs import resolve_layers
 
 
 @dataclass
@@ -151,15 +152,9 @@ def resolve_frame_layers(encoder: Encoder, options: ExtractOptions) -> list[int]
         return []
     if options.frame_layers is None:
         return list(range(encoder.num_layers))
-    layers = []
-    for layer in options.frame_layers:
-        index = layer + encoder.num_layers if layer < 0 else layer
-        if not 0 <= index < encoder.num_layers:
-            raise ModelError(
-                f"--frame-layers {layer} is out of range: {encoder.name} has layers 0..{encoder.num_layers - 1}"
-            )
-        layers.append(index)
-    return sorted(set(layers))
+    picked = resolve_layers(list(options.frame_layers), list(encoder.layer_names), model=encoder.name,
+                            option="--frame-layers", words=())
+    return sorted(set(picked.indices))
 
 
 def select_tracks(dataset: Dataset, options: ExtractOptions) -> list[Track]:

@@ -10,7 +10,8 @@ One run::
         -> AdamW with two groups (encoder lr, captioner + T5 lr)
         -> validation loss on the fixed centre crop of each valid clip; best epoch kept (in memory)
     best weights -> beam-search captions of the test centre crops -> caption_metrics
-    -> the caption probes' record (head ``t5-finetune``) -> out/metrics.json (+ the store's results folder)
+    -> a CaptionRecord (head ``t5-finetune``, model ``<model>+ft-<task>``) -> out/metrics.json
+       (+ the store's results folder)
 
 Only the centre ``crop_seconds`` of a valid/test clip is heard (crops are capped at the encoder's window).
 """
@@ -38,6 +39,7 @@ from embedstore.finetune.data import (
 )
 from embedstore.heads.caption_metrics import DEFAULT_BERT
 from embedstore.heads.captioner import AudioCaptioner, GenerationSettings, LayerMixMode
+from embedstore.store.records import CaptionRecord, dump_record, save_record
 from torch import nn
 
 CAPTION_TASK = "caption"
@@ -52,7 +54,8 @@ class CaptionFinetuneReport:
     """What :func:`finetune_caption` did.
 
     Attributes:
-        record: the JSON record (the caption probes' format, head ``t5-finetune``).
+        record: the :class:`~embedstore.store.records.CaptionRecord` (head ``t5-finetune``, model
+            ``<model>+ft-<task>``).
         history: one dict per epoch (``epoch, train_loss, valid_loss, seconds, skipped``).
         predictions: every test clip ``{"track_id", "generated", "reference"}``.
         out: the run folder (``metrics.json``, ``history.json``); path: the record in the store's
@@ -61,7 +64,7 @@ class CaptionFinetuneReport:
         network: the trained encoder + captioner (best epoch's weights, eval mode).
     """
 
-    record: dict[str, Any]
+    record: CaptionRecord
     history: list[dict[str, Any]]
     predictions: list[dict[str, str]]
     out: Path
@@ -130,11 +133,12 @@ class CaptionFinetuneModel(nn.Module):
         return self.captioner(x, mask, labels).loss
 
 
-def caption_split_tracks(dataset: Any, task: str, seed: int) -> tuple[dict[str, list], str]:
-    """Captioned tracks per split ``{"train"|"valid"|"test": [Track]}`` and a note on the split.
+def caption_split_tracks(dataset: Any, task: str, seed: int) -> tuple[dict[str, list], dict[str, Any]]:
+    """Captioned tracks per split ``{"train"|"valid"|"test": [Track]}`` and how the split was made
+    (the ``protocol`` of :func:`~embedstore.heads.caption_probe.split_indices`).
 
-    Without a ``valid`` split a seeded share of train is held out (as the caption probe does);
-    k-fold splits use fold 0 as test.
+    Without a ``valid`` split the probes' carve-out of train is held out
+    (:func:`~embedstore.heads.protocol.carve_valid`); k-fold splits use fold 0 as test.
 
     Raises:
         DatasetError: ``task`` is not a caption task of the dataset, or no train/test clips.
@@ -149,13 +153,13 @@ def caption_split_tracks(dataset: Any, task: str, seed: int) -> tuple[dict[str, 
     if "train" not in set(splits) and not any(s.startswith("fold") for s in splits):
         raise DatasetError(f"dataset {dataset.name!r}: captioning needs 'train' and 'test' clips "
                            f"(splits: {sorted(set(splits)) or 'none'})")
-    train, valid, test, note = split_indices(splits, seed)
+    train, valid, test, protocol = split_indices(splits, seed)
     out = {name: [tracks[i] for i in idx] for name, idx in (("train", train), ("valid", valid), ("test", test))}
     if not out["train"] or not out["test"]:
         raise DatasetError(f"dataset {dataset.name!r}: captioning needs captioned 'train' and 'test' clips")
     if not out["valid"]:
         raise DatasetError(f"dataset {dataset.name!r}: too few captioned train clips to hold out a validation set")
-    return out, note
+    return out, protocol
 
 
 def _centre(items: list[Item], samples: int) -> list[Item]:
@@ -260,9 +264,9 @@ def finetune_caption(
     from embedstore.finetune.model import disable_layerdrop, set_spec_augment
     from embedstore.finetune.model import freeze_feature_encoder as freeze_conv_features
     from embedstore.heads.caption_metrics import caption_metrics
-    from embedstore.heads.caption_probe import RECORD_SCHEMA
     from embedstore.heads.caption_train import seed_everything, tokenize_captions
     from embedstore.heads.captioner import load_t5
+    from embedstore.store.specs import finetuned_key
 
     _check_options(epochs=epochs, lr_encoder=lr_encoder, lr_head=lr_head, batch_size=batch_size,
                    crop_seconds=crop_seconds, block_seconds=block_seconds, patience=patience,
@@ -273,7 +277,7 @@ def finetune_caption(
     encoder_request = replace(EncoderRequest.coerce(model, seed=seed), dtype="float32")
     model, checkpoint, weights = encoder_request.name, encoder_request.checkpoint, encoder_request.weights
     dataset = DatasetRequest.coerce(dataset, seed=seed).discover()
-    tracks, split_note = caption_split_tracks(dataset, task, seed)
+    tracks, split_protocol = caption_split_tracks(dataset, task, seed)
     dev = resolve_device(device)
     if precision not in ("auto", "fp32"):
         notes.append(f"--precision {precision}: captioning fine-tune runs fp32")
@@ -384,43 +388,27 @@ def finetune_caption(
     metrics = caption_metrics(generated, refs, bert=str(bert), sentence_model=sentence_model, device=str(dev))
     predictions = [{"track_id": t, "generated": g, "reference": r} for t, g, r in zip(ids, generated, refs)]
     n_layers = encoder.num_layers
-    record = {
-        "schema": RECORD_SCHEMA,
-        "task": CAPTION_TASK,
-        "dataset": dataset.name,
-        "model": model,
-        "checkpoint": checkpoint,
-        "layer": "weighted" if n_layers > 1 else 0,
-        "layer_name": "weighted" if n_layers > 1 else encoder.layer_names[0],
-        "layers": list(range(n_layers)),
-        "head": HEAD,
-        "preset": "default" if layer_mix == "softmax" else layer_mix,
-        "t5": str(t5),
-        "bert": str(bert),
-        "inputs": f"audio crops ({crop:g} s, {net.block} frames per step)",
-        "layer_mix": layer_mix,
-        "layer_weights": net.captioner.mix.weights().detach().cpu().tolist() if n_layers > 1 else None,
-        "hparams": {"epochs": epochs, "batch_size": batch_size, "lr_encoder": lr_encoder, "lr_head": lr_head,
-                    "weight_decay": weight_decay, "patience": patience, "crop_seconds": crop,
-                    "block_seconds": block_seconds, "freeze_feature_encoder": freeze_feature_encoder,
-                    "spec_augment": spec_augment, "weights": weights, "best_epoch": best_epoch, "gain": gain,
-                    **asdict(generation)},
-        "seeds": [seed],
-        "protocol": {"split": split_note, "selection": "best epoch by validation loss (centre crops)",
-                     "n": {s: len(ts) for s, ts in tracks.items()}},
-        "history": {"train_loss": [h["train_loss"] for h in history],
-                    "valid_loss": [h["valid_loss"] for h in history]},
-        "metrics": {"test": {**metrics, "n": len(generated)}},
-        "examples": predictions[:N_EXAMPLES],
-        "notes": notes,
-    }
+    record = CaptionRecord(
+        task=CAPTION_TASK, dataset=dataset.name, model=finetuned_key(model, task, weights),
+        checkpoint=checkpoint or get_spec(model).default_checkpoint, layer="weighted" if n_layers > 1 else 0,
+        layer_name="weighted" if n_layers > 1 else encoder.layer_names[0], layers=list(range(n_layers)),
+        head=HEAD, preset="default" if layer_mix == "softmax" else layer_mix, t5=str(t5), bert=str(bert),
+        inputs=f"audio crops ({crop:g} s, {net.block} frames per step)", layer_mix=layer_mix,
+        layer_weights=net.captioner.mix.weights().detach().cpu().tolist() if n_layers > 1 else None,
+        hparams={"epochs": epochs, "batch_size": batch_size, "lr_encoder": lr_encoder, "lr_head": lr_head,
+                 "weight_decay": weight_decay, "patience": patience, "crop_seconds": crop,
+                 "block_seconds": block_seconds, "freeze_feature_encoder": freeze_feature_encoder,
+                 "spec_augment": spec_augment, "weights": weights, "best_epoch": best_epoch, "gain": gain,
+                 **asdict(generation)},
+        seeds=[seed],
+        protocol={**split_protocol, "selection": "best epoch by validation loss (centre crops)",
+                  "n": {s: len(ts) for s, ts in tracks.items()}},
+        history={"train_loss": [h["train_loss"] for h in history], "valid_loss": [h["valid_loss"] for h in history]},
+        metrics={"test": {**metrics, "n": len(generated)}}, examples=predictions[:N_EXAMPLES], notes=notes,
+    )
     write_json(history, out_dir / HISTORY)
-    write_json(record, out_dir / METRICS)
-    path = None
-    if store is not None:
-        from embedstore.heads.results import save_result
-
-        path = save_result(store, record)
+    dump_record(record, out_dir / METRICS)
+    path = save_record(store, record) if store is not None else None
     return CaptionFinetuneReport(record, history, predictions, out_dir, path, notes, net)
 
 

@@ -8,9 +8,10 @@
 - :class:`ClipDataset` yields full clips (the track's own segment) for evaluation.
 - :func:`label_task` names the class-label task to learn (the dataset's only one when ``--task`` is
   omitted); :func:`task_splits` picks the labelled tracks of a task and their train/valid/test split, holding
-  out a stratified share of train as validation when the dataset has no valid split;
-  :func:`limit_splits` caps each split at ``--limit`` clips and :func:`stratified_subset` draws the
-  seeded, stratified subsets both use (and the training-split evaluation's subsample).
+  out validation from train with the probes' carve-out (:func:`~embedstore.heads.protocol.carve_valid`)
+  when the dataset has no valid split; :func:`limit_splits` caps each split at ``--limit`` clips with
+  :func:`~embedstore.heads.protocol.stratified_subset` (seeded, stratified), as the training-split
+  evaluation's subsample is drawn.
 
 A clip that fails to decode, or that the encoder refuses as too short (:func:`usable_items`, with
 the encoder's :attr:`~embedstore.extract.encoders.Encoder.min_samples` at the time, which for
@@ -32,7 +33,7 @@ from embedstore.extract.audio import DEFAULT_GAIN, audio_duration, load_audio
 from embedstore.extract.datasets import Dataset, Track
 from embedstore.extract.encoders import Encoder
 from embedstore.extract.pipeline import leave_interrupts_to_main
-from embedstore.heads.protocol import INNER_VALID_FRACTION
+from embedstore.heads.protocol import carve_valid, stratified_subset
 
 SPLITS = ("train", "valid", "test")
 
@@ -78,14 +79,14 @@ def label_task(dataset: Dataset, task: str | None) -> str:
 def task_splits(dataset: Dataset, task: str, seed: int = 0) -> TaskSplits:
     """Labelled train/valid/test tracks of ``task`` (a class-label task of ``dataset``).
 
-    Classes are sorted as the probes sort them. Without a ``valid`` split, a stratified
-    :data:`~embedstore.heads.protocol.INNER_VALID_FRACTION` of train (seeded) becomes validation.
+    Classes are sorted as the probes sort them. Without a ``valid`` split, the probes' carve-out
+    (:func:`~embedstore.heads.protocol.carve_valid`: 15 % of train, seeded, stratified) becomes
+    validation (``valid_source`` ``"inner"``).
 
     Raises:
-        DatasetError: unknown or non-class task, k-fold splits, or no train/test clips.
+        DatasetError: unknown or non-class task, k-fold splits, no train/test clips, or too few
+            train clips to hold out validation from.
     """
-    from sklearn.model_selection import train_test_split
-
     column = dataset.tasks.get(task)
     have = ", ".join(dataset.tasks) or "none"
     if column is None:
@@ -107,30 +108,14 @@ def task_splits(dataset: Dataset, task: str, seed: int = 0) -> TaskSplits:
     if not tracks["valid"]:
         valid_source = "inner"
         train = tracks["train"]
-        if len(train) < 2:
-            raise DatasetError(f"dataset {dataset.name!r}: too few train clips to hold out a validation set")
-        n_valid = max(1, int(np.ceil(INNER_VALID_FRACTION * len(train))))
-        keep, valid = stratified_subset([t.label for t in train], n_valid, seed)
+        try:
+            keep, valid = carve_valid([t.label for t in train], seed)
+        except DatasetError as exc:
+            raise DatasetError(f"dataset {dataset.name!r}: {exc}") from None
         tracks["train"] = [train[i] for i in keep]
         tracks["valid"] = [train[i] for i in valid]
     labels = sorted({t.label for t in labelled}, key=str)
     return TaskSplits(tracks, labels, valid_source)
-
-
-def stratified_subset(labels: Sequence[object], n: int, seed: int = 0) -> tuple[list[int], list[int]]:
-    """Pick ``n`` of ``len(labels)`` positions, seeded: ``(rest, picked)``, both sorted lists of int.
-
-    Stratified by ``labels`` (each class keeps its share) when every class has two items and both
-    parts can hold one of each class; plain random otherwise. ``n >= len(labels)`` picks everything.
-    """
-    from sklearn.model_selection import train_test_split
-
-    if n >= len(labels):
-        return [], list(range(len(labels)))
-    counts = np.unique(np.asarray(labels, dtype=str), return_counts=True)[1]
-    strat = labels if counts.min() >= 2 and min(n, len(labels) - n) >= len(counts) else None
-    rest, picked = train_test_split(list(range(len(labels))), test_size=n, random_state=seed, stratify=strat)
-    return sorted(rest), sorted(picked)
 
 
 def limit_splits(splits: TaskSplits, limit: int | None, seed: int = 0) -> TaskSplits:

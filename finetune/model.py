@@ -27,40 +27,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedstore.errors import ModelError
 from embedstore.extract.encoders.base import Encoder, EncoderOutput, state_dict_sha256
 from embedstore.extract.pooling import frame_mask
 from embedstore.extract.windowing import WindowRule, frames_to_skip
 from embedstore.heads.mlp import MLPHead, WeightedLayerMLP
+from embedstore.store.specs import resolve_layers
 
 WEIGHTED = "weighted"
 
 
 def resolve_layer(layer: int | str, encoder: Encoder) -> int | str:
-    """Check a ``layer`` option against ``encoder``: ``"weighted"``, an index (negative counts from
-    the end) or a layer name. Returns ``"weighted"`` or a non-negative index.
+    """Check a ``layer`` option against ``encoder`` (:func:`~embedstore.store.specs.resolve_layers`):
+    ``"weighted"``, an index (negative counts from the end) or a layer name. Returns ``"weighted"``
+    or a non-negative index.
 
     Raises:
         ModelError: unknown layer, index out of range, or ``weighted`` over layers of unequal widths.
     """
-    names = list(encoder.layer_names)
-    n = len(names)
-    if layer == WEIGHTED:
-        if len(set(encoder.layer_widths)) > 1:
-            raise ModelError(
-                f"--layer weighted: model {encoder.name!r} has layers of different widths "
-                f"{sorted(set(encoder.layer_widths))}; fine-tune on one layer instead"
-            )
-        return WEIGHTED
-    if isinstance(layer, str) and not layer.lstrip("-").isdigit():
-        if layer not in names:
-            raise ModelError(f"--layer {layer!r}: model {encoder.name!r} has no such layer "
-                             f"(names: {', '.join(names)}; or 'weighted')")
-        return names.index(layer)
-    index = int(layer)
-    if not -n <= index < n:
-        raise ModelError(f"--layer {index}: model {encoder.name!r} has {n} layers (0..{n - 1})")
-    return index % n
+    picked = resolve_layers(layer, list(encoder.layer_names), model=encoder.name, words=(WEIGHTED,),
+                            widths=list(encoder.layer_widths))
+    return WEIGHTED if picked.mode == WEIGHTED else picked.indices[0]
 
 
 def freeze_feature_encoder(encoder: Encoder) -> bool:

@@ -12,6 +12,7 @@ from matplotlib.ticker import FixedLocator, MaxNLocator
 from tqdm import tqdm
 
 from embedstore.analysis.plotting import new_figure, save_figure
+from embedstore.store.records import ProbeRecord
 
 CURVE_STEM = "training_curve"
 
@@ -23,7 +24,7 @@ class FinetuneReport:
     Attributes:
         out_dir: the run folder (checkpoints, history, figure, metrics).
         model_key: the result's model name, e.g. ``"mert+ft-genre"`` (also the store entry's key).
-        record: the metrics record (the probes' format, ``head="finetune"``).
+        record: the :class:`~embedstore.store.records.ProbeRecord` of the run (``head="finetune"``).
         record_paths: where the record was written (``out/metrics.json``, and the store's results folder).
         history: one dict per epoch: ``epoch, train_loss, valid_accuracy, valid_loss, clips_per_s,
             seconds, skipped``.
@@ -40,7 +41,7 @@ class FinetuneReport:
 
     out_dir: Path
     model_key: str
-    record: dict[str, Any]
+    record: ProbeRecord
     record_paths: list[Path]
     history: list[dict[str, Any]]
     best_epoch: int

@@ -73,6 +73,8 @@ from embedstore.finetune.model import (
 )
 from embedstore.finetune.model import freeze_feature_encoder as freeze_conv_features
 from embedstore.finetune.report import FinetuneReport, plot_training_curve
+from embedstore.heads.protocol import VALID_FRACTION
+from embedstore.store.specs import finetuned_key
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 _ENCODER_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -177,12 +179,6 @@ def resolve_precision(precision: str, device: str) -> tuple[str, str | None]:
     if precision == "auto":
         return ("bf16" if torch.cuda.is_bf16_supported() else "fp16"), None
     return precision, None
-
-
-def model_key(model: str, task: str, weights: str = "pretrained") -> str:
-    """The result's model name and store key: ``<model>+ft-<task>`` (``<model>+random+ft-<task>``
-    when fine-tuning from random weights)."""
-    return f"{model}+random+ft-{task}" if weights == "random" else f"{model}+ft-{task}"
 
 
 # ---- one epoch, one evaluation ------------------------------------------------------------------
@@ -424,8 +420,7 @@ def finetune(
             seed=seed, workers=workers, progress=progress, gain=gain)
     from embedstore.devices import resolve_device
     from embedstore.extract.pipeline import ExtractOptions, default_workers, extract_dataset
-    from embedstore.heads.protocol import ProbeResult
-    from embedstore.heads.results import build_record, save_result
+    from embedstore.store.records import ProbeRecord, dump_record, save_record
 
     _check_options(epochs=epochs, lr_encoder=lr_encoder, lr_head=lr_head, batch_size=batch_size,
                    grad_accum=grad_accum, crop_seconds=crop_seconds, precision=precision, patience=patience,
@@ -554,35 +549,34 @@ def finetune(
                                                  batch_size=batch_size, workers=workers, progress=progress, seed=seed,
                                                  gain=gain, notes=notes)
     train_eval_rule = {"rule": config.train_eval, "clips": train_clips, "of": n_train}
-    key = model_key(model, task, weights)
+    key = finetuned_key(model, task, weights)
     hparams = {"lr_encoder": lr_encoder, "lr_head": lr_head, "weight_decay": weight_decay, "epochs": best_epoch,
                "batch_size": batch_size * grad_accum, "crop_seconds": crop, "precision": prec,
                "frozen_conv": int(freeze_feature_encoder), "dropout": head_dropout}
-    result = ProbeResult(
-        labels=splits.labels, metrics=metrics, hparams=hparams,
-        runs=[{"seed": seed, "fold": "split", "hparams": hparams, "valid_accuracy": best_key[0] if best_key else None,
-               "history": history}],
-        seeds=[seed], selection_score=best_key[0] if best_key else float("nan"), layer_weights=net.layer_weights(),
+    run = {"config": asdict(config), "run_dir": str(out_dir.absolute()), "best_epoch": best_epoch,
+           "epochs_run": epochs_run, "stopped_early": stopped, "history": history, "train_eval": train_eval_rule,
+           "limit": limit, "checkpoint_bytes": {path.name: path.stat().st_size for path in (best_path, last_path)},
+           "last_has_optimizer": last_has_optimizer}
+    record = ProbeRecord(
+        task=task, dataset=dataset.name, model=key, checkpoint=checkpoint or _default_checkpoint(model),
+        layer=net.layer if net.layer == WEIGHTED else int(net.layer),
+        layer_name=WEIGHTED if net.layer == WEIGHTED else encoder.layer_names[int(net.layer)], layers=net.layers,
+        head=HEAD, hparams=hparams, selection_score=best_key[0] if best_key else None, seeds=[seed],
         protocol={"splits": "train/valid/test", "valid_source": splits.valid_source,
+                  "valid_fraction": VALID_FRACTION if splits.valid_source == "inner" else None,
                   "train_input": f"one random {crop:g} s crop per clip per epoch",
                   "eval_input": f"full clips in {encoder.window_seconds:g} s windows, frame mean per clip",
                   "selection": "epoch with the best validation accuracy (then loss)",
                   "train_eval": _describe_train_eval(train_eval_rule),
                   "limit": f"at most {limit} clips per split (seeded, stratified)" if limit else "none",
                   "standardise": "none (end-to-end)", "confusion": "counts", "n_boot": N_BOOT},
-        predictions=predictions,
+        metrics=metrics, layer_weights=net.layer_weights(), finetune=run,
+        runs=[{"seed": seed, "fold": "split", "hparams": hparams,
+               "valid_accuracy": best_key[0] if best_key else None, "history": history}],
+        predictions={"test": predictions},
     )
-    record = build_record(result, task=task, dataset=dataset.name, model=key,
-                          layer=net.layer if net.layer == WEIGHTED else int(net.layer),
-                          layer_name=WEIGHTED if net.layer == WEIGHTED else encoder.layer_names[int(net.layer)],
-                          layers=net.layers, head=HEAD, preset="default",
-                          checkpoint=checkpoint or _default_checkpoint(model))
-    sizes = {path.name: path.stat().st_size for path in (best_path, last_path)}
-    record["finetune"] = {"config": asdict(config), "run_dir": str(out_dir.absolute()), "best_epoch": best_epoch,
-                          "epochs_run": epochs_run, "stopped_early": stopped, "history": history,
-                          "train_eval": train_eval_rule, "limit": limit, "checkpoint_bytes": sizes,
-                          "last_has_optimizer": last_has_optimizer}
-    record_paths = [write_json(record, out_dir / METRICS)]
+    sizes = run["checkpoint_bytes"]
+    record_paths = [dump_record(record, out_dir / METRICS)]
 
     export = None
     if export_to_store is not None:
@@ -593,7 +587,7 @@ def finetune(
                       "config": asdict(config)}
         export = extract_dataset(dataset, [(key, FinetunedEncoder(encoder, provenance))], export_to_store,
                                  ExtractOptions(batch_size=batch_size, workers=workers, progress=progress, gain=gain))
-        record_paths.append(save_result(export_to_store, record))
+        record_paths.append(save_record(export_to_store, record))
 
     curve = plot_training_curve(history, out_dir, best_epoch) if history else None
     return FinetuneReport(out_dir=out_dir, model_key=key, record=record, record_paths=record_paths, history=history,

@@ -4,8 +4,8 @@
   :func:`format_comparison` (one table across models and layers).
 - :mod:`~embedstore.heads.protocol`: :func:`probe_arrays`, the store-free core.
 - :mod:`~embedstore.heads.mlp` (``MLPHead``), :mod:`~embedstore.heads.logreg`,
-  :mod:`~embedstore.heads.metrics` (metrics, bootstrap CIs, McNemar), :mod:`~embedstore.heads.results`
-  (JSON records beside the store).
+  :mod:`~embedstore.heads.metrics` (metrics, bootstrap CIs, McNemar).
+- Result records (JSON beside the store) live in :mod:`embedstore.store.records`.
 
 Names are imported lazily so that ``import embedstore.heads`` does not import torch.
 """
@@ -24,9 +24,6 @@ _LAZY = {
     "MLPHead": "embedstore.heads.mlp",
     "classification_metrics": "embedstore.heads.metrics",
     "bootstrap_ci": "embedstore.heads.metrics",
-    "load_results": "embedstore.heads.results",
-    "save_result": "embedstore.heads.results",
-    "results_dir": "embedstore.heads.results",
 }
 
 __all__ = list(_LAZY)

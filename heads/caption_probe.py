@@ -26,10 +26,10 @@ from embedstore.heads.caption_train import (
     train_captioner,
 )
 from embedstore.heads.captioner import AudioCaptioner, GenerationSettings, LayerMixMode, load_t5
+from embedstore.store.records import CaptionRecord, save_record
+from embedstore.store.specs import resolve_dataset, resolve_layers, resolve_models
 
 CAPTION_TASK = "caption"
-RECORD_SCHEMA = "embedstore.caption/1"
-VALID_FRACTION = 0.1
 N_EXAMPLES = 5
 InputKind = Literal["auto", "frames", "pooled"]
 
@@ -39,53 +39,19 @@ class CaptionReport:
     """What :func:`run_caption_probe` did.
 
     Attributes:
-        record: the JSON record (task ``caption``, dataset, model, layer, head ``t5``,
-            ``metrics["test"]`` = bert_similarity, sentence_similarity, bleu, distinct_ratio,
-            ``examples`` = a few generated vs reference captions, plus training details).
+        record: the :class:`~embedstore.store.records.CaptionRecord` (task ``caption``, dataset,
+            model, layer, head ``t5``, ``metrics["test"]`` = bert_similarity, sentence_similarity,
+            bleu, distinct_ratio, ``examples`` = a few generated vs reference captions, plus
+            training details).
         path: the record file (in the store's results folder) or None when it was not saved.
         history: per-epoch train/valid losses and the kept epoch.
         predictions: every test clip ``{"track_id", "generated", "reference"}``.
     """
 
-    record: dict[str, Any]
+    record: CaptionRecord
     path: Path | None
     history: TrainHistory
     predictions: list[dict[str, str]] = field(default_factory=list)
-
-
-def _resolve_dataset(st: Any, dataset: str | None) -> str:
-    names = list(st.datasets())
-    with_captions = [ds for ds in names if CAPTION_TASK in dict(st.dataset_attrs(ds).get("tasks") or {})]
-    if dataset is not None:
-        if dataset not in names:
-            raise StoreError(f"--dataset {dataset!r}: not in the store (datasets: {', '.join(names) or 'none'})")
-        return dataset
-    if len(with_captions) != 1:
-        raise StoreError("--dataset: choose one of the datasets with captions "
-                         f"({', '.join(with_captions) or 'none in this store'})")
-    return with_captions[0]
-
-
-def resolve_layers(layers: int | str | Sequence[int | str], layer_names: Sequence[str]) -> list[int]:
-    """Layer indices from ``"all"``, an index (negative counts from the end), a name, or a list of them."""
-    n = len(layer_names)
-    if isinstance(layers, str) and layers == "all":
-        return list(range(n))
-    items = [layers] if isinstance(layers, (int, str)) else list(layers)
-    out = []
-    for item in items:
-        if isinstance(item, str) and not item.lstrip("-").isdigit():
-            if item not in layer_names:
-                raise ModelError(f"--layers {item!r}: no such layer (names: {', '.join(layer_names)})")
-            out.append(list(layer_names).index(item))
-            continue
-        idx = int(item)
-        if not -n <= idx < n:
-            raise ModelError(f"--layers {idx}: the model has {n} layers (0..{n - 1})")
-        out.append(idx % n)
-    if not out or len(set(out)) != len(out):
-        raise ModelError(f"--layers {layers!r}: give at least one layer, each once")
-    return out
 
 
 def load_caption_data(store_path: str | Path, *, model: str, dataset: str | None = None,
@@ -103,13 +69,13 @@ def load_caption_data(store_path: str | Path, *, model: str, dataset: str | None
     if inputs not in ("auto", "frames", "pooled"):
         raise ModelError(f"--inputs {inputs!r}: choose auto, frames or pooled")
     with open_store(store_path, mode="r") as st:
-        ds = _resolve_dataset(st, dataset)
-        models = list(st.models(ds))
-        if model not in models:
-            raise StoreError(f"--model {model!r}: not in dataset {ds!r} (models: {', '.join(models) or 'none'})")
+        ds = resolve_dataset(st, dataset, task=CAPTION_TASK)
+        resolve_models(st, ds, model)
         attrs = st.model_attrs(ds, model)
         names = [str(n) for n in attrs["layer_names"]]
-        idx = resolve_layers(layers, names)
+        idx = resolve_layers(layers, names, model=model, option="--layers", words=("all",)).indices
+        if len(set(idx)) != len(idx):
+            raise ModelError(f"--layers {layers!r}: give each layer once")
         widths = [int(w) for w in attrs.get("layer_widths", [])]
         if len(idx) > 1 and widths and len({widths[i] for i in idx}) > 1:
             raise ModelError(f"--layers: layers {idx} of {model!r} differ in width "
@@ -145,30 +111,30 @@ def load_caption_data(store_path: str | Path, *, model: str, dataset: str | None
     return data, splits, info
 
 
-def split_indices(splits: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """``(train, valid, test, note)`` row indices; without a ``valid`` split, a seeded
-    :data:`VALID_FRACTION` of train is held out. k-fold splits use fold 0 as test."""
-    from embedstore.heads.protocol import make_folds
+def split_indices(splits: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """``(train, valid, test, protocol)``: row indices of each split and how they were made. Without a
+    ``valid`` split, :func:`~embedstore.heads.protocol.carve_valid` holds out its seeded share of
+    train; k-fold splits use fold 0 as test and fold 1 as valid.
+
+    ``protocol``: ``splits`` (``train/valid/test`` or ``kfold``), ``valid_source`` (``split`` or
+    ``inner``), ``valid_fraction`` (of a carve-out, else None) and ``split``, a sentence.
+
+    Raises:
+        DatasetError: no train/test rows, or too few train rows to carve validation from.
+    """
+    from embedstore.heads.protocol import VALID_FRACTION, carve_valid, make_folds
 
     fold = make_folds(list(splits))[0]
     train, valid = fold.train, fold.valid
     note = "train/valid/test splits" if fold.name == "split" else f"k-fold splits, test = {fold.name}"
+    source = "split"
     if valid is None or not len(valid):
-        rng = np.random.default_rng(seed)
-        n_valid = max(1, int(round(VALID_FRACTION * len(train)))) if len(train) > 1 else 0
-        held = rng.permutation(len(train))[:n_valid]
-        valid, train = np.sort(train[held]), np.delete(train, held)
-        note += f"; valid = {n_valid} clips held out of train (seed {seed})"
-    return train, valid, fold.test, note
-
-
-def _selected_on(splits: np.ndarray, valid_idx: np.ndarray) -> str | None:
-    """Where the rows that chose the best epoch came from (``valid``, ``valid_fold`` or
-    ``train_carveout``, as in probe records), read off their own split values; None without any."""
-    if not len(valid_idx):
-        return None
-    first = str(splits[valid_idx[0]])
-    return "valid" if first == "valid" else "train_carveout" if first == "train" else "valid_fold"
+        keep, held = carve_valid(len(train), seed)
+        train, valid, source = train[keep], train[held], "inner"
+        note += f"; valid = {len(held)} clips held out of train ({100 * VALID_FRACTION:g} %, seed {seed})"
+    protocol = {"splits": "train/valid/test" if fold.name == "split" else "kfold", "valid_source": source,
+                "valid_fraction": VALID_FRACTION if source == "inner" else None, "split": note}
+    return train, valid, fold.test, protocol
 
 
 def _layer_field(idx: list[int], n_layers: int) -> int | str:
@@ -226,10 +192,8 @@ def run_caption_probe(
         StoreError / DatasetError: missing dataset, model, frames or captions; no train/test split.
         ModelError: bad layers, layer mix or T5/BERT checkpoint.
     """
-    import torch
-
     data, splits, info = load_caption_data(store_path, model=model, dataset=dataset, layers=layers, inputs=inputs)
-    train_idx, valid_idx, test_idx, split_note = split_indices(splits, seed)
+    train_idx, valid_idx, test_idx, split_protocol = split_indices(splits, seed)
     seed_everything(seed)
     t5_model, tokenizer = load_t5(t5)
     captioner = AudioCaptioner(t5_model, input_dim=data.features.shape[-1], num_layers=data.features.shape[1],
@@ -243,51 +207,44 @@ def run_caption_probe(
     metrics = caption_metrics(generated, test.captions, bert=bert, sentence_model=sentence_model, device=device)
     predictions = [{"track_id": t, "generated": g, "reference": r}
                    for t, g, r in zip(test.track_ids, generated, test.captions)]
-    record = {
-        "schema": RECORD_SCHEMA,
-        "task": CAPTION_TASK,
-        "dataset": info["dataset"],
-        "model": model,
-        "checkpoint": info["checkpoint"],
-        "layer": _layer_field(info["layers"], info["n_model_layers"]),
-        "layer_name": info["layer_names"][0] if len(info["layers"]) == 1 else "weighted",
-        "layers": info["layers"],
-        "head": "t5",
-        "preset": "default" if layer_mix == "softmax" else layer_mix,
-        "t5": str(t5),
-        "bert": str(bert),
-        "inputs": info["inputs"],
-        "layer_mix": layer_mix,
-        "layer_weights": captioner.mix.weights().detach().cpu().tolist() if len(info["layers"]) > 1 else None,
-        "hparams": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
-                    "best_epoch": history.best_epoch, **asdict(generation)},
-        "seeds": [seed],
-        "selected_on": _selected_on(splits, valid_idx),
-        "protocol": {"split": split_note, "selection": "best epoch by validation loss",
-                     "n": {"train": len(train_idx), "valid": len(valid_idx), "test": len(test_idx)}},
-        "history": {"train_loss": history.train_loss, "valid_loss": history.valid_loss},
-        "metrics": {"test": {**metrics, "n": len(test_idx)}},
-        "examples": predictions[:N_EXAMPLES],
-    }
-    path = None
-    if save:
-        from embedstore.heads.results import save_result
-
-        path = save_result(store_path, record)
+    record = CaptionRecord(
+        task=CAPTION_TASK, dataset=info["dataset"], model=model, checkpoint=info["checkpoint"],
+        layer=_layer_field(info["layers"], info["n_model_layers"]),
+        layer_name=info["layer_names"][0] if len(info["layers"]) == 1 else "weighted", layers=info["layers"],
+        head="t5", preset="default" if layer_mix == "softmax" else layer_mix, t5=str(t5), bert=str(bert),
+        inputs=info["inputs"], layer_mix=layer_mix,
+        layer_weights=captioner.mix.weights().detach().cpu().tolist() if len(info["layers"]) > 1 else None,
+        hparams={"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
+                 "best_epoch": history.best_epoch, **asdict(generation)},
+        seeds=[seed],
+        protocol={**split_protocol, "selection": "best epoch by validation loss",
+                  "n": {"train": len(train_idx), "valid": len(valid_idx), "test": len(test_idx)}},
+        history={"train_loss": history.train_loss, "valid_loss": history.valid_loss},
+        metrics={"test": {**metrics, "n": len(test_idx)}}, examples=predictions[:N_EXAMPLES],
+    )
+    path = save_record(store_path, record) if save else None
     if out is not None:
-        out = Path(out)
-        (out / "t5").mkdir(parents=True, exist_ok=True)
-        captioner.t5.save_pretrained(out / "t5")
-        tokenizer.save_pretrained(out / "t5")
-        torch.save({"mix": captioner.mix.state_dict(), "proj": captioner.proj.state_dict(),
-                    "input_dim": captioner.input_dim, "num_layers": captioner.num_layers,
-                    "layer_mix": layer_mix, "layers": info["layers"]}, out / "captioner.pt")
-        with open(out / "predictions.jsonl", "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(p) + "\n" for p in predictions)
+        _write_run(Path(out), captioner, tokenizer, layer_mix, info["layers"], predictions)
     return CaptionReport(record=record, path=path, history=history, predictions=predictions)
 
 
-def format_caption_report(report: CaptionReport | dict[str, Any]) -> str:
+def _write_run(out: Path, captioner: AudioCaptioner, tokenizer: Any, layer_mix: str, layers: list[int],
+               predictions: list[dict[str, str]]) -> None:
+    """Write the trained captioner (``captioner.pt``: projection and layer-mix weights; ``t5/``: the
+    fine-tuned T5 and its tokenizer) and the test predictions (``predictions.jsonl``) into ``out``."""
+    import torch
+
+    (out / "t5").mkdir(parents=True, exist_ok=True)
+    captioner.t5.save_pretrained(out / "t5")
+    tokenizer.save_pretrained(out / "t5")
+    torch.save({"mix": captioner.mix.state_dict(), "proj": captioner.proj.state_dict(),
+                "input_dim": captioner.input_dim, "num_layers": captioner.num_layers,
+                "layer_mix": layer_mix, "layers": layers}, out / "captioner.pt")
+    with open(out / "predictions.jsonl", "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(p) + "\n" for p in predictions)
+
+
+def format_caption_report(report: CaptionReport | CaptionRecord) -> str:
     """A short text summary: what was trained, the test metrics, and a few generated captions."""
     rec = report.record if isinstance(report, CaptionReport) else report
     m = rec["metrics"]["test"]

@@ -17,6 +17,7 @@ clips in no split, rows that all tie or none of which differs from the best.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,10 @@ import numpy as np
 from embedstore.errors import DatasetError, ModelError, StoreError, did_you_mean, not_one_of
 from embedstore.heads.metrics import mcnemar_exact, paired_bootstrap
 from embedstore.heads.protocol import HEADS, ProbeResult, probe_arrays
-from embedstore.heads.results import (SELECTED_ON, build_record, choose_best, record_selected_on, save_result,
-                                      selection_score)
+from embedstore.store.records import (SELECTED_ON, ProbeRecord, choose_best, record_from_dict, record_selected_on,
+                                      save_record, selection_score)
+from embedstore.store.specs import dataset_tasks, resolve_dataset, resolve_layers, resolve_models
 
-LAYER_MODES = ("all", "best", "weighted")
 CLASS_COLUMN = "label"
 #: Fewer clips of a class than this in a split earns a ``few_clips`` :class:`EvidenceWarning`.
 MIN_CLIPS_PER_CLASS = 5
@@ -43,7 +44,7 @@ class ProbeReport:
 
     Attributes:
         store_path, task, head, preset: the request.
-        records: the saved JSON records (see :mod:`embedstore.heads.results`), in run order.
+        records: the saved records (:class:`~embedstore.store.records.ProbeRecord`), in run order.
         paths: the record files written, parallel to ``records``.
         best_layers: ``{(dataset, model): layer}`` with the best validation accuracy among the
             layers probed (single-layer and weighted runs give their own layer; absent when no
@@ -54,7 +55,7 @@ class ProbeReport:
     task: str
     head: str
     preset: str
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[ProbeRecord] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
     best_layers: dict[tuple[str, str], int | str] = field(default_factory=dict)
 
@@ -77,63 +78,28 @@ def _only_label_task(tasks_of: dict[str, dict[str, str]], names: list[str], have
 
 
 def _resolve_datasets(st: Any, task: str | None, dataset: str | None) -> tuple[str, list[str]]:
-    """``(task, datasets to probe)``; ``task=None`` takes the only class-label task there is."""
-    tasks_of = {ds: dict(st.dataset_attrs(ds).get("tasks") or {}) for ds in st.datasets()}
+    """``(task, datasets to probe)``: ``dataset`` (checked by
+    :func:`~embedstore.store.specs.resolve_dataset`) or every dataset having ``task``;
+    ``task=None`` takes the only class-label task there is."""
+    names = [resolve_dataset(st, dataset)] if dataset is not None else list(st.datasets())
+    tasks_of = {ds: dataset_tasks(st, ds) for ds in st.datasets()}
     have = "; ".join(f"{ds}: {', '.join(t) or 'none'}" for ds, t in tasks_of.items()) or "no datasets"
-    if dataset is not None and dataset not in tasks_of:
-        raise StoreError(f"--dataset {dataset!r}: not in the store{did_you_mean(dataset, tasks_of)} "
-                         f"(datasets and tasks: {have})")
     if task is None:
-        task = _only_label_task(tasks_of, list(tasks_of) if dataset is None else [dataset], have)
-    if dataset is not None:
-        if task not in tasks_of[dataset]:
-            raise StoreError(f"--task {task!r}: dataset {dataset!r} has no such labels"
-                             f"{did_you_mean(task, tasks_of[dataset])} (datasets and tasks: {have})")
-        names = [dataset]
-    else:
-        names = list(st.find_datasets(task))
-        if not names:
-            known = {t for tasks in tasks_of.values() for t in tasks}
-            raise StoreError(f"--task {task!r}: no dataset in the store has these labels{did_you_mean(task, known)} "
-                             f"(datasets and tasks: {have})")
+        task = _only_label_task(tasks_of, names, have)
+    if dataset is not None and task not in tasks_of[dataset]:
+        raise StoreError(f"--task {task!r}: dataset {dataset!r} has no such labels"
+                         f"{did_you_mean(task, tasks_of[dataset])} (datasets and tasks: {have})")
+    names = [ds for ds in names if task in tasks_of[ds]]
+    if not names:
+        known = {t for tasks in tasks_of.values() for t in tasks}
+        raise StoreError(f"--task {task!r}: no dataset in the store has these labels{did_you_mean(task, known)} "
+                         f"(datasets and tasks: {have})")
     for ds in names:
         column = tasks_of[ds][task]
         if column != CLASS_COLUMN:
             raise StoreError(f"--task {task!r}: dataset {ds!r} stores it in column {column!r}, "
                              f"not class labels; probes need a {CLASS_COLUMN!r} task")
     return task, names
-
-
-def _resolve_layers(layer: int | str, layer_names: list[str], model: str, widths: list[int]) -> list[int]:
-    """Indices of the layers to probe one by one (``all``/``best``) or to stack (``weighted``)."""
-    n = len(layer_names)
-    if layer in ("all", "best"):
-        return list(range(n))
-    if layer == "weighted":
-        if len(set(widths)) > 1:
-            raise ModelError(f"--layer weighted: model {model!r} has layers of different widths {sorted(set(widths))}; "
-                             "probe single layers instead")
-        return list(range(n))
-    if isinstance(layer, str) and not layer.lstrip("-").isdigit():
-        if layer not in layer_names:
-            raise ModelError(f"--layer {layer!r}: model {model!r} has no such layer (names: {', '.join(layer_names)}; "
-                             f"or one of {', '.join(LAYER_MODES)})")
-        return [layer_names.index(layer)]
-    idx = int(layer)
-    if not -n <= idx < n:
-        raise ModelError(f"--layer {idx}: model {model!r} has {n} layers (0..{n - 1}, or negative from the end)")
-    return [idx % n]
-
-
-def _chosen_models(st: Any, ds: str, models: list[str] | None) -> list[str]:
-    """The model entries of dataset ``ds`` to probe: all when ``models`` is None, else those named."""
-    available = list(st.models(ds))
-    chosen = available if models is None else list(models)
-    unknown = [m for m in chosen if m not in available]
-    if unknown:
-        raise StoreError(f"--model {', '.join(unknown)}: not in dataset {ds!r}"
-                         f"{did_you_mean(unknown[0], available)} (models: {', '.join(available) or 'none'})")
-    return chosen
 
 
 def run_probe(
@@ -167,16 +133,14 @@ def run_probe(
 
     Returns:
         A :class:`ProbeReport`; the records are also saved with
-        :func:`~embedstore.heads.results.save_result` (a re-run replaces them).
+        :func:`~embedstore.store.records.save_record` (a re-run replaces them).
 
     Raises:
         StoreError: missing store/dataset/model, or a task no dataset has (the message lists which
             datasets have which tasks). ModelError: bad layer, head, preset or seeds.
         DatasetError: ``layer="best"`` and no layer has a validation score to choose by.
     """
-    from tqdm.auto import tqdm
-
-    from embedstore.store import load_embeddings, open_store
+    from embedstore.store import open_store
 
     if head not in HEADS:
         raise ModelError(not_one_of("--head", head, HEADS, "head"))
@@ -185,52 +149,61 @@ def run_probe(
     if layer == "weighted" and head != "mlp":
         raise ModelError("--layer weighted: needs --head mlp (the learned layer weights feed the MLP)")
     with open_store(store_path, mode="r") as st:
-        task, names = _resolve_datasets(st, task, dataset)
-        chosen_of = {ds: _chosen_models(st, ds, models) for ds in names}
+        task, datasets = _resolve_datasets(st, task, dataset)
+        chosen_of = {ds: resolve_models(st, ds, models) for ds in datasets}
         from embedstore.devices import resolve_device  # torch: imported once the names are checked
         from embedstore.heads.mlp import mlp_config
 
         mlp_config(preset)  # validates the preset name
         dev = str(resolve_device(device))
         report = ProbeReport(Path(store_path), task, head, preset)
-        for ds in names:
+        for ds in datasets:
             for model in chosen_of[ds]:
-                attrs = st.model_attrs(ds, model)
-                names = [str(n) for n in attrs["layer_names"]]
-                layers = _resolve_layers(layer, names, model, [int(w) for w in attrs.get("layer_widths", [])])
-                common = dict(task=task, dataset=ds, model=model, head=head, preset=preset,
-                              checkpoint=attrs.get("checkpoint"))
-
-                def probe(emb_layer: int | str) -> ProbeResult:
-                    emb = load_embeddings(st, dataset=ds, model=model, layer=emb_layer)
-                    return probe_arrays(emb.X, emb.labels, emb.splits, head=head, preset=preset, seeds=seeds,
-                                        device=dev, track_ids=emb.track_ids)
-
-                if layer == "weighted":
-                    res = probe("all")
-                    recs = [build_record(res, layer="weighted", layer_name="weighted", layers=layers, **common)]
-                else:
-                    recs = []
-                    for li in tqdm(layers, desc=f"{ds}/{model} {head}", unit="layer", disable=not progress):
-                        res = probe(li)
-                        recs.append(build_record(res, layer=li, layer_name=names[li], layers=[li], **common))
-                best = choose_best(recs)
-                if best is not None:
-                    report.best_layers[(ds, model)] = best["layer"]
-                if layer == "best":
-                    if best is None:
-                        raise DatasetError(f"--layer best: no validation score for {ds}/{model} to choose a layer "
-                                           "by (too few clips per class to validate); probe --layer all instead")
-                    best["layer_selection"] = {
-                        "by": "accuracy",
-                        "selected_on": best["selected_on"],
-                        "scores": {str(r["layer"]): r["selection_score"] for r in recs},
-                    }
-                    recs = [best]
-                for rec in recs:
+                recs = _probe_entry(st, ds, model, task=task, layer=layer, head=head, preset=preset, seeds=seeds,
+                                    device=dev, progress=progress)
+                for rec in _keep_best(recs, report, layer, f"{ds}/{model}"):
                     report.records.append(rec)
-                    report.paths.append(save_result(store_path, rec))
+                    report.paths.append(save_record(store_path, rec))
     return report
+
+
+def _probe_entry(st: Any, ds: str, model: str, *, task: str, layer: int | str, head: str, preset: str, seeds: int,
+                 device: str, progress: bool) -> list[ProbeRecord]:
+    """The records of one model entry: one per layer of the ``layer`` spec, or one ``weighted``."""
+    from tqdm.auto import tqdm
+
+    from embedstore.store import load_embeddings
+
+    attrs = st.model_attrs(ds, model)
+    layer_names = [str(n) for n in attrs["layer_names"]]
+    picked = resolve_layers(layer, layer_names, model=model, widths=[int(w) for w in attrs.get("layer_widths", [])])
+    common = dict(task=task, dataset=ds, model=model, head=head, preset=preset, checkpoint=attrs.get("checkpoint"))
+
+    def probe(emb_layer: int | str) -> ProbeResult:
+        emb = load_embeddings(st, dataset=ds, model=model, layer=emb_layer)
+        return probe_arrays(emb.X, emb.labels, emb.splits, head=head, preset=preset, seeds=seeds, device=device,
+                            track_ids=emb.track_ids)
+
+    if picked.mode == "weighted":
+        return [probe("all").record(layer="weighted", layer_name="weighted", layers=picked.indices, **common)]
+    return [probe(li).record(layer=li, layer_name=layer_names[li], layers=[li], **common)
+            for li in tqdm(picked.indices, desc=f"{ds}/{model} {head}", unit="layer", disable=not progress)]
+
+
+def _keep_best(recs: list[ProbeRecord], report: ProbeReport, layer: int | str, entry: str) -> list[ProbeRecord]:
+    """Note the layer with the best validation score in ``report.best_layers``; for ``--layer best``
+    keep only that record, its ``layer_selection`` giving every layer's score."""
+    best = choose_best(recs)
+    if best is not None:
+        report.best_layers[(best.dataset, best.model)] = best.layer
+    if layer != "best":
+        return recs
+    if best is None:
+        raise DatasetError(f"--layer best: no validation score for {entry} to choose a layer "
+                           "by (too few clips per class to validate); probe --layer all instead")
+    best.layer_selection = {"by": "accuracy", "selected_on": best.selected_on,
+                            "scores": {str(r.layer): r.selection_score for r in recs}}
+    return [best]
 
 
 # ---- comparison table --------------------------------------------------------------------------
@@ -259,15 +232,16 @@ def _paired_p(a: dict[str, Any], b: dict[str, Any]) -> tuple[float | None, str]:
     return paired_bootstrap(y.astype(str), ya.astype(str), yb.astype(str))["p_value"], "paired bootstrap"
 
 
-def _is_classification(record: dict[str, Any]) -> bool:
-    """True for records with classification test metrics (caption records share the folder)."""
-    return "accuracy" in record.get("metrics", {}).get("test", {})
+def _is_classification(record: Mapping[str, Any]) -> bool:
+    """True for classification records (:class:`~embedstore.store.records.ProbeRecord`, by schema;
+    caption records share the folder) that have test metrics."""
+    return isinstance(record_from_dict(record), ProbeRecord) and "test" in (record.get("metrics") or {})
 
 
 def compare_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per classification record (caption records are skipped) with the p-value of a paired
     test, on the common test clips, against the reference row of the same task and dataset: the row
-    with the highest validation accuracy (:func:`~embedstore.heads.results.choose_best`; test
+    with the highest validation accuracy (:func:`~embedstore.store.records.choose_best`; test
     accuracy never chooses it). A group where no record has a validation score has no reference row.
 
     Returns rows ``{"record", "best": bool, "p_value": float | None, "test": test name,

@@ -3,16 +3,24 @@ hyper-parameter choice on validation, metrics with bootstrap CIs.
 
 :func:`probe_arrays` is the store-free core that :func:`embedstore.heads.probe.run_probe` calls once
 per (model, layer); tests call it directly on synthetic arrays.
+
+:func:`carve_valid` is the one validation carve-out of embedstore, used when a dataset has no valid
+split by the MLP probes, the caption probes and both fine-tuning paths: :data:`VALID_FRACTION` of the
+training clips (rounded up), seeded, stratified by class when every class has two clips and both parts
+can hold one of each (else, and for captions, which have no classes, a plain seeded random draw).
+Records say so: ``protocol["valid_source"] == "inner"``, ``protocol["valid_fraction"]`` and
+``selected_on == "train_carveout"``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -21,9 +29,13 @@ from embedstore.errors import DatasetError, ModelError
 from embedstore.heads.base import FittedHead
 from embedstore.heads.metrics import bootstrap_ci, classification_metrics
 
+if TYPE_CHECKING:
+    from embedstore.store.records import ProbeRecord
+
 HEADS = ("mlp", "logreg")
 _FOLD = re.compile(r"^fold(\d+)$")
-INNER_VALID_FRACTION = 0.15
+#: The share of the training clips :func:`carve_valid` holds out as validation.
+VALID_FRACTION = 0.15
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,41 @@ def make_folds(splits: Sequence[Any]) -> list[Fold]:
     if not len(train) or not len(test):
         raise DatasetError(f"splits: need 'train' and 'test' rows (or fold0..foldK-1), found {found or 'none'}")
     return [Fold("split", train, valid if len(valid) else None, test)]
+
+
+def stratified_subset(labels: Sequence[Any], n: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Pick ``n`` of ``len(labels)`` positions, seeded: ``(rest, picked)``, both sorted lists of int.
+
+    Stratified by ``labels`` (each class keeps its share) when every class has two items and both
+    parts can hold one of each class; plain random otherwise. ``n >= len(labels)`` picks everything.
+    """
+    if n >= len(labels):
+        return [], list(range(len(labels)))
+    counts = np.unique(np.asarray(labels, dtype=str), return_counts=True)[1]
+    strat = labels if counts.min() >= 2 and min(n, len(labels) - n) >= len(counts) else None
+    rest, picked = train_test_split(list(range(len(labels))), test_size=n, random_state=seed, stratify=strat)
+    return sorted(rest), sorted(picked)
+
+
+def carve_valid(labels: Sequence[Any] | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out a validation share of a training split (the rule in the module docstring).
+
+    Args:
+        labels: the class of each training clip ``[n]``, or the number of clips ``n`` when they have
+            no classes (captions). seed: fixes the draw.
+
+    Returns:
+        ``(train, valid)`` positions into the ``n`` clips (sorted int64 arrays): ``valid`` holds
+        ``ceil(VALID_FRACTION * n)`` of them, ``train`` the rest.
+
+    Raises:
+        DatasetError: fewer than 2 training clips.
+    """
+    classes = [""] * labels if isinstance(labels, int) else list(labels)
+    if len(classes) < 2:
+        raise DatasetError(f"{len(classes)} train clip(s): too few to hold out a validation set")
+    rest, picked = stratified_subset(classes, math.ceil(VALID_FRACTION * len(classes)), seed)
+    return np.asarray(rest, dtype=np.int64), np.asarray(picked, dtype=np.int64)
 
 
 def standardise(X_train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
@@ -110,6 +157,20 @@ class ProbeResult:
     protocol: dict[str, Any] = field(default_factory=dict)
     predictions: dict[str, Any] = field(default_factory=dict)
 
+    def record(self, *, task: str, dataset: str, model: str, layer: int | str, layer_name: str | None,
+               layers: list[int], head: str, preset: str, checkpoint: str | None) -> ProbeRecord:
+        """The result record of this probe (:class:`~embedstore.store.records.ProbeRecord`) for the
+        given key; only the MLP keeps its ``preset`` (other heads have ``default``)."""
+        from embedstore.store.records import ProbeRecord
+
+        return ProbeRecord(
+            task=task, dataset=dataset, model=model, checkpoint=checkpoint, layer=layer, layer_name=layer_name,
+            layers=list(layers), head=head, preset=preset if head == "mlp" else "default", hparams=self.hparams,
+            selection_score=self.selection_score, seeds=self.seeds, protocol=self.protocol, metrics=self.metrics,
+            layer_weights=self.layer_weights, folds=self.folds, runs=self.runs,
+            predictions={"test": self.predictions},
+        )
+
 
 def _run_fold(head: str, preset: str, X: np.ndarray, y: np.ndarray, idx: dict[str, np.ndarray],
               n_classes: int, seed: int, device: str) -> tuple[FittedHead, dict[str, np.ndarray]]:
@@ -133,7 +194,7 @@ def _run_fold(head: str, preset: str, X: np.ndarray, y: np.ndarray, idx: dict[st
 
 def _partition(folds: list[Fold], y: np.ndarray, head: str, seed: int) -> tuple[dict[str, list[np.ndarray]], str]:
     """Per fold the train/valid/test rows actually used: without a validation split the MLP holds
-    out a stratified share of train (seeded) and logreg gets an empty valid (inner CV). Returns
+    out :func:`carve_valid`'s share of train and logreg gets an empty valid (inner CV). Returns
     ``({role: [rows per fold]}, valid_source)``."""
     roles: dict[str, list[np.ndarray]] = {"train": [], "valid": [], "test": []}
     source = "split"
@@ -141,10 +202,8 @@ def _partition(folds: list[Fold], y: np.ndarray, head: str, seed: int) -> tuple[
         train, valid = f.train, f.valid
         if valid is None and head == "mlp":
             source = "inner"
-            counts = np.bincount(y[train])
-            strat = y[train] if counts[counts > 0].min() >= 2 else None
-            train, valid = train_test_split(train, test_size=INNER_VALID_FRACTION, random_state=seed, stratify=strat)
-            train, valid = np.sort(train), np.sort(valid)
+            keep, held = carve_valid(y[train], seed)
+            train, valid = train[keep], train[held]
         elif valid is None:
             source, valid = "inner_cv", np.empty(0, dtype=np.int64)
         roles["train"].append(train)
@@ -220,8 +279,8 @@ def probe_arrays(
         n_boot: bootstrap resamples for the CIs.
 
     Features are standardised with train-split statistics only (inside the sklearn pipeline for
-    logreg). With no validation split, the MLP holds out a stratified 15% of train (fixed by
-    ``seed``, the same for every repeat) and logreg picks C by stratified 3-fold CV on train.
+    logreg). With no validation split, the MLP holds out :func:`carve_valid`'s 15 % of train (fixed
+    by ``seed``, the same for every repeat) and logreg picks C by stratified 3-fold CV on train.
 
     Raises:
         ModelError: unknown head, or ``logreg`` on ``[n, layers, dim]``.
@@ -288,7 +347,7 @@ def probe_arrays(
             "splits": "kfold" if len(folds) > 1 else "train/valid/test",
             "n_folds": len(folds) if len(folds) > 1 else None,
             "valid_source": valid_source,
-            "valid_fraction": INNER_VALID_FRACTION if valid_source == "inner" else None,
+            "valid_fraction": VALID_FRACTION if valid_source == "inner" else None,
             "class_counts": _class_counts(roles, y, len(classes)),
             "unassigned": _unassigned(split_values, roles),
             "standardise": "train-split mean/std",

@@ -9,7 +9,8 @@ from typing import Iterator
 
 import numpy as np
 
-from embedstore.errors import StoreError, did_you_mean
+from embedstore.errors import StoreError
+from embedstore.store.specs import resolve_entry
 from embedstore.store.store import Store, open_store
 
 
@@ -46,30 +47,6 @@ def _opened(store: str | Path | Store) -> Iterator[Store]:
         return
     with open_store(store, "r") as st, st.snapshot():
         yield st
-
-
-def resolve(st: Store, dataset: str | None, model: str | None) -> tuple[str, str]:
-    """Fill in ``dataset`` (the only one, or the only one holding ``model``) and ``model`` (the
-    dataset's only model); raises :class:`StoreError` naming the choices when ambiguous."""
-    datasets = st.datasets()
-    if not datasets:
-        raise StoreError(f"{st.path}: the store holds no dataset yet")
-    if dataset is None:
-        candidates = datasets if model is None else [d for d in datasets if model in st.models(d)]
-        if len(candidates) != 1:
-            what = "datasets" if model is None else f"datasets with model {model!r}"
-            raise StoreError(f"{st.path}: choose a dataset ({what}: {', '.join(candidates) or 'none'}; "
-                             f"all datasets: {', '.join(datasets)})")
-        dataset = candidates[0]
-    models = st.models(dataset)
-    if model is None:
-        if len(models) != 1:
-            raise StoreError(f"{st.path}: choose a model of dataset {dataset!r} (models: {', '.join(models) or 'none'})")
-        model = models[0]
-    elif model not in models:
-        raise StoreError(f"{st.path}: dataset {dataset!r} has no model {model!r}{did_you_mean(model, models)} "
-                         f"(models: {', '.join(models) or 'none'})")
-    return dataset, model
 
 
 def select_rows(st: Store, dataset: str, model: str, split: str | list[str] | None = None,
@@ -115,7 +92,7 @@ def load_embeddings(store: str | Path | Store, dataset: str | None = None, model
     ``rows`` restricts to given track-table rows. Reads only the asked layer arrays and rows.
     """
     with _opened(store) as st:
-        dataset, model = resolve(st, dataset, model)
+        dataset, model = resolve_entry(st, dataset, model)
         picked = select_rows(st, dataset, model, split, only_done, rows)
         if isinstance(layer, str) and layer == "all":
             widths = st.model_attrs(dataset, model)["layer_widths"]
@@ -137,7 +114,7 @@ def load_frames(store: str | Path | Store, dataset: str | None = None, model: st
     counts [n], meta)`` where ``meta`` is an :class:`Embeddings` whose ``X`` is ``values`` and whose
     ``frame_counts`` is ``counts``; frames past ``counts[i]`` are padding."""
     with _opened(store) as st:
-        dataset, model = resolve(st, dataset, model)
+        dataset, model = resolve_entry(st, dataset, model)
         picked = select_rows(st, dataset, model, split, only_done)
         index = st.layer_index(dataset, model, layer)
         values, counts = st.read_frames(dataset, model, index, picked)

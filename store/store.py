@@ -18,7 +18,7 @@ import numpy as np
 
 from embedstore import __version__
 from embedstore.errors import StoreError, did_you_mean
-from embedstore.store import locking
+from embedstore.store import locking, specs
 from embedstore.store.backend import (
     Backend,
     CreateArray,
@@ -205,18 +205,10 @@ class Store:
         return [(int(r), str(i), str(m)) for r, i, m in zip(failed, ids, reasons)]
 
     def layer_index(self, dataset: str, model: str, layer: int | str) -> int:
-        """Resolve ``layer`` (index, negative index, digit string or layer name) to an index."""
-        attrs = self.model_attrs(dataset, model)
-        names = list(attrs["layer_names"])
-        count = len(attrs["layer_widths"])
-        if isinstance(layer, str) and layer in names:
-            return names.index(layer)
-        if isinstance(layer, str) and layer.lstrip("-").isdigit():
-            layer = int(layer)
-        if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool) and -count <= layer < count:
-            return int(layer) % count
-        raise StoreError(f"{self.path}: model {model!r} has no layer {layer!r} "
-                         f"(layers 0..{count - 1} or -{count}..-1, names {', '.join(names)})")
+        """Resolve ``layer`` (index, negative index, digit string or layer name) to an index; see
+        :func:`~embedstore.store.specs.layer_index` (a :class:`ModelError` names the layers)."""
+        names = [str(n) for n in self.model_attrs(dataset, model)["layer_names"]]
+        return specs.layer_index(layer, names, model=model, option="layer")
 
     def _read_rows(self, path: str, rows: np.ndarray | None, n: int) -> np.ndarray:
         if rows is None:

@@ -154,7 +154,7 @@ from pathlib import Path  # noqa: E402
 import embedstore.analysis as analysis  # noqa: E402
 from embedstore.analysis import layer_curves, projection  # noqa: E402
 from embedstore.errors import EmbedstoreError, ModelError, StoreError  # noqa: E402
-from embedstore.heads.results import save_result  # noqa: E402
+from embedstore.store.records import save_record  # noqa: E402
 from embedstore.store import TrackTable, open_store  # noqa: E402
 
 N_PER, CLASSES = 30, ("blues", "jazz", "rock")
@@ -222,7 +222,7 @@ PROBE_RESULTS = [
 @pytest.fixture
 def with_results(store_path):
     for rec in PROBE_RESULTS:
-        save_result(store_path, rec)
+        save_record(store_path, rec)
     return PROBE_RESULTS
 
 
@@ -403,11 +403,11 @@ def test_confusion_figure(store_path, with_results, tmp_path):
 
 
 def test_bad_options_raise_clear_errors(store_path, no_results, tmp_path):
-    with pytest.raises(ModelError, match="'nope' is not in dataset"):
+    with pytest.raises(StoreError, match="--model 'nope': not in dataset"):
         analysis.pca(store_path, models=["nope"], out=tmp_path)
     with pytest.raises(ModelError, match="out of range"):
         analysis.pca(store_path, models="enc", layer=7, out=tmp_path)
-    with pytest.raises(ModelError, match="not a number"):
+    with pytest.raises(ModelError, match="--layer 'middle': model 'enc' has no layer of that name"):
         analysis.cosine(store_path, models="enc", layer="middle", out=tmp_path)
     with pytest.raises(StoreError, match="no such store"):
         analysis.cosine(tmp_path / "missing.zarr")
@@ -453,7 +453,7 @@ def test_every_best_follows_valid_when_valid_and_test_disagree(tmp_path):
     from test_probe import disagreeing, write_store
 
     from embedstore.heads.probe import compare_records, run_probe
-    from embedstore.heads.results import load_results
+    from embedstore.store.records import load_records
 
     X, labels, splits, ids = disagreeing()
     path = tmp_path / "disagree.zarr"
@@ -471,8 +471,8 @@ def test_every_best_follows_valid_when_valid_and_test_disagree(tmp_path):
     rep = run_probe(path, "genre", layer="all", head="logreg", progress=False)
     acc = {r["layer"]: {s: r["metrics"][s]["accuracy"] for s in ("valid", "test")} for r in rep.records}
     assert acc[0]["valid"] > acc[1]["valid"] and acc[1]["test"] > acc[0]["test"]  # the disagreement
-    assert all(r["selected_on"] == "valid" for r in load_results(path))
-    rows = compare_records(load_results(path))
+    assert all(r["selected_on"] == "valid" for r in load_records(path))
+    rows = compare_records(load_records(path))
     assert [(r["record"]["layer"], r["best"]) for r in rows] == [(0, True), (1, False)]
 
     curves = analysis.layers(path, split=None, out=tmp_path / "o")

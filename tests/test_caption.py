@@ -259,7 +259,7 @@ def caption_store(tmp_path_factory) -> str:
 
 def test_run_caption_probe_end_to_end(caption_store, tiny_t5_dir, tiny_bert_dir, tmp_path):
     from embedstore.heads.caption_probe import format_caption_report, run_caption_probe
-    from embedstore.heads.results import load_results
+    from embedstore.store.records import load_records
 
     report = run_caption_probe(caption_store, model="toy", t5=tiny_t5_dir, bert=tiny_bert_dir, epochs=2,
                                batch_size=4, lr=1e-3, device="cpu", out=tmp_path / "run", progress=False)
@@ -267,6 +267,8 @@ def test_run_caption_probe_end_to_end(caption_store, tiny_t5_dir, tiny_bert_dir,
     assert (rec["task"], rec["dataset"], rec["model"], rec["head"]) == ("caption", "caps", "toy", "t5")
     assert rec["layer"] == "weighted" and rec["layers"] == [0, 1, 2] and rec["inputs"] == "frames"
     assert rec["protocol"]["n"] == {"train": 6, "valid": 6, "test": 6}
+    assert rec.selected_on == "valid" and rec.protocol["valid_source"] == "split"  # the dataset's valid split
+    assert report.path.name == f"caption__caps__toy__Lweighted__t5__{os.path.basename(tiny_t5_dir)}__frames.json"
     assert len(rec["layer_weights"]) == 3 and sum(rec["layer_weights"]) == pytest.approx(1.0)
     test = rec["metrics"]["test"]
     assert set(test) >= {"bert_similarity", "sentence_similarity", "bleu", "distinct_ratio"}
@@ -276,7 +278,7 @@ def test_run_caption_probe_end_to_end(caption_store, tiny_t5_dir, tiny_bert_dir,
     assert test["bleu"] == pytest.approx(cm.bleu(generated, references))
     assert -1.0 <= test["bert_similarity"] <= 1.0 and -1.0 <= test["sentence_similarity"] <= 1.0
     assert rec["examples"] == report.predictions[:len(rec["examples"])] and rec["examples"]
-    saved = load_results(caption_store, task="caption")
+    saved = load_records(caption_store, task="caption")
     assert len(saved) == 1 and saved[0]["metrics"] == rec["metrics"] and report.path.is_file()
     assert {"captioner.pt", "predictions.jsonl"} <= {p.name for p in (tmp_path / "run").iterdir()}
     text = format_caption_report(report)
@@ -305,10 +307,16 @@ def test_split_indices_holds_out_valid_from_train():
     from embedstore.heads.caption_probe import split_indices
 
     splits = np.array(["train"] * 20 + ["test"] * 5, dtype=object)
-    train, valid, test, note = split_indices(splits, seed=1)
-    assert len(valid) == 2 and len(train) == 18 and test.tolist() == list(range(20, 25))
+    train, valid, test, protocol = split_indices(splits, seed=1)
+    # the probes' carve-out: ceil(15 % of 20) = 3 train clips held out
+    assert len(valid) == 3 and len(train) == 17 and test.tolist() == list(range(20, 25))
     assert not set(train) & set(valid) and set(train) | set(valid) == set(range(20))
-    assert split_indices(splits, seed=1)[1].tolist() == valid.tolist() and "held out" in note
+    assert split_indices(splits, seed=1)[1].tolist() == valid.tolist() and "held out" in protocol["split"]
+    assert (protocol["valid_source"], protocol["valid_fraction"], protocol["splits"]) == ("inner", 0.15,
+                                                                                          "train/valid/test")
+    with_valid = np.array(["train"] * 4 + ["valid"] * 2 + ["test"] * 2, dtype=object)
+    train, valid, _, protocol = split_indices(with_valid, seed=1)
+    assert valid.tolist() == [4, 5] and protocol["valid_source"] == "split" and protocol["valid_fraction"] is None
     with pytest.raises(DatasetError):
         split_indices(np.array(["train", "train"], dtype=object), seed=0)
 

@@ -26,7 +26,7 @@ from embedstore.finetune.checkpoint import load_checkpoint, rng_state, save_chec
 from embedstore.finetune.data import CropDataset, stratified_subset, task_splits
 from embedstore.finetune.model import FinetuneModel, enable_gradient_checkpointing, freeze_feature_encoder
 from embedstore.finetune.train import predict_logits, train_eval_size
-from embedstore.heads.results import load_results
+from embedstore.store.records import load_records
 from tiny_models import save_tiny_wav2vec2
 
 GENRES = ("classical", "hiphop")
@@ -116,8 +116,8 @@ def test_record_has_the_probe_format(run):
     rec = report.record
     key = (rec["task"], rec["model"], rec["layer"], rec["head"])
     assert key == ("label", "wav2vec2+ft-label", "weighted", "finetune")
-    assert json.loads((report.out_dir / "metrics.json").read_text()) == rec
-    assert [r for r in load_results(store) if r["head"] == "finetune"] == [rec]
+    assert json.loads((report.out_dir / "metrics.json").read_text()) == rec.to_dict()
+    assert [r for r in load_records(store) if r["head"] == "finetune"] == [rec]
     # valid and test whole; train on the default subsample, as many clips as validation
     sizes = {**PER_SPLIT, "train": PER_SPLIT["valid"]}
     for split, n in sizes.items():
@@ -187,7 +187,7 @@ def test_export_matches_clip_features_and_feeds_probes(run, data_dir):
     assert torch.equal(head_on_store, head_on_clips)
     probe = run_probe(store, "label", models=["wav2vec2+ft-label"], layer=2, head="logreg", progress=False)
     assert probe.records[0]["metrics"]["test"]["n"] == PER_SPLIT["test"] * len(GENRES)
-    assert {"finetune", "logreg"} <= {r["head"] for r in load_results(store)}
+    assert {"finetune", "logreg"} <= {r["head"] for r in load_records(store)}
 
 
 # ---- cost controls: training-split subsample, --limit --------------------------------------------
@@ -460,6 +460,7 @@ def test_task_splits_hold_out_validation_when_missing(gtzan_clean_dir):
     train, valid = splits.tracks["train"], splits.tracks["valid"]
     assert valid and not {t.id for t in train} & {t.id for t in valid}
     assert len(train) + len(valid) == len(ds.split_tracks("train"))
+    assert len(valid) == -(-15 * len(ds.split_tracks("train")) // 100)  # the probes' carve-out: 15 %, rounded up
     with pytest.raises(DatasetError, match="no such labels"):
         task_splits(ds, "mood")
 

@@ -77,12 +77,15 @@ def test_transformer_trains_and_conv_stays_frozen(run):
     assert all(not torch.equal(before[k], after[k]) for k in transformer)
 
 
-def test_record_has_caption_metrics_and_is_saved(run):
-    from embedstore.heads.results import load_results
+def test_record_has_caption_metrics_and_is_saved(run, ckpt):
+    from embedstore.store.records import load_records
 
     report, _, store = run
     rec = report.record
-    assert (rec["task"], rec["model"], rec["head"], rec["layer"]) == ("caption", "wav2vec2", "t5-finetune", "weighted")
+    # the model key of a fine-tuned encoder, as the classification fine-tune's (not the frozen "wav2vec2")
+    key = (rec["task"], rec["model"], rec["head"], rec["layer"])
+    assert key == ("caption", "wav2vec2+ft-caption", "t5-finetune", "weighted")
+    assert rec.selected_on == "valid" and rec.checkpoint == str(ckpt)  # the MusicCaps-like folder has a valid split
     test = rec["metrics"]["test"]
     assert set(test) >= {"bert_similarity", "sentence_similarity", "bleu", "distinct_ratio"}
     gen = [p["generated"] for p in report.predictions]
@@ -91,7 +94,7 @@ def test_record_has_caption_metrics_and_is_saved(run):
     assert test["distinct_ratio"] == cm.distinct_ratio(gen)
     assert test["bleu"] == pytest.approx(cm.bleu(gen, ref))
     assert sum(rec["layer_weights"]) == pytest.approx(1.0)
-    saved = load_results(store, task="caption")
+    saved = load_records(store, task="caption")
     assert len(saved) == 1 and saved[0]["metrics"] == json.loads(json.dumps(rec["metrics"]))
     assert json.loads((report.out / "metrics.json").read_text())["head"] == "t5-finetune"
     text = format_caption_finetune_report(report)

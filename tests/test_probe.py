@@ -20,7 +20,7 @@ from embedstore.heads.metrics import bootstrap_ci, classification_metrics, mcnem
 from embedstore.heads.mlp import MLP_PRESETS, LayerWeighting, MLPHead, WeightedLayerMLP
 from embedstore.heads.probe import compare_records, evidence_warnings, format_comparison
 from embedstore.heads.protocol import make_folds, probe_arrays, standardise
-from embedstore.heads.results import RECORD_SCHEMA, build_record, load_results, results_dir, save_result
+from embedstore.store.records import CAPTION_SCHEMA, PROBE_SCHEMA, ProbeRecord, load_records, results_dir, save_record
 
 GENRES = np.array(["blues", "jazz", "metal", "pop"])
 
@@ -271,7 +271,7 @@ def _record(res, layer, model="m", **kw):
     args = dict(task="genre", dataset="gtzan", model=model, layer=layer, layer_name=f"layer{layer}",
                 layers=[layer], head="logreg", preset="default", checkpoint="ckpt")
     args.update(kw)
-    return build_record(res, **args)
+    return res.record(**args)
 
 
 def test_records_round_trip_and_replace(tmp_path):
@@ -279,24 +279,24 @@ def test_records_round_trip_and_replace(tmp_path):
     X, labels, splits, ids = layered(n=120)
     res = probe_arrays(X[:, 2], labels, splits, head="logreg", track_ids=ids, n_boot=50)
     rec = _record(res, 2)
-    path = save_result(store, rec)
+    path = save_record(store, rec)
     assert results_dir(store) == tmp_path / "embedstore.zarr.results" and path.parent == results_dir(store)
     on_disk = json.loads(path.read_text())
     for key in ("task", "dataset", "model", "layer", "head", "checkpoint", "hparams", "seeds", "metrics",
                 "layer_weights", "created", "embedstore_version"):
         assert key in on_disk
-    assert on_disk["schema"] == RECORD_SCHEMA
+    assert on_disk["schema"] == PROBE_SCHEMA
     for split in ("train", "valid", "test"):
         m = on_disk["metrics"][split]
         assert {"accuracy", "macro_f1", "per_class_recall", "confusion", "labels", "ci95"} <= set(m)
         assert len(m["per_class_recall"]) == len(m["labels"]) == len(m["confusion"])
-    save_result(store, dict(rec, created="later"))  # same probe -> replaced
-    save_result(store, _record(res, 1))
-    save_result(store, _record(res, 2, task="other"))
-    loaded = load_results(store, task="genre")
+    save_record(store, dict(rec, created="later"))  # same probe -> replaced
+    save_record(store, _record(res, 1))
+    save_record(store, _record(res, 2, task="other"))
+    loaded = load_records(store, task="genre")
     assert [r["layer"] for r in loaded] == [1, 2] and loaded[1]["created"] == "later"
-    assert len(load_results(store)) == 3
-    assert load_results(tmp_path / "absent.zarr") == []
+    assert len(load_records(store)) == 3
+    assert load_records(tmp_path / "absent.zarr") == []
 
 
 def test_format_comparison_pvalues_match_mcnemar():
@@ -311,7 +311,7 @@ def test_format_comparison_pvalues_match_mcnemar():
     yt = np.array(best["y_true"])
     want = mcnemar_exact(np.array(other["y_pred"][0]) == yt, np.array(best["y_pred"][0]) == yt)["p_value"]
     assert rows[0]["p_value"] == pytest.approx(want) and want < 0.01
-    caption_like = dict(recs[0], head="t5", metrics={"test": {"bleu": 0.1}})  # shares the results folder
+    caption_like = dict(recs[0], schema=CAPTION_SCHEMA, head="t5", metrics={"test": {"bleu": 0.1}})  # same folder
     text = format_comparison([*recs, caption_like])
     lines = text.splitlines()
     assert sum(line.startswith("m ") for line in lines) == 4
@@ -383,7 +383,7 @@ def test_run_probe_sweep_through_store(probe_store):
     assert rep.best_layers == {("gtzan", "enc_a"): 2, ("gtzan", "enc_b"): 0}
     assert all(p.parent == results_dir(probe_store) for p in rep.paths)
     assert rep.records[0]["checkpoint"] == "ckpt/enc_a" and rep.records[2]["layer_name"] == "layer_2"
-    loaded = load_results(probe_store, task="genre")
+    loaded = load_records(probe_store, task="genre")
     assert {(r["model"], r["layer"], r["head"]) for r in loaded} >= {(r["model"], r["layer"], "logreg")
                                                                       for r in rep.records}
     text = format_comparison(rep)
@@ -513,13 +513,13 @@ def test_no_difference_warning_follows_the_paired_test():
     right = np.flatnonzero(np.array(pred["y_pred"][0]) == np.array(pred["y_true"]))
     assert len(right) >= 10
 
-    def worse(k: int) -> dict:
+    def worse(k: int) -> ProbeRecord:
         """``best`` with its first ``k`` correct test clips made wrong: McNemar b = k, c = 0."""
         rec = copy.deepcopy(best)
         y_pred = np.array(rec["predictions"]["test"]["y_pred"])
         y_pred[0, right[:k]] = (y_pred[0, right[:k]] + 1) % len(GENRES)
-        rec.update(layer=k, selection_score=best["selection_score"] - 0.1)
-        rec["predictions"]["test"]["y_pred"] = y_pred.tolist()
+        rec.layer, rec.selection_score = k, best.selection_score - 0.1
+        rec.predictions["test"]["y_pred"] = y_pred.tolist()
         rec["metrics"]["test"]["accuracy"] -= k / len(y_pred[0])
         return rec
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from embedstore import __version__
-from embedstore.errors import StoreError
+from embedstore.errors import ModelError, StoreError
 from embedstore.store import (
     SCHEMA_VERSION,
     TrackTable,
@@ -305,7 +305,7 @@ def test_load_embeddings_layers_splits_and_choices(store_path):
         load_embeddings(store_path, model="clap", layer="all")
     with pytest.raises(StoreError, match="choose a model.*clap, mert|choose a model.*mert, clap"):
         load_embeddings(store_path)
-    with pytest.raises(StoreError, match="no layer 3"):
+    with pytest.raises(ModelError, match="layer 3: out of range, model 'mert' has 3 layers"):
         load_embeddings(store_path, model="mert", layer=3)
     with pytest.raises(StoreError, match="no split 'valid'.*test, train"):
         load_embeddings(store_path, model="mert", split="valid")
