@@ -6,6 +6,8 @@
 - :mod:`~embedstore.heads.mlp` (``MLPHead``), :mod:`~embedstore.heads.logreg`,
   :mod:`~embedstore.heads.metrics` (metrics, bootstrap CIs, McNemar), :mod:`~embedstore.heads.results`
   (JSON records beside the store).
+- :mod:`~embedstore.heads.torch_data`: :class:`StoreBatches` / :func:`store_loader`, shuffled
+  ``(embeddings, label codes)`` batches read from the store in chunk-aligned blocks, for your own heads.
 
 Names are imported lazily so that ``import embedstore.heads`` does not import torch.
 """
@@ -27,6 +29,8 @@ _LAZY = {
     "load_results": "embedstore.heads.results",
     "save_result": "embedstore.heads.results",
     "results_dir": "embedstore.heads.results",
+    "StoreBatches": "embedstore.heads.torch_data",
+    "store_loader": "embedstore.heads.torch_data",
 }
 
 __all__ = list(_LAZY)

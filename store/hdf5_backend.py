@@ -123,8 +123,11 @@ class HDF5Backend(Backend):
             return tuple(f[path].shape)
 
     def read(self, path: str, rows: np.ndarray | slice | None = None) -> np.ndarray:
-        with self._open() as f:
-            return _read(f[path], rows)
+        return self.read_many([path], rows)[0]
+
+    def read_many(self, paths: list[str], rows: np.ndarray | slice | None = None) -> list[np.ndarray]:
+        with self._open() as f:  # one open for all the arrays
+            return [_read(f[path], rows) for path in paths]
 
     def arrays_under(self, node: str) -> list[str]:
         found: list[str] = []

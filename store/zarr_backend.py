@@ -10,6 +10,7 @@ killed writer can leave ``*.partial`` files behind; :meth:`ZarrBackend.cleanup` 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from embedstore.store.backend import (
@@ -35,10 +37,38 @@ from embedstore.store.backend import (
 _PARTIAL = ".partial"
 
 
-def _compressor(dtype: str) -> BloscCodec:
-    # byte shuffle groups the exponent bytes of floats together, which zstd then compresses well
+def _compressor(dtype: str, codec: str | None = None) -> BloscCodec | None:
+    """Blosc for ``codec`` (canonical ``"lz4:5"``, ``"zstd:3"``; ``"none"``: no compressor); ``None`` is
+    zstd level 3, for the track table and the flags, which are small and read whole."""
+    if codec == "none":
+        return None
+    cname, _, level = (codec or "zstd:3").partition(":")
+    # byte shuffle groups the exponent bytes of floats together, which the compressor then packs well
     shuffle = "shuffle" if dtype.startswith(("float", "int")) else "noshuffle"
-    return BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)
+    return BloscCodec(cname=cname, clevel=int(level), shuffle=shuffle)
+
+
+async def _read_async(arr: zarr.AsyncArray, rows: np.ndarray | slice | None) -> np.ndarray:
+    """Rows ``rows`` (see :meth:`Backend.read`) of ``arr`` along axis 0.
+
+    Sorted rows are split into runs whose chunks follow one another; each run is read as one range
+    (zarr fetches its chunks concurrently) and its rows are picked with numpy, so chunks holding none
+    of the rows are never read. Zarr's orthogonal selection reads the same chunks but picks element
+    by element, which measured about twice as slow (``benchmarks/README.md``).
+    """
+    if rows is None:
+        return await arr.getitem(...)
+    if isinstance(rows, slice):
+        return await arr.getitem(rows)
+    if rows.size == 0:
+        return np.zeros((0, *arr.shape[1:]), dtype=arr.dtype if arr.dtype.kind != "T" else str)
+    if contiguous(rows):
+        return await arr.getitem(slice(int(rows[0]), int(rows[-1]) + 1))
+    chunk = rows // arr.chunks[0]
+    runs = np.split(rows, np.flatnonzero(np.diff(chunk) > 1) + 1)
+    spans = await asyncio.gather(*(arr.getitem(slice(int(run[0]), int(run[-1]) + 1)) for run in runs))
+    picked = [np.asarray(span)[run - run[0]] for span, run in zip(spans, runs)]
+    return picked[0] if len(picked) == 1 else np.concatenate(picked)
 
 
 def _to_numpy(values: np.ndarray) -> np.ndarray:
@@ -93,18 +123,19 @@ class ZarrBackend(Backend):
         return tuple(self._array(path, fresh=True).shape)
 
     def read(self, path: str, rows: np.ndarray | slice | None = None) -> np.ndarray:
-        arr = self._array(path, fresh=True)
-        if rows is None:
-            out = arr[...]
-        elif isinstance(rows, slice):
-            out = arr[rows]
-        elif rows.size == 0:
-            out = np.zeros((0, *arr.shape[1:]), dtype=arr.dtype if arr.dtype.kind != "T" else str)
-        elif contiguous(rows):
-            out = arr[int(rows[0]) : int(rows[-1]) + 1]
-        else:
-            out = arr.oindex[(rows,) + (slice(None),) * (arr.ndim - 1)]
-        return _to_numpy(np.asarray(out))
+        return self.read_many([path], rows)[0]
+
+    def read_many(self, paths: list[str], rows: np.ndarray | slice | None = None) -> list[np.ndarray]:
+        # One hand-off to zarr's event loop for all the arrays (e.g. every layer): zarr's synchronous
+        # API pays a thread hand-off per call, which dominated reading a small split of many layers.
+        # The arrays are read one after the other (each one's chunks concurrently), so the memory of
+        # one array's chunks is reused for the next: reading them all at once measured slower.
+        arrays = [self._array(path, fresh=True) for path in paths]
+
+        async def read_all() -> list:
+            return [await _read_async(arr.async_array, rows) for arr in arrays]
+
+        return [_to_numpy(np.asarray(out)) for out in sync(read_all())]
 
     def arrays_under(self, node: str) -> list[str]:
         base = self.path / node if node else self.path
@@ -171,7 +202,7 @@ class ZarrBackend(Backend):
                 shape=op.shape,
                 dtype=str if op.dtype in ("str", "fixedstr") else op.dtype,
                 chunks=(max(1, op.chunk_rows), *op.shape[1:]),
-                compressors=_compressor(op.dtype),
+                compressors=_compressor(op.dtype, op.codec),
                 fill_value=op.fill,
                 overwrite=True,
             )
