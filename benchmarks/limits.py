@@ -56,5 +56,8 @@ def matmul_flops(n: int = 2048, repeats: int = 5, library: str = "torch") -> flo
 
 
 def percent_of_limit(bound_s: float, measured_s: float) -> str:
-    """``bound / measured`` as a percentage string (``"3.2 %"``)."""
-    return f"{100 * bound_s / measured_s:.1f} %" if measured_s > 0 else "-"
+    """``bound / measured`` as a percentage string (``"3.2 %"``, ``"0.041 %"``)."""
+    if measured_s <= 0:
+        return "-"
+    percent = 100 * bound_s / measured_s
+    return f"{percent:.1f} %" if percent >= 1 else f"{percent:.2g} %"

@@ -35,6 +35,7 @@ from embedstore.store.backend import (
 )
 
 _PARTIAL = ".partial"
+_READ_BUDGET = 4 << 20  # bytes of chunk spans read_many holds in flight (at least one array)
 
 
 def _compressor(dtype: str, codec: str | None = None) -> BloscCodec | None:
@@ -69,6 +70,18 @@ async def _read_async(arr: zarr.AsyncArray, rows: np.ndarray | slice | None) -> 
     spans = await asyncio.gather(*(arr.getitem(slice(int(run[0]), int(run[-1]) + 1)) for run in runs))
     picked = [np.asarray(span)[run - run[0]] for span, run in zip(spans, runs)]
     return picked[0] if len(picked) == 1 else np.concatenate(picked)
+
+
+def _span_bytes(arrays: list[zarr.Array], rows: np.ndarray | slice | None) -> int:
+    """Bytes of the widest array's rows from the first to the last of ``rows`` (all when None)."""
+    n = max(arr.shape[0] for arr in arrays) if arrays else 0
+    if isinstance(rows, slice):
+        span = len(range(*rows.indices(n)))
+    elif rows is None or rows.size == 0:
+        span = n if rows is None else 0
+    else:
+        span = int(rows[-1]) - int(rows[0]) + 1
+    return span * max((int(np.prod(arr.shape[1:])) * arr.dtype.itemsize for arr in arrays), default=0)
 
 
 def _to_numpy(values: np.ndarray) -> np.ndarray:
@@ -128,12 +141,20 @@ class ZarrBackend(Backend):
     def read_many(self, paths: list[str], rows: np.ndarray | slice | None = None) -> list[np.ndarray]:
         # One hand-off to zarr's event loop for all the arrays (e.g. every layer): zarr's synchronous
         # API pays a thread hand-off per call, which dominated reading a small split of many layers.
-        # The arrays are read one after the other (each one's chunks concurrently), so the memory of
-        # one array's chunks is reused for the next: reading them all at once measured slower.
+        # Arrays are read concurrently (each one's chunks too) while their spans fit in _READ_BUDGET:
+        # reading many large layers at once holds all their chunks in fresh memory and measured
+        # slower, reading many small ones one by one pays their latency in turn.
         arrays = [self._array(path, fresh=True) for path in paths]
+        span = _span_bytes(arrays, rows)
 
         async def read_all() -> list:
-            return [await _read_async(arr.async_array, rows) for arr in arrays]
+            gate = asyncio.Semaphore(max(1, _READ_BUDGET // max(1, span)))
+
+            async def read_one(arr: zarr.Array) -> np.ndarray:
+                async with gate:
+                    return await _read_async(arr.async_array, rows)
+
+            return await asyncio.gather(*(read_one(arr) for arr in arrays))
 
         return [_to_numpy(np.asarray(out)) for out in sync(read_all())]
 

@@ -332,6 +332,7 @@ def test_info_reports_counts_failures_and_size(store_path):
     assert m["metadata"]["checkpoint"] == META["checkpoint"] and 0 < m["size_bytes"] <= d["size_bytes"]
     text = format_info(d)
     assert "gtzan" in text and "3 x 8" in text and "done 5/9" in text and "empty file" in text
+    assert m["codec"] == "none" and "3 x 8 float32 (codec none), done 5/9" in text
 
 
 def test_info_shows_preprocessing_and_versions(store_path):
