@@ -20,7 +20,9 @@ of ``--repeats``, since the machine may be shared.
    ``--chunk-scales`` (times the default rows per chunk): bytes raw / stored, the three reads, the write.
 2. ``read patterns``: the default codec and chunking, Zarr and HDF5, float32 and float16, with bytes
    on disk.
-3. ``training loader``: one shuffled epoch of the train split in batches of 64 through
+3. ``row selection``: the test split's rows of every layer through zarr's orthogonal and coordinate
+   selections, a whole-range read picked with numpy, and embedstore's read path.
+4. ``training loader``: one shuffled epoch of the train split in batches of 64 through
    :class:`embedstore.heads.torch_data.StoreBatches` vs loading the layer into memory and indexing it.
 
     python benchmarks/bench_store.py [--tracks 1000] [--repeats 5] [--real STORE] [--out DIR]
@@ -224,6 +226,37 @@ def read_patterns(root: Path, sources: list[Source], repeats: int, bandwidth: fl
              "|---|---|---|---|---|---|---|"] + sizes)
 
 
+def selection_methods(root: Path, sources: list[Source], repeats: int, bandwidth: float) -> list[str]:
+    """Rows of the row-selection table: all layers of the test split of a default Zarr store, read
+    through zarr's orthogonal selection, its coordinate selection, and embedstore's read path (the
+    chunks holding the rows read as ranges, rows picked with numpy), one zarr call per layer or one
+    for all."""
+    import zarr
+
+    lines = []
+    for si, src in enumerate(sources):
+        path = root / f"select-{si}.zarr"
+        write_store(path, src, "float32")
+        arrays = [zarr.open_array(path / f"d/models/enc/layers/{i}", mode="r") for i in range(len(src.layers))]
+        test = np.flatnonzero(src.table.splits == "test")
+        coords = (np.repeat(test, src.layers[0].shape[1]), np.tile(np.arange(src.layers[0].shape[1]), len(test)))
+        lo, hi = int(test[0]), int(test[-1]) + 1
+        methods = {
+            "zarr orthogonal (.oindex), per layer": lambda: [a.oindex[test, :] for a in arrays],
+            "zarr range + numpy pick, per layer": lambda: [a[lo:hi][test - lo] for a in arrays],
+            "embedstore read_layers (one call)": lambda: st.read_layers("d", "enc", list(range(len(arrays))), test),
+        }
+        if src.equal_widths:
+            methods["zarr coordinate (.vindex), per layer"] = lambda: [a.vindex[coords] for a in arrays]
+        bound = len(test) * sum(x.shape[1] for x in src.layers) * 4 / bandwidth
+        with open_store(path) as st:
+            for name, fn in methods.items():
+                t = best_of(repeats, fn)
+                lines.append(f"| {src.name} | {name} | {t * 1e3:.2f} | {percent_of_limit(bound, t)} |")
+        shutil.rmtree(path)
+    return ["| data | all layers of the test split through | time (ms) | % of limit |", "|---|---|---|---|"] + lines
+
+
 def loader_epoch(root: Path, sources: list[Source], repeats: int, bandwidth: float) -> list[str]:
     """Rows of the training-loader table: setting up, then one shuffled epoch of the train split in
     batches of 64, through StoreBatches (reads the store every epoch, holds a few blocks) and by
@@ -288,6 +321,8 @@ def main() -> None:
         reads, sizes = read_patterns(root, sources, args.repeats, bandwidth)
         print("Read patterns (default codec and chunking)\n")
         print("\n".join(reads) + "\n\n" + "\n".join(sizes) + "\n")
+        print("Row selection: all layers of the test split (default codec and chunking, Zarr)\n")
+        print("\n".join(selection_methods(root, sources, args.repeats, bandwidth)) + "\n")
         print("Training loader: one shuffled epoch of the train split, one layer, batches of 64\n")
         print("\n".join(loader_epoch(root, sources, args.repeats, bandwidth)))
     finally:
