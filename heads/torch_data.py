@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from embedstore.errors import StoreError
 from embedstore.store import Store, open_store
-from embedstore.store.load import is_one_layer, layer_indices, resolve, select_rows
+from embedstore.store.load import is_one_layer, layer_indices, read_stacked, resolve, select_rows
 
 
 class StoreBatches(IterableDataset):
@@ -118,8 +118,7 @@ class StoreBatches(IterableDataset):
 
     def _read(self, st: Store, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``(X, y)`` of ``rows``, in the order given."""
-        parts = st.read_layers(self.dataset, self.model, self.layers, rows)
-        X = parts[0] if self._one_layer else np.stack(parts, axis=1)
+        X = read_stacked(st, self.dataset, self.model, self.layers, rows, stack=not self._one_layer)
         return torch.from_numpy(X), torch.from_numpy(self._codes[rows])
 
 

@@ -145,10 +145,18 @@ class Backend(ABC):
         """Read ``rows`` (sorted unique indices, a slice, or all) of array ``path`` along axis 0.
         String arrays come back as numpy unicode arrays."""
 
-    def read_many(self, paths: list[str], rows: np.ndarray | slice | None = None) -> list[np.ndarray]:
+    def read_many(self, paths: list[str], rows: np.ndarray | slice | None = None,
+                  out: np.ndarray | None = None) -> list[np.ndarray]:
         """:meth:`read` of the same ``rows`` of several arrays (e.g. every layer), in one go where
-        the backend can do better than one call per array."""
-        return [self.read(path, rows) for path in paths]
+        the backend can do better than one call per array. With ``out`` (``[rows, len(paths), ...]``,
+        numeric arrays of one shape) the values are written into it and the list holds its views
+        ``out[:, k]``."""
+        parts = [self.read(path, rows) for path in paths]
+        if out is None:
+            return parts
+        for k, part in enumerate(parts):
+            out[:, k] = part
+        return [out[:, k] for k in range(len(parts))]
 
     @abstractmethod
     def write_rows(self, items: list[tuple[str, np.ndarray, np.ndarray]]) -> None:

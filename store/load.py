@@ -119,9 +119,19 @@ def load_embeddings(store: str | Path | Store, dataset: str | None = None, model
         dataset, model = resolve(st, dataset, model)
         picked = select_rows(st, dataset, model, split, only_done, rows)
         layers = layer_indices(st, dataset, model, layer)
-        parts = st.read_layers(dataset, model, layers, picked)
-        X = parts[0] if is_one_layer(layer) else np.stack(parts, axis=1)
+        X = read_stacked(st, dataset, model, layers, picked, stack=not is_one_layer(layer))
         return _embeddings(st, dataset, model, X, picked, layers)
+
+
+def read_stacked(st: Store, dataset: str, model: str, layers: list[int], rows: np.ndarray, stack: bool) -> np.ndarray:
+    """``[n, dim]`` of ``layers[0]`` or, with ``stack``, ``[n, len(layers), dim]`` (one width), written
+    in place as the layers are read; ``n = len(rows)``, the storage dtype."""
+    if not stack:
+        return st.read_layers(dataset, model, layers[:1], rows)[0]
+    attrs = st.model_attrs(dataset, model)
+    out = np.empty((len(rows), len(layers), attrs["layer_widths"][layers[0]]), dtype=attrs["storage_dtype"])
+    st.read_layers(dataset, model, layers, rows, out=out)
+    return out
 
 
 def is_one_layer(layer: int | str | Sequence[int | str]) -> bool:

@@ -222,28 +222,37 @@ class Store:
         raise StoreError(f"{self.path}: model {model!r} has no layer {layer!r} "
                          f"(layers 0..{count - 1} or -{count}..-1, names {', '.join(names)})")
 
-    def _read_rows(self, paths: list[str], rows: np.ndarray | None, n: int) -> list[np.ndarray]:
-        """``rows`` (any order, repeats allowed; all of ``0..n-1`` when None) of each array in ``paths``."""
+    def _read_rows(self, paths: list[str], rows: np.ndarray | None, n: int,
+                   out: np.ndarray | None = None) -> list[np.ndarray]:
+        """``rows`` (any order, repeats allowed; all of ``0..n-1`` when None) of each array in
+        ``paths``, written into ``out`` (``[rows, len(paths), ...]``) when given."""
         if rows is None:
-            return self.backend.read_many(paths, slice(0, n))
+            return self.backend.read_many(paths, slice(0, n), out)
         uniq, inverse = unique_sorted(rows)
         if uniq.size and (uniq[0] < 0 or uniq[-1] >= n):
             raise StoreError(f"{self.path}: rows must lie in 0..{n - 1}")
-        out = self.backend.read_many(paths, uniq)
-        return out if inverse is None else [x[inverse] for x in out]
+        if inverse is None:
+            return self.backend.read_many(paths, uniq, out)
+        parts = [x[inverse] for x in self.backend.read_many(paths, uniq)]
+        if out is None:
+            return parts
+        for k, part in enumerate(parts):
+            out[:, k] = part
+        return [out[:, k] for k in range(len(parts))]
 
     def read_layer(self, dataset: str, model: str, layer: int | str, rows: np.ndarray | None = None) -> np.ndarray:
         """``[rows, width]`` pooled embeddings of one layer (all rows when ``rows`` is None); reads
         only that layer's array and only the chunks holding ``rows``."""
         return self.read_layers(dataset, model, [layer], rows)[0]
 
-    def read_layers(self, dataset: str, model: str, layers: list[int | str],
-                    rows: np.ndarray | None = None) -> list[np.ndarray]:
-        """``[rows, width_l]`` pooled embeddings of each of ``layers``, read together (in Zarr, the
-        chunks of every layer are fetched concurrently)."""
+    def read_layers(self, dataset: str, model: str, layers: list[int | str], rows: np.ndarray | None = None,
+                    out: np.ndarray | None = None) -> list[np.ndarray]:
+        """``[rows, width_l]`` pooled embeddings of each of ``layers``, read together (in Zarr, in one
+        call into zarr's event loop). With ``out`` (``[rows, len(layers), width]`` of the storage
+        dtype, layers of one width) the values are written into it, which saves stacking them."""
         node = model_node(dataset, model)
         paths = [f"{node}/{LAYERS}/{self.layer_index(dataset, model, layer)}" for layer in layers]
-        return self._read_rows(paths, rows, self.n_tracks(dataset))
+        return self._read_rows(paths, rows, self.n_tracks(dataset), out)
 
     def read_frames(self, dataset: str, model: str, layer: int | str,
                     rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

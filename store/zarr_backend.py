@@ -49,27 +49,34 @@ def _compressor(dtype: str, codec: str | None = None) -> BloscCodec | None:
     return BloscCodec(cname=cname, clevel=int(level), shuffle=shuffle)
 
 
-async def _read_async(arr: zarr.AsyncArray, rows: np.ndarray | slice | None) -> np.ndarray:
-    """Rows ``rows`` (see :meth:`Backend.read`) of ``arr`` along axis 0.
+async def _read_async(arr: zarr.AsyncArray, rows: np.ndarray | slice | None,
+                      out: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``rows`` (see :meth:`Backend.read`) of ``arr`` along axis 0, written into ``out`` (a
+    ``[rows, ...]`` view, e.g. one layer of a stacked result) when given.
 
     Sorted rows are split into runs whose chunks follow one another; each run is read as one range
     (zarr fetches its chunks concurrently) and its rows are picked with numpy, so chunks holding none
     of the rows are never read. Zarr's orthogonal selection reads the same chunks but picks element
     by element, which measured about twice as slow (``benchmarks/README.md``).
     """
-    if rows is None:
-        return await arr.getitem(...)
-    if isinstance(rows, slice):
-        return await arr.getitem(rows)
-    if rows.size == 0:
-        return np.zeros((0, *arr.shape[1:]), dtype=arr.dtype if arr.dtype.kind != "T" else str)
-    if contiguous(rows):
-        return await arr.getitem(slice(int(rows[0]), int(rows[-1]) + 1))
-    chunk = rows // arr.chunks[0]
-    runs = np.split(rows, np.flatnonzero(np.diff(chunk) > 1) + 1)
-    spans = await asyncio.gather(*(arr.getitem(slice(int(run[0]), int(run[-1]) + 1)) for run in runs))
-    picked = [np.asarray(span)[run - run[0]] for span, run in zip(spans, runs)]
-    return picked[0] if len(picked) == 1 else np.concatenate(picked)
+    if rows is None or isinstance(rows, slice) or (rows.size and contiguous(rows)):
+        whole = ... if rows is None else rows if isinstance(rows, slice) else slice(int(rows[0]), int(rows[-1]) + 1)
+        values = await arr.getitem(whole)
+    elif rows.size == 0:
+        values = np.zeros((0, *arr.shape[1:]), dtype=arr.dtype if arr.dtype.kind != "T" else str)
+    else:
+        chunk = rows // arr.chunks[0]
+        runs = np.split(rows, np.flatnonzero(np.diff(chunk) > 1) + 1)
+        spans = await asyncio.gather(*(arr.getitem(slice(int(run[0]), int(run[-1]) + 1)) for run in runs))
+        values = np.empty((rows.size, *arr.shape[1:]), dtype=arr.dtype) if out is None else out
+        start = 0
+        for span, run in zip(spans, runs):
+            np.take(np.asarray(span), run - run[0], axis=0, out=values[start : start + run.size])
+            start += run.size
+    if out is not None and values is not out:
+        out[...] = values
+        return out
+    return values
 
 
 def _span_bytes(arrays: list[zarr.Array], rows: np.ndarray | slice | None) -> int:
@@ -138,7 +145,8 @@ class ZarrBackend(Backend):
     def read(self, path: str, rows: np.ndarray | slice | None = None) -> np.ndarray:
         return self.read_many([path], rows)[0]
 
-    def read_many(self, paths: list[str], rows: np.ndarray | slice | None = None) -> list[np.ndarray]:
+    def read_many(self, paths: list[str], rows: np.ndarray | slice | None = None,
+                  out: np.ndarray | None = None) -> list[np.ndarray]:
         # One hand-off to zarr's event loop for all the arrays (e.g. every layer): zarr's synchronous
         # API pays a thread hand-off per call, which dominated reading a small split of many layers.
         # Arrays are read concurrently (each one's chunks too) while their spans fit in _READ_BUDGET:
@@ -150,11 +158,11 @@ class ZarrBackend(Backend):
         async def read_all() -> list:
             gate = asyncio.Semaphore(max(1, _READ_BUDGET // max(1, span)))
 
-            async def read_one(arr: zarr.Array) -> np.ndarray:
+            async def read_one(k: int, arr: zarr.Array) -> np.ndarray:
                 async with gate:
-                    return await _read_async(arr.async_array, rows)
+                    return await _read_async(arr.async_array, rows, None if out is None else out[:, k])
 
-            return await asyncio.gather(*(read_one(arr) for arr in arrays))
+            return await asyncio.gather(*(read_one(k, arr) for k, arr in enumerate(arrays)))
 
         return [_to_numpy(np.asarray(out)) for out in sync(read_all())]
 

@@ -484,6 +484,8 @@ def test_load_embeddings_several_layers_by_list(store_path):
     assert emb.X.shape == (5, 3, 6) and emb.layers == [2, 1, 2]
     for k, layer in enumerate((2, 1, 2)):
         np.testing.assert_array_equal(emb.X[:, k], values(range(0, 10, 2), 6, layer))
+    every = load_embeddings(store_path, layer=[1, 2])  # all rows: one contiguous range per layer
+    np.testing.assert_array_equal(every.X, np.stack([values(range(10), 6, 1), values(range(10), 6, 2)], axis=1))
     with pytest.raises(StoreError, match=r"layers \[0, 1\] .*differ in width \(\[4, 6\]\)"):
         load_embeddings(store_path, layer=[0, 1])
     with pytest.raises(StoreError, match="no layer asked for"):
