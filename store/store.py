@@ -72,12 +72,12 @@ def _jsonable(value: Any, what: str) -> Any:
 
 def default_chunk_rows(widths: list[int], itemsize: int, n_tracks: int | None = None) -> int:
     """Rows per chunk so the widest layer's chunk is about 2 MiB: a power of two in [16, 4096], and
-    no more than the power of two that holds ``n_tracks`` (an uncompressed chunk is stored whole, so
-    a small dataset would otherwise be padded up to 2 MiB per layer)."""
+    no more than ``n_tracks`` (at least 16): an uncompressed chunk is stored whole, so a small dataset
+    would otherwise be padded up to 2 MiB per layer."""
     rows = _CHUNK_BYTES // max(1, max(widths) * itemsize)
     rows = min(4096, max(16, 2 ** int(math.log2(max(rows, 1)))))
     if n_tracks is not None:
-        rows = min(rows, max(16, 2 ** math.ceil(math.log2(max(n_tracks, 1)))))
+        rows = min(rows, max(16, n_tracks))
     return int(rows)
 
 

@@ -451,13 +451,13 @@ def test_default_chunk_rows_target_2_mib_and_fit_small_datasets(tmp_path):
     # 2 MiB / (768 * 4 bytes) = 682 rows -> the power of two below, 512; 2 MiB / (65 * 4) = 8065 -> capped at 4096
     assert default_chunk_rows([768] * 13, 4) == 512 and default_chunk_rows([20, 65], 4) == 4096
     assert default_chunk_rows([768] * 13, 2) == 1024  # float16: twice the rows
-    # no more than the power of two holding the tracks (at least 16): 100 -> 128, 5 -> 16, 5000 -> 512
-    assert [default_chunk_rows([768], 4, n) for n in (100, 5, 5000, 0)] == [128, 16, 512, 16]
+    # no more than the tracks (at least 16): 100 -> 100, 5 -> 16, 5000 -> 512
+    assert [default_chunk_rows([768], 4, n) for n in (100, 5, 5000, 0)] == [100, 16, 512, 16]
     path = tmp_path / "store.zarr"
     with open_store(path, "a") as st:
         st.write_tracks("gtzan", table(100))
         st.model_writer("gtzan", "mert", META, [768, 768]).close()
-        assert st.model_attrs("gtzan", "mert")["chunk_rows"] == 128
+        assert st.model_attrs("gtzan", "mert")["chunk_rows"] == 100
 
 
 def test_reads_only_the_chunks_holding_the_rows(tmp_path):
