@@ -77,7 +77,9 @@ class StoreBatches(IterableDataset):
         self.classes: list[str] = sorted(set(labels.tolist()) - {""})
         self._codes = np.searchsorted(np.asarray(self.classes), labels).astype(np.int64)
         self._one_layer = is_one_layer(layers)
-        self._blocks = np.split(self.rows, np.flatnonzero(np.diff(self.rows // block_rows)) + 1) if self.rows.size else []
+        # the served rows of each block (block_rows track-table rows) that holds any
+        edges = np.flatnonzero(np.diff(self.rows // block_rows)) + 1
+        self._blocks = np.split(self.rows, edges) if self.rows.size else []
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.blocks_in_memory, self.drop_last = blocks_in_memory, drop_last
         self._epoch = 0

@@ -18,8 +18,8 @@ def info(path: str | Path | Store) -> dict:
 
         {"path", "backend", "schema_version", "embedstore_version", "size_bytes",
          "datasets": [{"name", "tracks", "splits": {split: count}, "attrs",
-                       "models": [{"name", "layers", "layer_names", "layer_widths", "storage_dtype", "codec",
-                                   "frame_layers", "max_frames", "done", "failed",
+                       "models": [{"name", "layers", "layer_names", "layer_widths", "storage_dtype",
+                                   "codec", "frame_layers", "max_frames", "done", "failed",
                                    "failures": [[row, track_id, reason], ...], "size_bytes",
                                    "preprocessing": {...}, "versions": {...}, "metadata"}],
                        "failures": [{"path", "stage", "reason", "models"}, ...]}]}
@@ -56,7 +56,8 @@ def _describe(st: Store) -> dict:
             entry["models"].append({
                 "name": model, "layers": len(meta["layer_widths"]), "layer_names": meta["layer_names"],
                 "layer_widths": meta["layer_widths"], "storage_dtype": meta["storage_dtype"],
-                "codec": meta.get("codec", "not recorded"), "frame_layers": meta.get("frame_layers", []), "max_frames": meta.get("max_frames", 0),
+                "codec": meta.get("codec", "not recorded"),
+                "frame_layers": meta.get("frame_layers", []), "max_frames": meta.get("max_frames", 0),
                 "done": int(st.done(dataset, model).sum()), "failed": len(failures),
                 "failures": [list(f) for f in failures],
                 "size_bytes": st.backend.size_bytes(model_node(dataset, model)),
