@@ -6,6 +6,8 @@
 - :mod:`~embedstore.heads.mlp` (``MLPHead``), :mod:`~embedstore.heads.logreg`,
   :mod:`~embedstore.heads.metrics` (metrics, bootstrap CIs, McNemar).
 - Result records (JSON beside the store) live in :mod:`embedstore.store.records`.
+- :mod:`~embedstore.heads.torch_data`: :class:`StoreBatches` / :func:`store_loader`, shuffled
+  ``(embeddings, label codes)`` batches read from the store in chunk-aligned blocks, for your own heads.
 
 Names are imported lazily so that ``import embedstore.heads`` does not import torch.
 """
@@ -24,6 +26,8 @@ _LAZY = {
     "MLPHead": "embedstore.heads.mlp",
     "classification_metrics": "embedstore.heads.metrics",
     "bootstrap_ci": "embedstore.heads.metrics",
+    "StoreBatches": "embedstore.heads.torch_data",
+    "store_loader": "embedstore.heads.torch_data",
 }
 
 __all__ = list(_LAZY)

@@ -42,7 +42,9 @@ class SetAttrs:
 @dataclass
 class CreateArray:
     """Create array ``path`` ``[rows, *inner]`` of ``dtype`` ("str" for strings), chunked along rows,
-    filled with ``fill``; ``data`` (optional) is written at creation."""
+    filled with ``fill``; ``data`` (optional) is written at creation. ``codec`` (a canonical
+    :func:`~embedstore.store.schema.check_codec` spec) compresses it where the backend compresses
+    (Zarr); ``None`` keeps the backend's default for small arrays."""
 
     path: str
     shape: tuple[int, ...]
@@ -50,6 +52,7 @@ class CreateArray:
     chunk_rows: int
     fill: Any
     data: np.ndarray | None = None
+    codec: str | None = None
 
 
 @dataclass
@@ -141,6 +144,19 @@ class Backend(ABC):
     def read(self, path: str, rows: np.ndarray | slice | None = None) -> np.ndarray:
         """Read ``rows`` (sorted unique indices, a slice, or all) of array ``path`` along axis 0.
         String arrays come back as numpy unicode arrays."""
+
+    def read_many(self, paths: list[str], rows: np.ndarray | slice | None = None,
+                  out: np.ndarray | None = None) -> list[np.ndarray]:
+        """:meth:`read` of the same ``rows`` of several arrays (e.g. every layer), in one go where
+        the backend can do better than one call per array. With ``out`` (``[rows, len(paths), ...]``,
+        numeric arrays of one shape) the values are written into it and the list holds its views
+        ``out[:, k]``."""
+        parts = [self.read(path, rows) for path in paths]
+        if out is None:
+            return parts
+        for k, part in enumerate(parts):
+            out[:, k] = part
+        return [out[:, k] for k in range(len(parts))]
 
     @abstractmethod
     def write_rows(self, items: list[tuple[str, np.ndarray, np.ndarray]]) -> None:

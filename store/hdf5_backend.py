@@ -123,8 +123,16 @@ class HDF5Backend(Backend):
             return tuple(f[path].shape)
 
     def read(self, path: str, rows: np.ndarray | slice | None = None) -> np.ndarray:
-        with self._open() as f:
-            return _read(f[path], rows)
+        return self.read_many([path], rows)[0]
+
+    def read_many(self, paths: list[str], rows: np.ndarray | slice | None = None,
+                  out: np.ndarray | None = None) -> list[np.ndarray]:
+        with self._open() as f:  # one open for all the arrays
+            if out is None:
+                return [_read(f[path], rows) for path in paths]
+            for k, path in enumerate(paths):
+                out[:, k] = _read(f[path], rows)
+            return [out[:, k] for k in range(len(paths))]
 
     def arrays_under(self, node: str) -> list[str]:
         found: list[str] = []

@@ -19,7 +19,7 @@ def info(path: str | Path | Store) -> dict:
         {"path", "backend", "schema_version", "embedstore_version", "size_bytes",
          "datasets": [{"name", "tracks", "splits": {split: count}, "attrs",
                        "models": [{"name", "layers", "layer_names", "layer_widths", "storage_dtype",
-                                   "frame_layers", "max_frames", "done", "failed",
+                                   "codec", "frame_layers", "max_frames", "done", "failed",
                                    "failures": [[row, track_id, reason], ...], "size_bytes",
                                    "preprocessing": {...}, "versions": {...}, "metadata"}],
                        "failures": [{"path", "stage", "reason", "models"}, ...]}]}
@@ -56,6 +56,7 @@ def _describe(st: Store) -> dict:
             entry["models"].append({
                 "name": model, "layers": len(meta["layer_widths"]), "layer_names": meta["layer_names"],
                 "layer_widths": meta["layer_widths"], "storage_dtype": meta["storage_dtype"],
+                "codec": meta.get("codec", "not recorded"),
                 "frame_layers": meta.get("frame_layers", []), "max_frames": meta.get("max_frames", 0),
                 "done": int(st.done(dataset, model).sum()), "failed": len(failures),
                 "failures": [list(f) for f in failures],
@@ -130,7 +131,8 @@ def format_info(d: dict, *, verbose: bool = False) -> str:
         for m in ds["models"]:
             meta = m["metadata"]
             source = meta.get("checkpoint") or meta.get("encoder") or meta.get("model_name") or "?"
-            lines.append(f"    model {m['name']}: {_layers(m['layer_widths'])} {m['storage_dtype']}, "
+            lines.append(f"    model {m['name']}: {_layers(m['layer_widths'])} {m['storage_dtype']} "
+                         f"(codec {m.get('codec', 'not recorded')}), "
                          f"done {m['done']}/{ds['tracks']}, failed {m['failed']}, {_size(m['size_bytes'])}; "
                          f"from {source}" + (f", frames of layers {m['frame_layers']} (max {m['max_frames']})"
                                              if m["frame_layers"] else ""))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -82,29 +82,57 @@ def _embeddings(st: Store, dataset: str, model: str, X: np.ndarray, rows: np.nda
 
 
 def load_embeddings(store: str | Path | Store, dataset: str | None = None, model: str | None = None,
-                    layer: int | str = -1, split: str | list[str] | None = None, only_done: bool = True,
-                    rows: np.ndarray | None = None) -> Embeddings:
-    """Pooled embeddings of one layer (index, negative index or name; ``X`` ``[n, dim]``) or of
-    ``layer="all"`` (``X`` ``[n, layers, dim]``, only when every layer has the same width).
+                    layer: int | str | Sequence[int | str] = -1, split: str | list[str] | None = None,
+                    only_done: bool = True, rows: np.ndarray | None = None) -> Embeddings:
+    """Pooled embeddings of one layer (index, negative index or name; ``X`` ``[n, dim]``), of several
+    (a list; ``X`` ``[n, layers, dim]``) or of ``layer="all"`` (``X`` ``[n, layers, dim]``); several
+    layers need the same width.
 
     ``dataset=None`` picks the only dataset (or the only one holding ``model``); ``model=None`` the
     dataset's only model. ``split`` filters by split name(s); ``only_done`` drops rows not written yet;
-    ``rows`` restricts to given track-table rows. Reads only the asked layer arrays and rows.
+    ``rows`` restricts to given track-table rows. Reads only the asked layer arrays and the chunks
+    holding the rows.
     """
     with _opened(store) as st:
         dataset, model = resolve_entry(st, dataset, model)
         picked = select_rows(st, dataset, model, split, only_done, rows)
-        if isinstance(layer, str) and layer == "all":
-            widths = st.model_attrs(dataset, model)["layer_widths"]
-            if len(set(widths)) != 1:
-                raise StoreError(f"{st.path}: layers of model {model!r} differ in width ({widths}); "
-                                 "load them one at a time instead of layer='all'")
-            layers = list(range(len(widths)))
-            X = np.stack([st.read_layer(dataset, model, i, picked) for i in layers], axis=1)
-        else:
-            layers = [st.layer_index(dataset, model, layer)]
-            X = st.read_layer(dataset, model, layers[0], picked)
+        layers = layer_indices(st, dataset, model, layer)
+        X = read_stacked(st, dataset, model, layers, picked, stack=not is_one_layer(layer))
         return _embeddings(st, dataset, model, X, picked, layers)
+
+
+def read_stacked(st: Store, dataset: str, model: str, layers: list[int], rows: np.ndarray, stack: bool) -> np.ndarray:
+    """``[n, dim]`` of ``layers[0]`` or, with ``stack``, ``[n, len(layers), dim]`` (one width), written
+    in place as the layers are read; ``n = len(rows)``, the storage dtype."""
+    if not stack:
+        return st.read_layers(dataset, model, layers[:1], rows)[0]
+    attrs = st.model_attrs(dataset, model)
+    out = np.empty((len(rows), len(layers), attrs["layer_widths"][layers[0]]), dtype=attrs["storage_dtype"])
+    st.read_layers(dataset, model, layers, rows, out=out)
+    return out
+
+
+def is_one_layer(layer: int | str | Sequence[int | str]) -> bool:
+    """Whether ``layer`` names one layer (an index or a name), not a list or ``"all"``."""
+    return isinstance(layer, (int, np.integer)) or (isinstance(layer, str) and layer != "all")
+
+
+def layer_indices(st: Store, dataset: str, model: str, layer: int | str | Sequence[int | str]) -> list[int]:
+    """Indices of ``layer``: one (an index, negative index or name), a list of them, or ``"all"``;
+    several layers must share one width (they are stacked into ``[n, layers, dim]``)."""
+    widths = st.model_attrs(dataset, model)["layer_widths"]
+    if is_one_layer(layer):
+        return [st.layer_index(dataset, model, layer)]
+    if layer == "all":
+        layers = list(range(len(widths)))
+    else:
+        layers = [st.layer_index(dataset, model, one) for one in layer]
+    if not layers:
+        raise StoreError(f"{st.path}: no layer asked for (give an index, a name, a list of them or 'all')")
+    if len({widths[i] for i in layers}) != 1:
+        raise StoreError(f"{st.path}: layers {layers} of model {model!r} differ in width "
+                         f"({[widths[i] for i in layers]}); load them one at a time")
+    return layers
 
 
 def load_frames(store: str | Path | Store, dataset: str | None = None, model: str | None = None,

@@ -91,6 +91,13 @@ LEGACY_IDENTITY: dict[str, str] = {
 
 STORAGE_DTYPES = ("float32", "float16")
 
+#: compressors a model entry's embedding arrays (layers, frames) may use in Zarr: ``"none"``, or Blosc with
+#: byte shuffle and ``"lz4"`` or ``"zstd"`` at a level 1-9 (``"zstd:3"``); HDF5 arrays are never compressed
+CODEC_NAMES = ("none", "lz4", "zstd")
+_DEFAULT_LEVELS = {"lz4": 5, "zstd": 3}
+#: codec of new Zarr model entries, chosen by measurement (``benchmarks/bench_store.py``, ``benchmarks/README.md``)
+DEFAULT_CODEC = "none"
+
 
 def check_name(name: str, what: str) -> str:
     """Return ``name`` if it can be a group name in both backends, else raise :class:`StoreError`."""
@@ -98,6 +105,17 @@ def check_name(name: str, what: str) -> str:
         raise StoreError(f"{what} name {name!r} is not usable: it must be non-empty, without '/', "
                          "leading '.' or surrounding spaces")
     return name
+
+
+def check_codec(spec: str) -> str:
+    """The canonical form of codec ``spec`` (``"none"``, ``"lz4:5"``, ``"zstd:3"``; a name without a level
+    gets its default level), or :class:`StoreError` naming the choices."""
+    name, _, level = str(spec).strip().lower().partition(":")
+    if name in CODEC_NAMES and name != "none" and (not level or (level.isdigit() and 1 <= int(level) <= 9)):
+        return f"{name}:{int(level) if level else _DEFAULT_LEVELS[name]}"
+    if name == "none" and not level:
+        return name
+    raise StoreError(f"codec {spec!r} is not one of none, lz4[:level], zstd[:level] (level 1-9)")
 
 
 def dataset_node(dataset: str) -> str:

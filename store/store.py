@@ -41,10 +41,12 @@ from embedstore.store.schema import (
     LEGACY_IDENTITY,
     LAYERS,
     SCHEMA_VERSION,
+    DEFAULT_CODEC,
     STORAGE_DTYPES,
     TRACK_COLUMNS,
     TRACKS,
     TrackTable,
+    check_codec,
     check_name,
     frame_widths_of,
     model_node,
@@ -69,10 +71,15 @@ def _jsonable(value: Any, what: str) -> Any:
         raise StoreError(f"{what} must be JSON-serialisable: {exc}") from None
 
 
-def default_chunk_rows(widths: list[int], itemsize: int) -> int:
-    """Rows per chunk so the widest layer's chunk is about 2 MiB: a power of two in [16, 4096]."""
+def default_chunk_rows(widths: list[int], itemsize: int, n_tracks: int | None = None) -> int:
+    """Rows per chunk so the widest layer's chunk is about 2 MiB: a power of two in [16, 4096], and
+    no more than ``n_tracks`` (at least 16): an uncompressed chunk is stored whole, so a small dataset
+    would otherwise be padded up to 2 MiB per layer."""
     rows = _CHUNK_BYTES // max(1, max(widths) * itemsize)
-    return int(min(4096, max(16, 2 ** int(math.log2(max(rows, 1))))))
+    rows = min(4096, max(16, 2 ** int(math.log2(max(rows, 1)))))
+    if n_tracks is not None:
+        rows = min(rows, max(16, n_tracks))
+    return int(rows)
 
 
 class Store:
@@ -210,20 +217,37 @@ class Store:
         names = [str(n) for n in self.model_attrs(dataset, model)["layer_names"]]
         return specs.layer_index(layer, names, model=model, option="layer")
 
-    def _read_rows(self, path: str, rows: np.ndarray | None, n: int) -> np.ndarray:
+    def _read_rows(self, paths: list[str], rows: np.ndarray | None, n: int,
+                   out: np.ndarray | None = None) -> list[np.ndarray]:
+        """``rows`` (any order, repeats allowed; all of ``0..n-1`` when None) of each array in
+        ``paths``, written into ``out`` (``[rows, len(paths), ...]``) when given."""
         if rows is None:
-            return self.backend.read(path, slice(0, n))
+            return self.backend.read_many(paths, slice(0, n), out)
         uniq, inverse = unique_sorted(rows)
         if uniq.size and (uniq[0] < 0 or uniq[-1] >= n):
             raise StoreError(f"{self.path}: rows must lie in 0..{n - 1}")
-        out = self.backend.read(path, uniq)
-        return out if inverse is None else out[inverse]
+        if inverse is None:
+            return self.backend.read_many(paths, uniq, out)
+        parts = [x[inverse] for x in self.backend.read_many(paths, uniq)]
+        if out is None:
+            return parts
+        for k, part in enumerate(parts):
+            out[:, k] = part
+        return [out[:, k] for k in range(len(parts))]
 
     def read_layer(self, dataset: str, model: str, layer: int | str, rows: np.ndarray | None = None) -> np.ndarray:
         """``[rows, width]`` pooled embeddings of one layer (all rows when ``rows`` is None); reads
         only that layer's array and only the chunks holding ``rows``."""
-        index = self.layer_index(dataset, model, layer)
-        return self._read_rows(f"{model_node(dataset, model)}/{LAYERS}/{index}", rows, self.n_tracks(dataset))
+        return self.read_layers(dataset, model, [layer], rows)[0]
+
+    def read_layers(self, dataset: str, model: str, layers: list[int | str], rows: np.ndarray | None = None,
+                    out: np.ndarray | None = None) -> list[np.ndarray]:
+        """``[rows, width_l]`` pooled embeddings of each of ``layers``, read together (in Zarr, in one
+        call into zarr's event loop). With ``out`` (``[rows, len(layers), width]`` of the storage
+        dtype, layers of one width) the values are written into it, which saves stacking them."""
+        node = model_node(dataset, model)
+        paths = [f"{node}/{LAYERS}/{self.layer_index(dataset, model, layer)}" for layer in layers]
+        return self._read_rows(paths, rows, self.n_tracks(dataset), out)
 
     def read_frames(self, dataset: str, model: str, layer: int | str,
                     rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -234,8 +258,8 @@ class Store:
             raise StoreError(f"{self.path}: model {model!r} stores no frames for layer {index} "
                              f"(frame layers: {attrs.get('frame_layers') or 'none'})")
         node, n = model_node(dataset, model), self.n_tracks(dataset)
-        return (self._read_rows(f"{node}/{FRAMES}/{index}", rows, n),
-                self._read_rows(f"{node}/{FRAME_COUNTS}", rows, n))
+        values, counts = self._read_rows([f"{node}/{FRAMES}/{index}", f"{node}/{FRAME_COUNTS}"], rows, n)
+        return values, counts
 
     # ---- writing ------------------------------------------------------------------------------
     def write_tracks(self, dataset: str, table: TrackTable, attrs: dict | None = None) -> None:
@@ -294,6 +318,7 @@ class Store:
     def model_writer(self, dataset: str, model: str, metadata: dict, layer_widths: list[int], *,
                      storage_dtype: str = "float32", frame_layers: list[int] | None = None,
                      max_frames: int = 0, frame_widths: list[int] | None = None, chunk_rows: int | None = None,
+                     codec: str | None = None,
                      flush_seconds: float | None = DEFAULT_FLUSH_SECONDS) -> ModelWriter:
         """Create (or reopen, to resume) the model entry ``model`` of ``dataset`` and return its writer.
 
@@ -306,8 +331,11 @@ class Store:
         the layer's pooled width: frames are not pooled, so mean+std rows are twice as wide as frames).
         ``flush_seconds`` bounds how long a written row may wait in the writer's buffer before it is made
         durable and marked done, whatever ``chunk_rows`` is (``None``: only whole chunks, a full buffer
-        and close flush; see :class:`~embedstore.store.writer.ModelWriter`). The writer holds the
-        store's write lock until it is closed.
+        and close flush; see :class:`~embedstore.store.writer.ModelWriter`). ``codec`` compresses a new
+        entry's layer and frame arrays in Zarr (``"none"``, ``"lz4[:level]"``, ``"zstd[:level]"``; default
+        :data:`~embedstore.store.schema.DEFAULT_CODEC`); HDF5 arrays are never compressed, so there it
+        must be ``None`` or ``"none"``. A reopened entry keeps the codec it was created with. The
+        writer holds the store's write lock until it is closed.
         """
         from embedstore.store.writer import ModelWriter
 
@@ -336,10 +364,12 @@ class Store:
         if len(names) != count:
             raise StoreError(f"model {model!r}: {len(names)} layer names for {count} layer widths")
         itemsize = np.dtype(storage_dtype).itemsize
+        codec = self._codec(codec)
+        n_tracks = int(ds_attrs["n_tracks"])
         entry = {**meta, "layer_names": names, "layer_widths": widths, "num_layers": count,
                  "storage_dtype": storage_dtype, "frame_layers": frames,
                  "max_frames": int(max_frames) if frames else 0, "frame_widths": f_widths,
-                 "chunk_rows": int(chunk_rows or default_chunk_rows(widths, itemsize)),
+                 "chunk_rows": int(chunk_rows or default_chunk_rows(widths, itemsize, n_tracks)), "codec": codec,
                  "embedstore_version": __version__, "schema_version": SCHEMA_VERSION,
                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         self.lock()
@@ -364,12 +394,21 @@ class Store:
             self.unlock()
             raise
 
+    def _codec(self, codec: str | None) -> str:
+        """The canonical codec of a new entry: ``codec`` or the default; always ``"none"`` in HDF5."""
+        if self.kind != "zarr":
+            if codec is not None and check_codec(codec) != "none":
+                raise StoreError(f"{self.path}: HDF5 stores are uncompressed (raw in-place writes keep them "
+                                 f"crash-safe); codec {codec!r} needs a Zarr store")
+            return "none"
+        return check_codec(DEFAULT_CODEC if codec is None else codec)
+
     def _model_ops(self, dataset: str, model: str, entry: dict, n: int, ds_attrs: dict) -> list[Op]:
         node = model_node(dataset, model)
-        rows, dtype = entry["chunk_rows"], entry["storage_dtype"]
+        rows, dtype, codec = entry["chunk_rows"], entry["storage_dtype"], entry["codec"]
         ops: list[Op] = [CreateGroup(node, entry)]
         for i, width in enumerate(entry["layer_widths"]):
-            ops.append(CreateArray(f"{node}/{LAYERS}/{i}", (n, width), dtype, rows, math.nan))
+            ops.append(CreateArray(f"{node}/{LAYERS}/{i}", (n, width), dtype, rows, math.nan, codec=codec))
         ops += [CreateArray(f"{node}/{DONE}", (n,), "bool", rows, False),
                 CreateArray(f"{node}/{FAILED}", (n,), "bool", rows, False),
                 CreateArray(f"{node}/{FAIL_REASON}", (n,), "fixedstr", rows, "")]
@@ -378,7 +417,7 @@ class Store:
             for i, width in zip(entry["frame_layers"], frame_widths_of(entry)):
                 frame_rows = max(1, min(rows, _FRAME_CHUNK_BYTES // (entry["max_frames"] * width * itemsize)))
                 ops.append(CreateArray(f"{node}/{FRAMES}/{i}", (n, entry["max_frames"], width), dtype,
-                                       frame_rows, math.nan))
+                                       frame_rows, math.nan, codec=codec))
             ops.append(CreateArray(f"{node}/{FRAME_COUNTS}", (n,), "int32", rows, 0))
         ops.append(SetAttrs(dataset, {**ds_attrs, "models": [*ds_attrs.get("models", []), model]}))
         return ops

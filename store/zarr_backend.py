@@ -10,6 +10,7 @@ killed writer can leave ``*.partial`` files behind; :meth:`ZarrBackend.cleanup` 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from embedstore.store.backend import (
@@ -33,12 +35,60 @@ from embedstore.store.backend import (
 )
 
 _PARTIAL = ".partial"
+_READ_BUDGET = 4 << 20  # bytes of chunk spans read_many holds in flight (at least one array)
 
 
-def _compressor(dtype: str) -> BloscCodec:
-    # byte shuffle groups the exponent bytes of floats together, which zstd then compresses well
+def _compressor(dtype: str, codec: str | None = None) -> BloscCodec | None:
+    """Blosc for ``codec`` (canonical ``"lz4:5"``, ``"zstd:3"``; ``"none"``: no compressor); ``None`` is
+    zstd level 3, for the track table and the flags, which are small and read whole."""
+    if codec == "none":
+        return None
+    cname, _, level = (codec or "zstd:3").partition(":")
+    # byte shuffle groups the exponent bytes of floats together, which the compressor then packs well
     shuffle = "shuffle" if dtype.startswith(("float", "int")) else "noshuffle"
-    return BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)
+    return BloscCodec(cname=cname, clevel=int(level), shuffle=shuffle)
+
+
+async def _read_async(arr: zarr.AsyncArray, rows: np.ndarray | slice | None,
+                      out: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``rows`` (see :meth:`Backend.read`) of ``arr`` along axis 0, written into ``out`` (a
+    ``[rows, ...]`` view, e.g. one layer of a stacked result) when given.
+
+    Sorted rows are split into runs whose chunks follow one another; each run is read as one range
+    (zarr fetches its chunks concurrently) and its rows are picked with numpy, so chunks holding none
+    of the rows are never read. Zarr's orthogonal selection reads the same chunks but picks element
+    by element, which measured about twice as slow (``benchmarks/README.md``).
+    """
+    if rows is None or isinstance(rows, slice) or (rows.size and contiguous(rows)):
+        whole = ... if rows is None else rows if isinstance(rows, slice) else slice(int(rows[0]), int(rows[-1]) + 1)
+        values = await arr.getitem(whole)
+    elif rows.size == 0:
+        values = np.zeros((0, *arr.shape[1:]), dtype=arr.dtype if arr.dtype.kind != "T" else str)
+    else:
+        chunk = rows // arr.chunks[0]
+        runs = np.split(rows, np.flatnonzero(np.diff(chunk) > 1) + 1)
+        spans = await asyncio.gather(*(arr.getitem(slice(int(run[0]), int(run[-1]) + 1)) for run in runs))
+        values = np.empty((rows.size, *arr.shape[1:]), dtype=arr.dtype) if out is None else out
+        start = 0
+        for span, run in zip(spans, runs):
+            np.take(np.asarray(span), run - run[0], axis=0, out=values[start : start + run.size])
+            start += run.size
+    if out is not None and values is not out:
+        out[...] = values
+        return out
+    return values
+
+
+def _span_bytes(arrays: list[zarr.Array], rows: np.ndarray | slice | None) -> int:
+    """Bytes of the widest array's rows from the first to the last of ``rows`` (all when None)."""
+    n = max(arr.shape[0] for arr in arrays) if arrays else 0
+    if isinstance(rows, slice):
+        span = len(range(*rows.indices(n)))
+    elif rows is None or rows.size == 0:
+        span = n if rows is None else 0
+    else:
+        span = int(rows[-1]) - int(rows[0]) + 1
+    return span * max((int(np.prod(arr.shape[1:])) * arr.dtype.itemsize for arr in arrays), default=0)
 
 
 def _to_numpy(values: np.ndarray) -> np.ndarray:
@@ -93,18 +143,28 @@ class ZarrBackend(Backend):
         return tuple(self._array(path, fresh=True).shape)
 
     def read(self, path: str, rows: np.ndarray | slice | None = None) -> np.ndarray:
-        arr = self._array(path, fresh=True)
-        if rows is None:
-            out = arr[...]
-        elif isinstance(rows, slice):
-            out = arr[rows]
-        elif rows.size == 0:
-            out = np.zeros((0, *arr.shape[1:]), dtype=arr.dtype if arr.dtype.kind != "T" else str)
-        elif contiguous(rows):
-            out = arr[int(rows[0]) : int(rows[-1]) + 1]
-        else:
-            out = arr.oindex[(rows,) + (slice(None),) * (arr.ndim - 1)]
-        return _to_numpy(np.asarray(out))
+        return self.read_many([path], rows)[0]
+
+    def read_many(self, paths: list[str], rows: np.ndarray | slice | None = None,
+                  out: np.ndarray | None = None) -> list[np.ndarray]:
+        # One hand-off to zarr's event loop for all the arrays (e.g. every layer): zarr's synchronous
+        # API pays a thread hand-off per call, which dominated reading a small split of many layers.
+        # Arrays are read concurrently (each one's chunks too) while their spans fit in _READ_BUDGET:
+        # reading many large layers at once holds all their chunks in fresh memory and measured
+        # slower, reading many small ones one by one pays their latency in turn.
+        arrays = [self._array(path, fresh=True) for path in paths]
+        span = _span_bytes(arrays, rows)
+
+        async def read_all() -> list:
+            gate = asyncio.Semaphore(max(1, _READ_BUDGET // max(1, span)))
+
+            async def read_one(k: int, arr: zarr.Array) -> np.ndarray:
+                async with gate:
+                    return await _read_async(arr.async_array, rows, None if out is None else out[:, k])
+
+            return await asyncio.gather(*(read_one(k, arr) for k, arr in enumerate(arrays)))
+
+        return [_to_numpy(np.asarray(out)) for out in sync(read_all())]
 
     def arrays_under(self, node: str) -> list[str]:
         base = self.path / node if node else self.path
@@ -171,7 +231,7 @@ class ZarrBackend(Backend):
                 shape=op.shape,
                 dtype=str if op.dtype in ("str", "fixedstr") else op.dtype,
                 chunks=(max(1, op.chunk_rows), *op.shape[1:]),
-                compressors=_compressor(op.dtype),
+                compressors=_compressor(op.dtype, op.codec),
                 fill_value=op.fill,
                 overwrite=True,
             )

@@ -332,6 +332,7 @@ def test_info_reports_counts_failures_and_size(store_path):
     assert m["metadata"]["checkpoint"] == META["checkpoint"] and 0 < m["size_bytes"] <= d["size_bytes"]
     text = format_info(d)
     assert "gtzan" in text and "3 x 8" in text and "done 5/9" in text and "empty file" in text
+    assert m["codec"] == "none" and "3 x 8 float32 (codec none), done 5/9" in text
 
 
 def test_info_shows_preprocessing_and_versions(store_path):
@@ -384,6 +385,111 @@ def test_plain_libraries_read_the_layout(store_path):
     np.testing.assert_array_equal(done, [True, True, True, False, False])
     np.testing.assert_array_equal(X[done], values(range(3), 8, 2))
     assert list(ids) == [f"id{i}" for i in range(5)]
+
+
+# ---- codecs, chunking and the read path -----------------------------------------------------------
+@pytest.mark.parametrize("codec, cname", [(None, None), ("none", None), ("lz4", "lz4"), ("zstd:1", "zstd")])
+def test_codecs_round_trip_and_plain_zarr_sees_them(tmp_path, codec, cname):
+    import zarr
+
+    path = tmp_path / "store.zarr"
+    with open_store(path, "a") as st:
+        st.write_tracks("gtzan", table(10))
+        with st.model_writer("gtzan", "mert", META, [8, 8], chunk_rows=4, codec=codec) as w:
+            w.write(np.arange(10), [values(range(10), 8, 0), values(range(10), 8, 1)])
+        assert st.model_attrs("gtzan", "mert")["codec"] == {None: "none", "lz4": "lz4:5"}.get(codec, codec)
+    layer = zarr.open_array(path / "gtzan/models/mert/layers/1", mode="r")
+    compressors = layer.compressors
+    assert (len(compressors) == 0) if cname is None else (compressors[0].cname.value == cname)
+    if cname is not None:
+        assert compressors[0].shuffle.value == "shuffle"
+    np.testing.assert_array_equal(layer[:], values(range(10), 8, 1))
+    np.testing.assert_array_equal(load_embeddings(path, layer=1).X, values(range(10), 8, 1))
+
+
+def test_store_with_the_old_zstd_default_and_no_codec_key_still_reads_and_resumes(tmp_path):
+    path = tmp_path / "store.zarr"
+    fill(path, n=10, rows=range(6))
+    with open_store(path, "a") as st:  # rewrite it as an older embedstore left it: zstd chunks, no codec key
+        st.model_writer("gtzan", "old", META, [8, 8, 8], chunk_rows=4, codec="zstd:3").close()
+        node = "gtzan/models/old"
+        attrs = {k: v for k, v in st.backend.read_attrs(node).items() if k != "codec"}
+        from embedstore.store.backend import SetAttrs
+
+        st.lock()
+        st.backend.apply([SetAttrs(node, attrs)])
+        st.unlock()
+        with st.model_writer("gtzan", "old", META, [8, 8, 8]) as w:
+            w.write(np.arange(10), [values(range(10), 8, l) for l in range(3)])
+    import zarr
+
+    assert zarr.open_array(path / "gtzan/models/old/layers/0", mode="r").compressors[0].cname.value == "zstd"
+    emb = load_embeddings(path, model="old", layer="all", split="test")
+    np.testing.assert_array_equal(emb.X[:, 2], values(range(1, 10, 2), 8, 2))
+    assert "codec" not in open_store(path).model_attrs("gtzan", "old")
+
+
+def test_hdf5_is_never_compressed_and_codec_names_are_checked(tmp_path):
+    path = tmp_path / "store.h5"
+    with open_store(path, "a") as st:
+        st.write_tracks("gtzan", table(4))
+        with pytest.raises(StoreError, match="HDF5 stores are uncompressed.*'lz4'"):
+            st.model_writer("gtzan", "mert", META, [8], codec="lz4")
+        st.model_writer("gtzan", "mert", META, [8], codec="none").close()
+        assert st.model_attrs("gtzan", "mert")["codec"] == "none"
+    from embedstore.store.schema import check_codec
+
+    assert [check_codec(c) for c in ("LZ4", "zstd", "zstd:9", " none ")] == ["lz4:5", "zstd:3", "zstd:9", "none"]
+    for bad in ("gzip", "zstd:0", "zstd:10", "none:1", "lz4:x"):
+        with pytest.raises(StoreError, match="not one of none, lz4"):
+            check_codec(bad)
+
+
+def test_default_chunk_rows_target_2_mib_and_fit_small_datasets(tmp_path):
+    from embedstore.store.store import default_chunk_rows
+
+    # 2 MiB / (768 * 4 bytes) = 682 rows -> the power of two below, 512; 2 MiB / (65 * 4) = 8065 -> capped at 4096
+    assert default_chunk_rows([768] * 13, 4) == 512 and default_chunk_rows([20, 65], 4) == 4096
+    assert default_chunk_rows([768] * 13, 2) == 1024  # float16: twice the rows
+    # no more than the tracks (at least 16): 100 -> 100, 5 -> 16, 5000 -> 512
+    assert [default_chunk_rows([768], 4, n) for n in (100, 5, 5000, 0)] == [100, 16, 512, 16]
+    path = tmp_path / "store.zarr"
+    with open_store(path, "a") as st:
+        st.write_tracks("gtzan", table(100))
+        st.model_writer("gtzan", "mert", META, [768, 768]).close()
+        assert st.model_attrs("gtzan", "mert")["chunk_rows"] == 100
+
+
+def test_reads_only_the_chunks_holding_the_rows(tmp_path):
+    """A chunk none of the asked rows lives in is never read: corrupt it, and reads around it still work."""
+    path = tmp_path / "store.zarr"
+    with open_store(path, "a") as st:
+        st.write_tracks("gtzan", table(40))
+        with st.model_writer("gtzan", "mert", META, [8, 8], chunk_rows=4, codec="none") as w:
+            w.write(np.arange(40), [values(range(40), 8, 0), values(range(40), 8, 1)])
+    for layer in (0, 1):  # chunk 3 holds rows 12..15
+        (path / f"gtzan/models/mert/layers/{layer}/c/3/0").write_bytes(b"not a chunk")
+    asked = np.array([30, 1, 21, 2, 1, 9, 39])  # chunks 7, 0, 5, 0, 0, 2, 9; any order, a repeat
+    emb = load_embeddings(path, layer=[1, 0], rows=asked)
+    np.testing.assert_array_equal(emb.rows, asked)
+    np.testing.assert_array_equal(emb.X[:, 0], values(asked, 8, 1))
+    np.testing.assert_array_equal(emb.X[:, 1], values(asked, 8, 0))
+    with pytest.raises(ValueError):  # the corrupt chunk, once a row of it is asked for
+        load_embeddings(path, layer=0, rows=np.array([2, 13]))
+
+
+def test_load_embeddings_several_layers_by_list(store_path):
+    fill(store_path, n=10, widths=(4, 6, 6))
+    emb = load_embeddings(store_path, layer=[2, "layer_1", -1], split="train")
+    assert emb.X.shape == (5, 3, 6) and emb.layers == [2, 1, 2]
+    for k, layer in enumerate((2, 1, 2)):
+        np.testing.assert_array_equal(emb.X[:, k], values(range(0, 10, 2), 6, layer))
+    every = load_embeddings(store_path, layer=[1, 2])  # all rows: one contiguous range per layer
+    np.testing.assert_array_equal(every.X, np.stack([values(range(10), 6, 1), values(range(10), 6, 2)], axis=1))
+    with pytest.raises(StoreError, match=r"layers \[0, 1\] .*differ in width \(\[4, 6\]\)"):
+        load_embeddings(store_path, layer=[0, 1])
+    with pytest.raises(StoreError, match="no layer asked for"):
+        load_embeddings(store_path, layer=[])
 
 
 # ---- crash safety and concurrent readers -------------------------------------------------------------
