@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from embedstore.errors import StoreError
 from embedstore.store import Store, open_store
-from embedstore.store.load import is_one_layer, layer_indices, read_stacked, resolve, select_rows
+from embedstore.store.load import is_one_layer, layer_indices, read_stacked, select_rows
+from embedstore.store.specs import resolve_entry
 
 
 class StoreBatches(IterableDataset):
@@ -65,7 +66,7 @@ class StoreBatches(IterableDataset):
             raise StoreError("batch_size, block_chunks and blocks_in_memory must be at least 1")
         self.path = Path(store)
         with open_store(self.path) as st, st.snapshot():
-            self.dataset, self.model = resolve(st, dataset, model)
+            self.dataset, self.model = resolve_entry(st, dataset, model)
             self.layers = layer_indices(st, self.dataset, self.model, layers)
             self.rows = select_rows(st, self.dataset, self.model, split)
             labels = st.tracks(self.dataset).labels
