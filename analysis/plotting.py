@@ -8,32 +8,21 @@ bytes on every run.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
 import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from embedstore.figures import DPI, FIGURE_FORMATS, PANEL_SIZE, new_figure, save_figure  # noqa: F401 (re-exported)
+
 UNLABELLED = ""
 UNLABELLED_NAME = "(no label)"
 UNLABELLED_COLOR = (0.6, 0.6, 0.6, 1.0)
-PANEL_SIZE = (4.2, 3.8)  # inches per panel
-DPI = 150
-FIGURE_FORMATS = ("png", "svg", "pdf")
-
-# metadata entries set to None are left out of the file: no dates, no version strings
-_METADATA: dict[str, dict[str, None]] = {
-    "png": {"Software": None},
-    "svg": {"Date": None, "Creator": None},
-    "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
-}
 
 
 def label_colors(labels: Iterable[str]) -> dict[str, tuple[float, float, float, float]]:
@@ -56,22 +45,6 @@ def label_colors(labels: Iterable[str]) -> dict[str, tuple[float, float, float, 
     return colors
 
 
-def new_figure(n_panels: int, ncols: int | None = None, panel_size: tuple[float, float] = PANEL_SIZE,
-               legend_space: float = 0.0) -> tuple[Figure, list]:
-    """A constrained-layout figure with ``n_panels`` axes in a grid (row-major); unused cells hidden.
-
-    ``legend_space`` adds that many inches of width for a legend outside the panels.
-    """
-    ncols = ncols or min(n_panels, 3)
-    nrows = math.ceil(n_panels / ncols)
-    fig = Figure(figsize=(panel_size[0] * ncols + legend_space, panel_size[1] * nrows), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
-    for ax in axes[n_panels:]:
-        ax.set_visible(False)
-    return fig, axes[:n_panels]
-
-
 def add_label_legend(fig: Figure, colors: dict[str, tuple], present: Iterable[str], title: str) -> None:
     """A figure-level legend outside the panels, one marker per label in ``present`` (sorted)."""
     present = set(present)
@@ -87,21 +60,6 @@ def add_label_legend(fig: Figure, colors: dict[str, tuple], present: Iterable[st
     ]
     fig.legend(handles=handles, loc="outside right upper", title=title, frameon=False,
                ncols=1 if len(handles) <= 25 else 2)
-
-
-def save_figure(fig: Figure, out_dir: Path, stem: str, formats: Sequence[str] = ("png",)) -> list[Path]:
-    """Write ``fig`` as ``out_dir/stem.<fmt>`` for each format, byte-reproducibly; returns the paths."""
-    paths = []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with matplotlib.rc_context({"svg.hashsalt": "embedstore", "pdf.compression": 6}):
-        for fmt in formats:
-            fmt = fmt.lower().lstrip(".")
-            if fmt not in FIGURE_FORMATS:
-                raise ValueError(f"unknown figure format {fmt!r}; choose from {FIGURE_FORMATS}")
-            path = out_dir / f"{stem}.{fmt}"
-            fig.savefig(path, format=fmt, dpi=DPI, metadata=_METADATA[fmt])
-            paths.append(path)
-    return paths
 
 
 def scatter_labelled(ax, coords: np.ndarray, labels: np.ndarray, colors: dict[str, tuple]) -> None:

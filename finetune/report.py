@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator
 from tqdm import tqdm
 
-from embedstore.analysis.plotting import new_figure, save_figure
+from embedstore.figures import new_figure, save_figure
 from embedstore.store.records import ProbeRecord
 
 CURVE_STEM = "training_curve"
