@@ -11,6 +11,7 @@ from typing import Any
 _LAZY = {
     "Encoder": "base",
     "EncoderOutput": "base",
+    "HearEncoder": "hear",
     "EncoderRequest": "registry",
     "EncoderSpec": "registry",
     "ENCODERS": "registry",

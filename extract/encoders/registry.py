@@ -99,7 +99,10 @@ def list_encoders() -> list[EncoderSpec]:
 
 
 def get_spec(name: str) -> EncoderSpec:
-    """The spec of ``name``; :class:`ModelError` listing the known names otherwise."""
+    """The spec of ``name`` (``hear:MODULE``: :func:`hear_spec`); :class:`ModelError` listing the known
+    names otherwise."""
+    if name.startswith(HEAR_PREFIX):
+        return hear_spec(name)
     try:
         return ENCODERS[name]
     except KeyError:
@@ -107,6 +110,35 @@ def get_spec(name: str) -> EncoderSpec:
             f"unknown model {name!r}{did_you_mean(name, ENCODERS)}; known models: {', '.join(ENCODERS)} "
             "(see `embedstore models`)"
         ) from None
+
+
+HEAR_PREFIX = "hear:"
+
+
+def hear_spec(name: str) -> EncoderSpec:
+    """The spec of ``hear:MODULE``, any installed module implementing the HEAR 2021 API (see
+    :mod:`.hear`). Checks that MODULE is installed without importing it: its code runs only when the
+    encoder is loaded. Rate, widths and frame rate are known only then (0 here).
+
+    Raises:
+        ModelError: not a module name, or no such installed module (with the closest installed one).
+    """
+    import importlib.util
+    import pkgutil
+
+    module = name[len(HEAR_PREFIX):]
+    if not module or not all(part.isidentifier() for part in module.split(".")):
+        raise ModelError(f"--model {name!r}: use hear:MODULE with an installed Python module, e.g. hear:hearbaseline")
+    top = module.partition(".")[0]
+    if importlib.util.find_spec(top) is None:
+        installed = {m.name for m in pkgutil.iter_modules()}
+        raise ModelError(f"--model {name}: no installed Python module {top!r}{did_you_mean(top, installed)}; "
+                         "install the package that implements the HEAR API first")
+    return EncoderSpec(
+        name=name, default_checkpoint=None, sample_rate=0, num_layers=2, width=0, frame_rate=0.0,
+        window_seconds=600.0, module="hear",
+        description=f"HEAR 2021 API module {module!r}: timestamp embeddings, then the scene embedding",
+    )
 
 
 @dataclass(frozen=True)
