@@ -28,6 +28,7 @@ from embedstore.store import load_embeddings, load_frames, open_store
 
 MODULE = "embedstore_tinyhear"
 NAME = f"hear:{MODULE}"
+KEY = f"hear-{MODULE}"  # the store key: no ":" in a folder name
 SR, FRAME, HOP = 16_000, 400, 160
 
 SOURCE = f'''
@@ -127,8 +128,8 @@ def test_cli_extracts_a_hear_module_into_scene_and_timestamp_layers(hear_dir, sm
     result = run_cli("extract", str(small_dir), "--model", NAME, "--checkpoint", str(scale_file), "--store", str(store),
                      "--workers", "0", "--no-progress", hear_dir=hear_dir)
     assert result.returncode == 0, result.stderr
-    scene = load_embeddings(store, model=NAME, layer="scene")
-    stamp = load_embeddings(store, model=NAME, layer="timestamp")
+    scene = load_embeddings(store, model=KEY, layer="scene")
+    stamp = load_embeddings(store, model=KEY, layer="timestamp")
     assert scene.X.shape == (8, 8) and stamp.X.shape == (8, 4)
     ds = discover_dataset(small_dir)
     for track in ds.tracks[::3]:
@@ -138,7 +139,7 @@ def test_cli_extracts_a_hear_module_into_scene_and_timestamp_layers(hear_dir, sm
         np.testing.assert_allclose(scene.X[row], expect_scene, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(stamp.X[row], emb.mean(0), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(stamp.X[row, 0], 3.0 * rms_frames(wave).mean(), rtol=1e-4)
-    meta = open_store(store).model_attrs("gtzan", NAME)
+    meta = open_store(store).model_attrs("gtzan", KEY)
     assert meta["layer_names"] == ["timestamp", "scene"] and meta["encoder_widths"] == [4, 8]
     assert meta["sample_rate"] == SR and meta["frame_rate"] == pytest.approx(SR / HOP)
     assert meta["hear"]["module"] == MODULE and meta["hear"]["timestamp_hop_ms"] == pytest.approx(10.0)
@@ -149,7 +150,7 @@ def test_frames_store_binned_timestamp_embeddings(hear_dir, small_dir, tmp_path)
     path = tmp_path / "f.zarr"
     run_extract(small_dir, [NAME], path, options=ExtractOptions(workers=0, progress=False, frames_hop=0.5,
                                                                frame_layers=["timestamp"], limit=2))
-    values, counts, meta = load_frames(path, model=NAME, layer="timestamp")
+    values, counts, meta = load_frames(path, model=KEY, layer="timestamp")
     assert values.shape == (2, 4, 4) and list(counts) == [4, 4]  # 2 s at 0.5 s per stored frame
     track = next(t for t in discover_dataset(small_dir).tracks if t.id == meta.track_ids[0])
     emb, _ = module_outputs(load_audio(small_dir / track.path, SR), scale=1.0)
@@ -162,13 +163,13 @@ def test_windows_pool_the_scene_embeddings_of_each_window(hear_dir, small_dir, t
     path = tmp_path / "w.zarr"
     run_extract(small_dir, [EncoderRequest(NAME, window_seconds=1.0)], path,
                 options=ExtractOptions(workers=0, progress=False, limit=2))
-    scene = load_embeddings(path, model=NAME, layer="scene")
+    scene = load_embeddings(path, model=KEY, layer="scene")
     track = next(t for t in discover_dataset(small_dir).tracks if t.id == scene.track_ids[0])
     wave = load_audio(small_dir / track.path, SR)
     assert wave.shape[0] == 2 * SR  # two 1 s windows, no overlap
     halves = [module_outputs(wave[k * SR : (k + 1) * SR], scale=1.0)[1] for k in range(2)]
     np.testing.assert_allclose(scene.X[0], np.mean(halves, axis=0), rtol=1e-5, atol=1e-6)
-    assert open_store(path).model_attrs("gtzan", NAME)["windowing"]["window_seconds"] == 1.0
+    assert open_store(path).model_attrs("gtzan", KEY)["windowing"]["window_seconds"] == 1.0
 
 
 def test_resume_after_interrupted_run_equals_uninterrupted(hear_dir, small_dir, tmp_path, monkeypatch):
@@ -176,7 +177,7 @@ def test_resume_after_interrupted_run_equals_uninterrupted(hear_dir, small_dir, 
     enc = EncoderRequest(NAME).load("cpu")
     opts = ExtractOptions(workers=0, progress=False, batch_size=2, flush_seconds=0)
     ref = tmp_path / "ref.zarr"
-    extract_dataset(ds, [(NAME, enc)], ref, opts)
+    extract_dataset(ds, [(KEY, enc)], ref, opts)
     path = tmp_path / "r.zarr"
     calls = {"n": 0}
     real_forward = type(enc).forward
@@ -189,13 +190,13 @@ def test_resume_after_interrupted_run_equals_uninterrupted(hear_dir, small_dir, 
 
     monkeypatch.setattr(type(enc), "forward", flaky_forward)
     with pytest.raises(KeyboardInterrupt):
-        extract_dataset(ds, [(NAME, enc)], path, opts)
+        extract_dataset(ds, [(KEY, enc)], path, opts)
     monkeypatch.setattr(type(enc), "forward", real_forward)
-    kept = len(load_embeddings(path, model=NAME, layer=0).track_ids)
+    kept = len(load_embeddings(path, model=KEY, layer=0).track_ids)
     assert 0 < kept < 8
-    summary = extract_dataset(ds, [(NAME, enc)], path, opts)
+    summary = extract_dataset(ds, [(KEY, enc)], path, opts)
     assert (summary.models[0].already_done, summary.models[0].written) == (kept, 8 - kept)
-    a, b = (load_embeddings(p, model=NAME, layer="scene") for p in (path, ref))
+    a, b = (load_embeddings(p, model=KEY, layer="scene") for p in (path, ref))
     order_a, order_b = np.argsort(a.track_ids), np.argsort(b.track_ids)
     np.testing.assert_array_equal(a.track_ids[order_a], b.track_ids[order_b])
     np.testing.assert_allclose(a.X[order_a], b.X[order_b], rtol=1e-6)

@@ -187,10 +187,12 @@ class EncoderRequest:
     @property
     def store_key(self) -> str:
         """The model entry's key in a store: :attr:`key` if given, else the encoder name (with
-        ``+random`` for random weights)."""
+        ``+random`` for random weights; ``hear:MODULE`` becomes ``hear-MODULE``, since a key is a
+        folder name of a Zarr store and ``:`` is not allowed in Windows paths)."""
         if self.key:
             return self.key
-        return f"{self.name}+random" if self.weights == "random" else self.name
+        name = self.name.replace(":", "-")
+        return f"{name}+random" if self.weights == "random" else name
 
     @classmethod
     def coerce(cls, value: EncoderRequest | str, **defaults: Any) -> EncoderRequest:
