@@ -1,12 +1,16 @@
-"""Encoding clips into store rows: windows -> encoder -> per-window moments -> pooled rows.
+"""The clip pooler: windows -> encoder -> per-window moments -> pooled rows, for extraction and fine-tuning.
 
 Clips are cut into equal-length windows (:mod:`embedstore.extract.windowing`), batched, run through
 the encoder, and each window's frame moments are merged per clip (:mod:`embedstore.extract.pooling`),
-so the pooled rows equal the statistics of each clip's joined frame sequence.
+so the pooled rows equal the statistics of each clip's joined frame sequence. The merge is torch
+arithmetic on the encoder's device, so the same code runs under ``torch.inference_mode`` (extraction)
+and with autograd (fine-tuning).
 
-Two entry points share that machinery:
+Entry points sharing that machinery:
 
-* :func:`encode_clips`: a block of whole clips (the windows of all of them batched together);
+* :func:`pool_clips`: pooled moments of whole clips as torch tensors (fine-tuning's evaluation and
+  anything that needs gradients through the pooler);
+* :func:`encode_clips`: a block of whole clips as store rows (the windows of all of them batched together);
 * :class:`ClipStream`: one long clip pushed block by block; its windows are cut as they complete and
   run in groups of at most ``batch_size`` windows (and about :data:`STREAM_GROUP_SAMPLES` samples), so
   memory holds a group of windows, never the clip. Its row equals :func:`encode_clips` of the clip.
@@ -18,7 +22,7 @@ so a long clip never holds its full-rate frames either.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -26,7 +30,7 @@ import torch
 
 from embedstore.extract.encoders import Encoder
 from embedstore.extract.options import ExtractOptions
-from embedstore.extract.pooling import FrameBinner, RunningMoments, window_moments
+from embedstore.extract.pooling import FrameBinner, Moments, merge_moments, pooled, window_moments
 from embedstore.extract.windowing import WindowRule, WindowStream, frames_to_skip
 
 #: A streamed clip's windows are run in groups of at most ``batch_size`` windows and at most this many
@@ -34,16 +38,18 @@ from embedstore.extract.windowing import WindowRule, WindowStream, frames_to_ski
 STREAM_GROUP_SAMPLES = 1 << 23
 
 
+@dataclass(eq=False)
 class _ClipAccumulator:
-    """Collects one clip's per-window results for every layer until the clip is complete."""
+    """One clip's running moments per pooled layer (:class:`Moments` of one row, None before its first
+    window) and, for frame layers, the binner of its frames."""
 
-    def __init__(self, encoder: Encoder, options: ExtractOptions, frame_layers: Sequence[int], max_frames: int):
-        self.moments = [RunningMoments() for _ in range(encoder.num_layers)]
-        self.binners = {
-            layer: FrameBinner(encoder.layer_frame_rates[layer], options.frames_hop, max_frames)
-            for layer in frame_layers
-        }
-        self._next = dict.fromkeys(frame_layers, 0)  # next window index whose frames are expected
+    layers: Sequence[int]
+    binners: dict[int, FrameBinner] = field(default_factory=dict)
+    moments: dict[int, Moments | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.moments = dict.fromkeys(self.layers)
+        self._next = dict.fromkeys(self.binners, 0)  # next window index whose frames are expected
 
     def add_frames(self, layer: int, window: int, frames: np.ndarray) -> None:
         """Bin the kept frames ``[n, dim]`` of window number ``window`` (windows must come in time order)."""
@@ -51,6 +57,13 @@ class _ClipAccumulator:
             raise RuntimeError(f"window {window} of a clip arrived before window {self._next[layer]}")
         self._next[layer] += 1
         self.binners[layer].push(frames)
+
+
+def _extraction_accumulator(encoder: Encoder, options: ExtractOptions, frame_layers: Sequence[int],
+                            max_frames: int) -> _ClipAccumulator:
+    binners = {layer: FrameBinner(encoder.layer_frame_rates[layer], options.frames_hop, max_frames)
+               for layer in frame_layers}
+    return _ClipAccumulator(range(encoder.num_layers), binners)
 
 
 @dataclass
@@ -61,6 +74,19 @@ class _Window:
     index: int
     overlap: float
     samples: np.ndarray
+
+
+def _clip_windows(rule: WindowRule, accs: Sequence[_ClipAccumulator], waves: Sequence[np.ndarray]) -> list[_Window]:
+    """The windows of every clip (:meth:`WindowRule.cut`), longest first; a clip's windows stay in time order."""
+    windows: list[_Window] = []
+    for acc, wave in zip(accs, waves):
+        wave = np.asarray(wave, dtype=np.float32)
+        cut = rule.cut(wave)
+        overlap = rule.overlap_fraction(wave.shape[0])
+        last = cut.shape[0] - 1
+        windows.extend(_Window(acc, k, overlap if k == last else 0.0, cut[k]) for k in range(cut.shape[0]))
+    windows.sort(key=lambda w: -w.samples.shape[0])  # stable
+    return windows
 
 
 def _run_windows(encoder: Encoder, windows: Sequence[_Window], batch_size: int) -> None:
@@ -76,26 +102,77 @@ def _run_windows(encoder: Encoder, windows: Sequence[_Window], batch_size: int) 
                 _run_group(encoder, group)
 
 
+def window_frames(encoder: Encoder, waveforms: torch.Tensor, lengths: torch.Tensor, overlaps: Sequence[float],
+                  layers: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Run a batch of windows through ``encoder``; per layer of ``layers``, the hidden states and the frames to pool.
+
+    Args:
+        waveforms: float32 ``[batch, samples]`` windows (zero-padded), lengths: int64 ``[batch]``.
+        overlaps: per window, the fraction of it that repeats the window before it (0 except for the
+            end-aligned last window of a clip, see :meth:`WindowRule.overlap_fraction`).
+        layers: layer indices.
+
+    Returns:
+        per layer ``(hidden [batch, frames, dim], first [batch], end [batch])``: the frames
+        ``first <= t < end`` of each window are its own (not padding, not repeated audio).
+    """
+    device = encoder.device
+    out = encoder(waveforms.to(device), lengths.to(device))
+    result = []
+    for layer in layers:
+        hidden = out.hidden_states[layer]
+        end = out.lengths(layer).to(hidden.device)
+        first = torch.tensor([frames_to_skip(o, int(n)) for o, n in zip(overlaps, end.tolist())],
+                             dtype=torch.long, device=hidden.device)
+        result.append((hidden, first, end))
+    return result
+
+
 def _run_group(encoder: Encoder, group: Sequence[_Window]) -> None:
     lengths = torch.tensor([w.samples.shape[0] for w in group], dtype=torch.long)
     padded = np.zeros((len(group), int(lengths.max())), dtype=np.float32)
     for j, w in enumerate(group):
         padded[j, : w.samples.shape[0]] = w.samples
-    device = encoder.device
-    out = encoder(torch.from_numpy(padded).to(device), lengths.to(device))
-    for layer, hidden in enumerate(out.hidden_states):
-        n_valid = out.lengths(layer).tolist()
-        end = torch.tensor(n_valid, dtype=torch.long, device=hidden.device)
-        first = torch.tensor(
-            [frames_to_skip(w.overlap, n) for w, n in zip(group, n_valid)], dtype=torch.long, device=hidden.device
-        )
-        count, mean, m2 = window_moments(hidden, first, end)
-        for j, w in enumerate(group):
-            w.acc.moments[layer].merge(count[j], mean[j], m2[j])
-        if group[0].acc.binners.get(layer) is not None:
+    accs = list(dict.fromkeys(w.acc for w in group))  # the group's clips, in order
+    slot = torch.tensor([accs.index(w.acc) for w in group], dtype=torch.long)
+    layers = list(group[0].acc.layers)
+    frames = window_frames(encoder, torch.from_numpy(padded), lengths, [w.overlap for w in group], layers)
+    for layer, (hidden, first, end) in zip(layers, frames):
+        parts, groups = [window_moments(hidden, first, end)], [slot]
+        for i, acc in enumerate(accs):  # merge with what the clips already hold
+            if acc.moments[layer] is not None:
+                parts.append(acc.moments[layer])
+                groups.append(torch.tensor([i]))
+        merged = merge_moments(Moments.cat(parts), torch.cat(groups), len(accs))
+        for i, acc in enumerate(accs):
+            acc.moments[layer] = merged.rows(slice(i, i + 1))
+        if layer in group[0].acc.binners:
             h = hidden.float().cpu().numpy()
             for j, w in enumerate(group):
                 w.acc.add_frames(layer, w.index, h[j, int(first[j]) : int(end[j])])
+
+
+def pool_clips(encoder: Encoder, waves: Sequence[np.ndarray], layers: Sequence[int], batch_size: int = 8) -> list[Moments]:
+    """Frame moments of whole clips per layer: the clip pooler shared by extraction and fine-tuning.
+
+    Runs under the caller's grad mode: under ``torch.inference_mode`` for extraction/evaluation, with
+    autograd when the encoder is trained (the moments are differentiable in the encoder's parameters).
+
+    Args:
+        encoder: the encoder, on its device.
+        waves: clips at ``encoder.sample_rate``, float32 ``[samples_i]`` each, any length (cut into
+            the encoder's windows, see :mod:`embedstore.extract.windowing`).
+        layers: layer indices to pool.
+        batch_size: windows per encoder call.
+
+    Returns:
+        per layer of ``layers``, :class:`Moments` of ``len(waves)`` rows (``count [clips]``, ``mean``
+        and ``m2`` ``[clips, width]``, float32 on the encoder's device).
+    """
+    accs = [_ClipAccumulator(list(layers)) for _ in waves]
+    _run_windows(encoder, _clip_windows(WindowRule(encoder.window_seconds, encoder.sample_rate), accs, waves),
+                 batch_size)
+    return [Moments.cat([acc.moments[layer] for acc in accs]) for layer in layers]
 
 
 class EncodedClips(NamedTuple):
@@ -122,7 +199,7 @@ def _pooled_rows(
     if encoder.device.type == "cuda":
         torch.cuda.synchronize(encoder.device)
     layers = [
-        np.stack([acc.moments[layer].pooled(options.pooling) for acc in accs]).astype(np.float32)
+        pooled(Moments.cat([acc.moments[layer] for acc in accs]), options.pooling).float().cpu().numpy()
         for layer in range(encoder.num_layers)
     ]
     if not frame_layers:
@@ -162,17 +239,9 @@ def encode_clips(
         :class:`EncodedClips` with ``layers[l]`` ``[len(waves), pooled_width_l]``.
     """
     rule = WindowRule(encoder.window_seconds, encoder.sample_rate)
-    accs = [_ClipAccumulator(encoder, options, frame_layers, max_frames) for _ in waves]
-    windows: list[_Window] = []
-    for acc, wave in zip(accs, waves):
-        cut = rule.cut(wave)
-        overlap = rule.overlap_fraction(wave.shape[0])
-        last = cut.shape[0] - 1
-        windows.extend(_Window(acc, k, overlap if k == last else 0.0, cut[k]) for k in range(cut.shape[0]))
-    # longest windows first; a clip's windows stay in time order (stable sort)
-    windows.sort(key=lambda w: -w.samples.shape[0])
+    accs = [_extraction_accumulator(encoder, options, frame_layers, max_frames) for _ in waves]
     with torch.inference_mode():
-        _run_windows(encoder, windows, options.batch_size)
+        _run_windows(encoder, _clip_windows(rule, accs, waves), options.batch_size)
     return _pooled_rows(encoder, accs, options, frame_layers, max_frames)
 
 
@@ -194,7 +263,7 @@ class ClipStream:
         rule = WindowRule(encoder.window_seconds, encoder.sample_rate)
         self._cutter = WindowStream(rule)
         self._group = max(1, min(options.batch_size, STREAM_GROUP_SAMPLES // rule.window))
-        self._acc = _ClipAccumulator(encoder, options, frame_layers, max_frames)
+        self._acc = _extraction_accumulator(encoder, options, frame_layers, max_frames)
         self._pending: list[_Window] = []
         self._count = 0
 

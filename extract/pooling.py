@@ -1,19 +1,44 @@
-"""Time pooling of encoder hidden states, done on the encoder's device window by window.
+"""Time pooling of encoder hidden states: per-window frame moments merged exactly per clip.
 
 A clip may be fed to the encoder as several windows (see :mod:`embedstore.extract.windowing`). Each
-window contributes the count, mean and sum of squared deviations (M2) of its valid frames; windows are
-merged with Chan et al.'s parallel update, so the clip's mean and standard deviation equal those of the
-concatenated frames exactly, without ever holding the full sequence on the host.
+window contributes the count, mean and sum of squared deviations (M2) of its valid frames
+(:func:`window_moments`); windows are merged per clip with the parallel (Chan et al.) update
+(:func:`merge_moments`), so a clip's mean and standard deviation equal those of its concatenated frames
+exactly, without ever holding the full sequence. Everything here is plain torch arithmetic on the
+encoder's device: extraction calls it under ``torch.inference_mode``, fine-tuning with autograd on
+(gradients flow from the pooled vector back into the hidden states).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 POOLINGS = ("mean", "mean+std")
+
+
+class Moments(NamedTuple):
+    """Frame moments of ``n`` windows or clips of one layer (float32 torch tensors).
+
+    Attributes:
+        count: ``[n]`` frames counted. mean: ``[n, dim]`` their mean. m2: ``[n, dim]`` their sum of
+            squared deviations from the mean.
+    """
+
+    count: torch.Tensor
+    mean: torch.Tensor
+    m2: torch.Tensor
+
+    def rows(self, index: int | slice | torch.Tensor) -> Moments:
+        """The moments of the rows ``index`` (a slice keeps the leading axis)."""
+        return Moments(self.count[index], self.mean[index], self.m2[index])
+
+    @staticmethod
+    def cat(parts: list[Moments]) -> Moments:
+        """The rows of ``parts`` one after another."""
+        return Moments(*(torch.cat([getattr(p, f) for p in parts]) for f in Moments._fields))
 
 
 def frame_mask(n_frames: int, first: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
@@ -22,10 +47,8 @@ def frame_mask(n_frames: int, first: torch.Tensor, end: torch.Tensor) -> torch.T
     return (t >= first[:, None]) & (t < end[:, None])
 
 
-def window_moments(
-    hidden: torch.Tensor, first: torch.Tensor, end: torch.Tensor
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Count, mean and M2 of the frames ``first <= t < end`` of each window.
+def window_moments(hidden: torch.Tensor, first: torch.Tensor, end: torch.Tensor) -> Moments:
+    """Count, mean and M2 of the frames ``first <= t < end`` of each window (differentiable).
 
     Args:
         hidden: ``[batch, frames, dim]`` hidden states of one layer (any float dtype, any device).
@@ -33,52 +56,47 @@ def window_moments(
         end: ``[batch]`` one past the last valid frame.
 
     Returns:
-        ``count [batch]``, ``mean [batch, dim]`` and ``m2 [batch, dim]`` as float64 numpy arrays.
+        :class:`Moments` with ``count [batch]``, ``mean`` and ``m2`` ``[batch, dim]``, float32 on
+        ``hidden``'s device.
     """
     h = hidden.float()
-    mask = frame_mask(h.shape[1], first, end).unsqueeze(-1).to(h.dtype)  # [B, F, 1]
+    mask = frame_mask(h.shape[1], first.to(h.device), end.to(h.device)).unsqueeze(-1).to(h.dtype)  # [B, F, 1]
     count = mask.sum(dim=1)  # [B, 1]
-    safe = count.clamp_min(1.0)
-    mean = (h * mask).sum(dim=1) / safe
+    mean = (h * mask).sum(dim=1) / count.clamp_min(1.0)
     m2 = (((h - mean.unsqueeze(1)) * mask) ** 2).sum(dim=1)
-    return (
-        count.squeeze(-1).double().cpu().numpy(),
-        mean.double().cpu().numpy(),
-        m2.double().cpu().numpy(),
-    )
+    return Moments(count.squeeze(-1), mean, m2)
 
 
-@dataclass
-class RunningMoments:
-    """Running count, mean and M2 of one clip's frames for one layer (merged window by window)."""
+def merge_moments(parts: Moments, group: torch.Tensor, n_groups: int) -> Moments:
+    """Merge the moments of ``parts`` (windows, or running clip moments and new windows) by ``group``.
 
-    count: float = 0.0
-    mean: np.ndarray | None = None
-    m2: np.ndarray | None = None
+    The exact parallel update: with ``N = sum n_i``, ``mean = sum n_i mean_i / N`` and
+    ``M2 = sum (M2_i + n_i (mean_i - mean)^2)``. Differentiable; parts with no frames add nothing.
 
-    def merge(self, count: float, mean: np.ndarray, m2: np.ndarray) -> None:
-        """Merge the moments of another block of frames (Chan et al. parallel update)."""
-        if count <= 0:
-            return
-        if self.mean is None or self.count == 0:
-            self.count, self.mean, self.m2 = float(count), mean.copy(), m2.copy()
-            return
-        total = self.count + count
-        delta = mean - self.mean
-        self.mean = self.mean + delta * (count / total)
-        self.m2 = self.m2 + m2 + delta**2 * (self.count * count / total)
-        self.count = total
+    Args:
+        parts: :class:`Moments` of ``k`` rows. group: int64 ``[k]``, the group (clip) of each row.
+        n_groups: number of groups.
 
-    def pooled(self, pooling: str) -> np.ndarray:
-        """The pooled vector: ``[dim]`` for ``mean``, ``[2 * dim]`` (mean then std) for ``mean+std``."""
-        if self.mean is None or self.count == 0:
-            raise ValueError("no frames were merged")
-        if pooling == "mean":
-            return self.mean
-        if pooling == "mean+std":
-            std = np.sqrt(np.maximum(self.m2 / self.count, 0.0))
-            return np.concatenate([self.mean, std])
-        raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    Returns:
+        :class:`Moments` of ``n_groups`` rows (a group without frames has count 0 and zeros).
+    """
+    group = group.to(parts.mean.device)
+    count = torch.zeros(n_groups, dtype=parts.count.dtype, device=parts.count.device).index_add(0, group, parts.count)
+    weighted = parts.mean * parts.count[:, None]
+    total = torch.zeros(n_groups, parts.mean.shape[1], dtype=parts.mean.dtype, device=parts.mean.device)
+    mean = total.index_add(0, group, weighted) / count.clamp_min(1.0)[:, None]
+    spread = parts.m2 + parts.count[:, None] * (parts.mean - mean[group]) ** 2
+    return Moments(count, mean, total.index_add(0, group, spread))
+
+
+def pooled(moments: Moments, pooling: str) -> torch.Tensor:
+    """The pooled vectors: ``[n, dim]`` for ``mean``, ``[n, 2 * dim]`` (mean then std) for ``mean+std``."""
+    if pooling == "mean":
+        return moments.mean
+    if pooling == "mean+std":
+        std = (moments.m2 / moments.count.clamp_min(1.0)[:, None]).clamp_min(0.0).sqrt()
+        return torch.cat([moments.mean, std], dim=1)
+    raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
 
 
 def pooled_width(width: int, pooling: str) -> int:

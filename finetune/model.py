@@ -7,12 +7,14 @@ Data path of :class:`FinetuneModel`::
         --layer selection: softmax-weighted sum of all layers (LayerWeighting) or one layer--> [batch, dim]
         --MLPHead--> logits [batch, classes]
 
-Training feeds one crop per clip (one encoder window). Evaluation feeds FULL clips: each clip is cut
-into the encoder's windows by :class:`~embedstore.extract.windowing.WindowRule`, and the frames of all
-windows are averaged per layer exactly as the extraction pipeline pools them (frames of an end-aligned
-last window that repeat the previous window are skipped), so :meth:`FinetuneModel.clip_features`
-equals what ``export_to_store`` writes into the store, and the head applied to the stored rows gives
-the same logits.
+Pooling is extraction's own clip pooler (:mod:`embedstore.extract.encoding`,
+:mod:`embedstore.extract.pooling`), not a copy of it. Training feeds one crop per clip (at most one
+encoder window, so the clip's only window): :func:`~embedstore.extract.encoding.window_frames` and
+:func:`~embedstore.extract.pooling.window_moments` with autograd on. Evaluation feeds FULL clips to
+:func:`~embedstore.extract.encoding.pool_clips`, the function ``extract`` uses: the same window rule,
+the same frames skipped in an end-aligned last window, the same exact merge. So
+:meth:`FinetuneModel.clip_features` equals what ``extract`` (and ``export_to_store``) writes into the
+store for the same encoder weights, and the head applied to the stored rows gives the same logits.
 
 :class:`FinetunedEncoder` wraps the trained encoder so that ``extract_dataset`` records it as its own
 model entry (weights hash of the fine-tuned state, provenance of the run).
@@ -28,8 +30,8 @@ import torch
 from torch import nn
 
 from embedstore.extract.encoders.base import Encoder, EncoderOutput, state_dict_sha256
-from embedstore.extract.pooling import frame_mask
-from embedstore.extract.windowing import WindowRule, frames_to_skip
+from embedstore.extract.encoding import pool_clips, window_frames
+from embedstore.extract.pooling import window_moments
 from embedstore.heads.mlp import MLPHead, WeightedLayerMLP
 from embedstore.store.specs import resolve_layers
 
@@ -143,26 +145,19 @@ class FinetuneModel(nn.Module):
             return [float(w) for w in self.head.weighting.weights.detach().cpu()]
         return None
 
-    # ---- pooling -----------------------------------------------------------------------------
-    def frame_sums(self, out: EncoderOutput, first: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sums and counts of the valid frames ``first <= t < length`` of the selected layers.
+    # ---- pooling (extraction's clip pooler) ------------------------------------------------
+    def window_features(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Mean of each window's valid frames per selected layer, with gradients in training.
 
         Args:
-            out: encoder output of a batch of ``B`` windows.
-            first: ``[B]`` first frame to count per window (None: 0).
+            waveforms: ``[batch, samples]`` zero-padded single windows (crops no longer than the
+                encoder's window); lengths: ``[batch]``.
 
         Returns:
-            ``sums [B, layers, dim]`` (float32) and ``counts [B, layers]`` (float32).
+            ``[batch, layers, dim]`` float32.
         """
-        sums, counts = [], []
-        for layer in self.layers:
-            hidden = out.hidden_states[layer]
-            end = out.lengths(layer).to(hidden.device)
-            start = torch.zeros_like(end) if first is None else first.to(hidden.device)
-            mask = frame_mask(hidden.shape[1], start, end).to(hidden.dtype)  # [B, F]
-            sums.append(torch.einsum("bfd,bf->bd", hidden, mask))
-            counts.append(mask.sum(dim=1))
-        return torch.stack(sums, dim=1), torch.stack(counts, dim=1)
+        frames = window_frames(self.encoder, waveforms, lengths, [0.0] * waveforms.shape[0], self.layers)
+        return torch.stack([window_moments(*f).mean for f in frames], dim=1)
 
     def head_logits(self, features: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, classes]`` of pooled features ``[B, layers, dim]`` (selected layers)."""
@@ -174,12 +169,12 @@ class FinetuneModel(nn.Module):
         Args:
             waveforms: ``[batch, samples]`` at the encoder's sample rate; lengths: ``[batch]``.
         """
-        sums, counts = self.frame_sums(self.encoder(waveforms, lengths))
-        return self.head_logits(sums / counts.clamp_min(1.0)[..., None])
+        return self.head_logits(self.window_features(waveforms, lengths))
 
     # ---- full clips --------------------------------------------------------------------------
     def clip_features(self, waves: Sequence[np.ndarray], batch_size: int = 8) -> torch.Tensor:
-        """Pooled features of full clips, cut into the encoder's windows (see the module docstring).
+        """Pooled features of full clips by :func:`~embedstore.extract.encoding.pool_clips` (see the
+        module docstring); runs under the caller's grad mode.
 
         Args:
             waves: float32 clips ``[samples]`` at the encoder's sample rate.
@@ -187,34 +182,10 @@ class FinetuneModel(nn.Module):
 
         Returns:
             ``[clips, layers, dim]`` float32 on the model's device: per selected layer, the mean of
-            every frame of the clip (each moment of audio counted once).
+            every frame of the clip (each moment of audio counted once), the row ``extract`` stores.
         """
-        rule = WindowRule(self.encoder.window_seconds, self.encoder.sample_rate)
-        windows: list[tuple[int, float, np.ndarray]] = []  # (clip, overlap of this window, samples)
-        for c, wave in enumerate(waves):
-            cut = rule.cut(np.asarray(wave, dtype=np.float32))
-            overlap = rule.overlap_fraction(len(wave))
-            for k in range(cut.shape[0]):
-                windows.append((c, overlap if k == cut.shape[0] - 1 else 0.0, cut[k]))
-        order = sorted(range(len(windows)), key=lambda i: -len(windows[i][2]))
-        dim = self.encoder.layer_widths[self.layers[0]]
-        sums = torch.zeros(len(waves), len(self.layers), dim, device=self.device)
-        counts = torch.zeros(len(waves), len(self.layers), device=self.device)
-        for start in range(0, len(order), batch_size):
-            group = order[start : start + batch_size]
-            lengths = torch.tensor([len(windows[i][2]) for i in group], dtype=torch.long)
-            padded = torch.zeros(len(group), int(lengths.max()))
-            for j, i in enumerate(group):
-                padded[j, : lengths[j]] = torch.from_numpy(windows[i][2])
-            out = self.encoder(padded, lengths)
-            n_valid = out.lengths(self.layers[0]).tolist()
-            first = torch.tensor([frames_to_skip(windows[i][1], n) for i, n in zip(group, n_valid)],
-                                 dtype=torch.long)
-            s, n = self.frame_sums(out, first)
-            clips = torch.tensor([windows[i][0] for i in group], device=self.device)
-            sums.index_add_(0, clips, s.float())
-            counts.index_add_(0, clips, n.float())
-        return sums / counts.clamp_min(1.0)[..., None]
+        moments = pool_clips(self.encoder, waves, self.layers, batch_size)
+        return torch.stack([m.mean for m in moments], dim=1)
 
 
 class FinetunedEncoder(Encoder):

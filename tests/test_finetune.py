@@ -1,7 +1,7 @@
 """Tests of embedstore.finetune on a tiny random wav2vec2 (CPU): learning, checkpoints, resume,
 export into the store, the cost controls (training-split subsample, --limit, checkpoint sizes),
-and the pieces (windowed pooling, frozen conv, gradient checkpointing, atomic files, splits,
-option errors)."""
+and the pieces (windowed pooling, equal to the rows extract stores and passing gradients; frozen conv,
+gradient checkpointing, atomic files, splits, option errors)."""
 
 from __future__ import annotations
 
@@ -20,12 +20,15 @@ from embedstore.errors import DatasetError, EmbedstoreError, ModelError
 from embedstore.extract.audio import load_audio
 from embedstore.extract.datasets import discover_dataset
 from embedstore.extract.encoders import EncoderRequest, load_encoder
+from embedstore.extract.pipeline import ExtractOptions, extract_dataset
+from embedstore.extract.pooling import Moments, merge_moments, pooled, window_moments
 from embedstore.extract.synthetic import render_genre
 from embedstore.finetune import finetune, format_finetune_report, load_finetuned
 from embedstore.finetune.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from embedstore.finetune.data import CropDataset, stratified_subset, task_splits
 from embedstore.finetune.model import FinetuneModel, enable_gradient_checkpointing, freeze_feature_encoder
 from embedstore.finetune.train import predict_logits, train_eval_size
+from embedstore.store import load_embeddings
 from embedstore.store.records import load_records
 from tiny_models import save_tiny_wav2vec2
 
@@ -575,3 +578,80 @@ def test_finetune_skips_clips_too_short_for_the_encoder(model, short_data_dir, c
     assert sorted(failures) == ["n1.wav", "n100.wav", "t100.wav"]
     assert failures["n100.wav"].startswith(f"too short for {model}: {int(100 * scale)} samples")
     assert report.export.models[0].written == 8 * len(GENRES) + 1  # the normal clips and n400
+
+
+# ---- the clip pooler shared with extraction (extract/encoding.pool_clips, extract/pooling) ---------
+
+
+def test_finetune_clip_features_equal_the_rows_extract_stores(ckpt, tmp_path):
+    """The fine-tune model pools with extraction's clip pooler: its embeddings are the stored rows."""
+    clips_dir = tmp_path / "clips"
+    clips_dir.mkdir()
+    rng = np.random.default_rng(3)
+    for name, seconds in (("long.wav", 1.3), ("one.wav", 0.5), ("short.wav", 0.3)):  # 0.5 s windows
+        sf.write(clips_dir / name, rng.uniform(-0.5, 0.5, int(seconds * SR)).astype(np.float32), SR)
+    (clips_dir / "manifest.csv").write_text("path,label,split\nlong.wav,a,train\none.wav,b,train\nshort.wav,a,test\n")
+    enc = load_encoder("wav2vec2", str(ckpt), window_seconds=0.5)
+    torch.manual_seed(0)
+    with torch.no_grad():  # weights unlike the checkpoint's, as after fine-tuning
+        for p in enc.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ds = discover_dataset(clips_dir)
+    path = tmp_path / "s.zarr"
+    extract_dataset(ds, [("tiny", enc)], path, ExtractOptions(workers=0, progress=False, batch_size=2))
+    emb = load_embeddings(path, model="tiny", layer="all")
+    order = [list(emb.track_ids).index(t.id) for t in ds.tracks]
+    waves = [load_audio(clips_dir / t.path, SR) for t in ds.tracks]
+    assert max(w.shape[0] for w in waves) > enc.window_samples  # a clip longer than one window
+    net = FinetuneModel(enc, 2).eval()
+    with torch.inference_mode():
+        feats = net.clip_features(waves, batch_size=5).numpy()  # other batching than the extraction's
+    assert feats.shape == (3, enc.num_layers, enc.layer_widths[0])
+    np.testing.assert_allclose(feats, emb.X[order], rtol=1e-5, atol=1e-6)
+    single = FinetuneModel(enc, 2, layer=-1).eval()
+    with torch.inference_mode():
+        last = single.clip_features(waves).numpy()[:, 0]
+    np.testing.assert_allclose(last, emb.X[order, -1], rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_flow_through_the_pooler_in_training(ckpt):
+    enc = load_encoder("wav2vec2", str(ckpt), window_seconds=0.5)
+    net = FinetuneModel(enc, 3, dropout=0.0).train()
+    enc.frozen = False
+    wave = np.random.default_rng(1).normal(size=int(1.3 * SR)).astype(np.float32)
+    feats = net.clip_features([wave, wave[:5000]])
+    assert feats.requires_grad and feats.shape == (2, enc.num_layers, enc.layer_widths[0])
+    net.head_logits(feats).logsumexp(1).sum().backward()
+    grads = {n: p.grad for n, p in net.named_parameters() if p.requires_grad}
+    transformer = [g for n, g in grads.items() if ".encoder.layers." in n]
+    assert transformer and all(g is not None and bool(g.abs().sum() > 0) for g in transformer)
+    # training crops (single windows) take the same path
+    net.zero_grad()
+    crops = torch.from_numpy(np.stack([wave[:4000], wave[4000:8000]]))
+    net(crops, torch.tensor([4000, 3500])).sum().backward()
+    assert all(g is not None and bool(g.abs().sum() > 0) for n, g in
+               ((n, p.grad) for n, p in net.named_parameters() if ".encoder.layers." in n))
+
+
+def test_window_moments_merged_equal_the_joined_frames_with_their_gradients():
+    """Two windows of one clip (the second's first 3 frames repeat the first) and a padded window of
+    another clip: mean, std and the gradients equal a direct computation on the joined frames."""
+    rng = np.random.default_rng(0)
+    hidden = torch.tensor(rng.normal(size=(3, 7, 4)), dtype=torch.float32, requires_grad=True)
+    first, end = torch.tensor([0, 3, 0]), torch.tensor([7, 7, 5])
+    merged = merge_moments(window_moments(hidden, first, end), torch.tensor([0, 0, 1]), 2)
+    h = hidden.detach().numpy()
+    joined = np.concatenate([h[0], h[1, 3:]])  # 11 frames
+    assert merged.count.tolist() == [11.0, 5.0]
+    got = pooled(merged, "mean+std").detach().numpy()
+    np.testing.assert_allclose(got[0], np.concatenate([joined.mean(0), joined.std(0)]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1], np.concatenate([h[2, :5].mean(0), h[2, :5].std(0)]), rtol=1e-5, atol=1e-6)
+    merged.mean[0].sum().backward()
+    want = np.zeros((3, 7, 4), dtype=np.float32)
+    want[0], want[1, 3:] = 1 / 11, 1 / 11  # the frames counted once; repeated and other-clip frames 0
+    np.testing.assert_allclose(hidden.grad.numpy(), want, rtol=1e-6)
+    # merging the running moments of a clip with a new window equals merging all windows at once
+    step = merge_moments(window_moments(hidden[:1], first[:1], end[:1]), torch.tensor([0]), 1)
+    parts = Moments.cat([step, window_moments(hidden[1:2], first[1:2], end[1:2])])
+    again = merge_moments(parts, torch.tensor([0, 0]), 1)
+    np.testing.assert_allclose(again.m2.detach().numpy(), merged.m2[:1].detach().numpy(), rtol=1e-5)
