@@ -96,7 +96,7 @@ def format_table(records: Sequence[Any], fmt: str = "text") -> str:
 _COLUMNS = ("model", "layer", "head", "valid acc %", "test acc % [95% CI]", "test macro-F1 %", "p vs best")
 
 
-def _columns(rows: list[TableRow]) -> list[str]:
+def column_names(rows: list[TableRow]) -> list[str]:
     """:data:`_COLUMNS`, the validation column named by the rows it comes from when all rows share them
     (``inner-CV accuracy on train %``)."""
     chosen = {r.selected_on for r in rows}
@@ -110,7 +110,7 @@ def _pct(x: float | None, std: float | None = None) -> str:
     return f"{100 * x:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
 
 
-def _best_values(rows: list[TableRow]) -> dict[tuple[str, str], dict[str, float]]:
+def best_values(rows: list[TableRow]) -> dict[tuple[str, str], dict[str, float]]:
     """The highest valid acc, test acc and macro-F1 of each task/dataset (what ``best per column`` bolds)."""
     out: dict[tuple[str, str], dict[str, float]] = {}
     for r in rows:
@@ -121,7 +121,7 @@ def _best_values(rows: list[TableRow]) -> dict[tuple[str, str], dict[str, float]
     return out
 
 
-def _cells(row: TableRow, top: dict[str, float]) -> list[tuple[str, bool]]:
+def row_cells(row: TableRow, top: dict[str, float]) -> list[tuple[str, bool]]:
     """The :data:`_COLUMNS` cells of ``row`` as ``(text, is the best value of its column in top)``."""
     lo, hi = row.test_acc_ci
     layer = str(row.layer) + (f" ({row.layer_name})" if row.layer_name not in (None, str(row.layer), "weighted") else "")
@@ -137,14 +137,14 @@ def _cells(row: TableRow, top: dict[str, float]) -> list[tuple[str, bool]]:
             (_pct(row.test_macro_f1, row.test_macro_f1_std), best("f1", row.test_macro_f1)), (p, False)]
 
 
-def _groups(rows: list[TableRow]) -> dict[tuple[str, str], list[TableRow]]:
+def group_rows(rows: list[TableRow]) -> dict[tuple[str, str], list[TableRow]]:
     out: dict[tuple[str, str], list[TableRow]] = {}
     for r in rows:
         out.setdefault((r.task, r.dataset), []).append(r)
     return out
 
 
-def _legend(rows: list[TableRow]) -> str:
+def table_legend(rows: list[TableRow]) -> str:
     chosen = sorted({r.selected_on for r in rows if r.best})
     how = " / ".join(SELECTED_ON.get(k, k) for k in chosen) or "no validation score (no best row)"
     tests = " / ".join(sorted({r.test_name for r in rows} - {""}))
@@ -158,16 +158,16 @@ def to_markdown(rows: list[TableRow]) -> str:
     if not rows:
         return "no classification probe results"
     out = []
-    for (task, dataset), grp in _groups(rows).items():
-        top = _best_values(grp)[(task, dataset)]
+    for (task, dataset), grp in group_rows(rows).items():
+        top = best_values(grp)[(task, dataset)]
         out += [f"**task {task}, dataset {dataset}** (test n = {grp[0].test_n})", "",
-                "| " + " | ".join(_columns(grp)) + " |", "|" + "---|" * 3 + "---:|" * 4]
+                "| " + " | ".join(column_names(grp)) + " |", "|" + "---|" * 3 + "---:|" * 4]
         for r in grp:
-            cells = [f"**{text}**" if bold else text for text, bold in _cells(r, top)]
+            cells = [f"**{text}**" if bold else text for text, bold in row_cells(r, top)]
             cells[0] += " †" if r.best else ""
             out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         out.append("")
-    return "\n".join(out + [_legend(rows)])
+    return "\n".join(out + [table_legend(rows)])
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -190,19 +190,19 @@ def to_latex(rows: list[TableRow]) -> str:
     bold, the row chosen on validation with ``$^\\dagger$``."""
     if not rows:
         return "% no classification probe results"
-    cols = [latex_escape(c) for c in _columns(rows)]
+    cols = [latex_escape(c) for c in column_names(rows)]
     out = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{lllrrrr}", r"\toprule", " & ".join(cols) + r" \\"]
-    groups = _groups(rows)
+    groups = group_rows(rows)
     for (task, dataset), grp in groups.items():
         out.append(r"\midrule")
         if len(groups) > 1:
             out.append(rf"\multicolumn{{7}}{{l}}{{\emph{{{latex_escape(task)} / {latex_escape(dataset)}}}}} \\")
-        top = _best_values(grp)[(task, dataset)]
+        top = best_values(grp)[(task, dataset)]
         for r in grp:
-            cells = [_latex_cell(text, bold) for text, bold in _cells(r, top)]
+            cells = [_latex_cell(text, bold) for text, bold in row_cells(r, top)]
             cells[0] += r"$^\dagger$" if r.best else ""
             out.append(" & ".join(cells) + r" \\")
-    caption = latex_escape(_legend(rows)).replace("†", r"$^\dagger$").replace("±", r"$\pm$")
+    caption = latex_escape(table_legend(rows)).replace("†", r"$^\dagger$").replace("±", r"$\pm$")
     out += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}"]
     return "\n".join(out)
 
