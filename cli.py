@@ -58,9 +58,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _choice(option: str) -> Callable[[Any], Any]:
-    """A typer callback that accepts only ``CHOICES[option]`` (a usage error with "did you mean" otherwise)."""
-    choices = CHOICES[option]
+def _choice(option: str, choices: tuple[str, ...] | None = None) -> Callable[[Any], Any]:
+    """A typer callback that accepts only ``choices`` (default ``CHOICES[option]``; a usage error with
+    "did you mean" otherwise)."""
+    choices = CHOICES[option] if choices is None else choices
 
     def check(value):
         if value is not None and value not in choices:
@@ -68,6 +69,13 @@ def _choice(option: str) -> Callable[[Any], Any]:
         return value
 
     return check
+
+
+#: ``probe --format`` (heads.tables.TABLE_FORMATS), ``report --format`` and ``export --format``
+#: (store.export.EXPORT_FORMATS): spelled out here, as CHOICES, so parsing imports no torch
+TABLE_FORMATS = ("text", "markdown", "latex", "csv", "json")
+REPORT_FORMATS = ("html", "md")
+EXPORT_FORMATS = ("npz", "parquet", "hf")
 
 
 def _encoder_names(value):
@@ -443,6 +451,7 @@ def probe(
     seeds: Annotated[int, typer.Option(min=1, help="Repeat training with this many seeds; report mean and std.")] = 1,
     device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result records as JSON.")] = False,
+    table_format: Annotated[str, typer.Option("--format", callback=_choice("--format", TABLE_FORMATS), help="Comparison table as text, markdown, latex (booktabs, for a paper), csv or json.")] = "text",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     t5: Annotated[str, typer.Option(help="caption: T5 checkpoint id or local directory.")] = "t5-small",
     bert: Annotated[str, typer.Option(help="caption: BERT checkpoint for the BERT-similarity metric.")] = "bert-base-uncased",
@@ -475,15 +484,16 @@ def probe(
         typer.echo(json.dumps(report.record.to_dict(), indent=2) if as_json else format_caption_report(report))
         return
 
-    from embedstore.heads.probe import format_comparison, run_probe
+    from embedstore.heads.probe import run_probe
+    from embedstore.heads.tables import format_table
 
     report = run_probe(_store_path(store), task, models=_split_list(model), dataset=dataset, layer=_layer_arg(layer),
                        head=head, preset=preset, seeds=seeds, device=device, progress=progress)
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in report.records], indent=2))
     else:
-        typer.echo(format_comparison(report))
-        if report.paths:
+        typer.echo(format_table(report.records, table_format))
+        if report.paths and table_format == "text":
             typer.echo(f"results: {Path(report.paths[0]).parent}")
     for warning in report.warnings:
         typer.echo(f"warning: {warning}", err=True)
@@ -721,6 +731,39 @@ def analyze_confusion(
 
     _show(confusion(_store_path(store), task, model, _layer_arg(layer), head, split=split, dataset=dataset, out=out,
                     formats=tuple(_split_list(fmt) or ["png"])), format_confusion)
+
+
+# ---- report and export ------------------------------------------------------------------------
+
+
+@app.command(**COMMAND)
+def export(
+    store: StoreOption = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model entry (default: the dataset's only one).")] = None,
+    layer: Annotated[str, typer.Option(help="Layer index or name, or 'all' (every layer, [clips, layers, dim]).")] = "-1",
+    split: Annotated[Optional[str], typer.Option(help="Only the clips of this split (default: every written clip).")] = None,
+    dataset: DatasetOption = None,
+    fmt: Annotated[str, typer.Option("--format", callback=_choice("--format", EXPORT_FORMATS), help="npz (numpy), parquet (pandas/pyarrow; pip install 'embedstore\\[parquet]') or hf (a Hugging Face datasets folder; pip install 'embedstore\\[hf]').")] = "npz",
+    out: Annotated[Optional[Path], typer.Option(help="Output file (an hf folder); default <store>.<model>.L<layer>[.<split>].<format> beside the store.")] = None,
+) -> None:
+    """Write one model entry's embeddings with track ids, labels, splits and captions for use elsewhere."""
+    from embedstore.store.export import export_embeddings
+
+    written = export_embeddings(_store_path(store), out, fmt=fmt, dataset=dataset, model=model, layer=_layer_arg(layer), split=split)
+    typer.echo(f"wrote {written}")
+
+
+@app.command(**COMMAND)
+def report(
+    store: StoreOption = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output file (default <store>.report.html, or .md with --format md).")] = None,
+    fmt: Annotated[str, typer.Option("--format", callback=_choice("--format", REPORT_FORMATS), help="html (one self-contained page, figures inlined) or md (Markdown; figures linked).")] = "html",
+) -> None:
+    """One page of the study: datasets, model entries, the comparison table, figures, captions; from the store and its records."""
+    from embedstore.report import write_report
+
+    path = _store_path(store)
+    typer.echo(f"wrote {write_report(path, out, fmt=fmt)}")
 
 
 def _click_error(name: str) -> type[Exception]:
