@@ -465,37 +465,17 @@ def probe(
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
 ) -> None:
     """Train heads on the stored, frozen embeddings and print one comparison table across models and layers."""
-    import json
+    from embedstore.heads.captioner import GenerationSettings
+    from embedstore.heads.tasks import task_for
 
-    if task == "caption":
-        from embedstore.heads.caption_probe import format_caption_report, run_caption_probe
-        from embedstore.heads.captioner import GenerationSettings
-
-        names = _split_list(model)
-        if not names or len(names) != 1:
-            raise EmbedstoreError("--task caption trains one captioner: give exactly one --model")
-        report = run_caption_probe(
-            _store_path(store), model=names[0], dataset=dataset, layers=_layer_arg(layer), t5=t5, bert=bert,
-            layer_mix=layer_mix, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-            generation=GenerationSettings(num_beams=num_beams, no_repeat_ngram_size=no_repeat_ngram,
-                                          repetition_penalty=repetition_penalty),
-            progress=progress,
-        )
-        typer.echo(json.dumps(report.record.to_dict(), indent=2) if as_json else format_caption_report(report))
-        return
-
-    from embedstore.heads.probe import run_probe
-    from embedstore.heads.tables import format_table
-
-    report = run_probe(_store_path(store), task, models=_split_list(model), dataset=dataset, layer=_layer_arg(layer),
-                       head=head, preset=preset, seeds=seeds, device=device, progress=progress)
-    if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in report.records], indent=2))
-    else:
-        typer.echo(format_table(report.records, table_format))
-        if report.paths and table_format == "text":
-            typer.echo(f"results: {Path(report.paths[0]).parent}")
-    for warning in report.warnings:
+    generation = GenerationSettings(num_beams=num_beams, no_repeat_ngram_size=no_repeat_ngram,
+                                    repetition_penalty=repetition_penalty)
+    _, text, json_text, warnings = task_for(task).probe(
+        _store_path(store), task, models=_split_list(model), dataset=dataset, layer=_layer_arg(layer), head=head,
+        preset=preset, seeds=seeds, device=device, progress=progress, t5=t5, bert=bert, layer_mix=layer_mix,
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, generation=generation, table_format=table_format)
+    typer.echo(json_text if as_json else text)
+    for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
 
 
@@ -550,33 +530,19 @@ def finetune(
     dataset = DatasetRequest(dataset_dir, dataset_type, label_name=label_name, split_scheme=split_scheme,
                              split_dir=split_dir, seed=seed)
     encoder = EncoderRequest(model, checkpoint, weights=weights, seed=seed)
-    if task == "caption":
-        if limit is not None or train_eval != "auto" or keep_optimizer:
-            raise EmbedstoreError("--limit, --train-eval and --keep-optimizer apply to classification tasks, "
-                                  "not --task caption")
-        from embedstore.finetune.caption import finetune_caption, format_caption_finetune_report
+    from embedstore.finetune import train
+    from embedstore.heads.tasks import task_for
 
-        report = finetune_caption(
-            dataset, encoder, t5=t5, bert=bert, epochs=epochs,
-            lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay, batch_size=batch_size,
-            crop_seconds=crop_seconds, freeze_feature_encoder=freeze_feature_encoder, spec_augment=spec_augment,
-            patience=patience, device=device, precision=precision, out=out, store=export_to_store, resume=resume,
-            seed=seed, workers=workers, progress=progress, gain=gain,
-        )
-        typer.echo(format_caption_finetune_report(report))
-        return
-    from embedstore.finetune import finetune as run_finetune
-    from embedstore.finetune import format_finetune_report
-
-    report = run_finetune(
+    report = train.finetune(
         dataset, encoder, task=task, layer=_layer_arg(layer),
         epochs=epochs, lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay, batch_size=batch_size,
         grad_accum=grad_accum, crop_seconds=crop_seconds, freeze_feature_encoder=freeze_feature_encoder,
         gradient_checkpointing=gradient_checkpointing, spec_augment=spec_augment, precision=precision, device=device,
         patience=patience, out=out, resume=resume, export_to_store=export_to_store, workers=workers, seed=seed,
         progress=progress, gain=gain, limit=limit, train_eval=train_eval, keep_optimizer=keep_optimizer,
+        t5=t5, bert=bert,
     )
-    typer.echo(format_finetune_report(report))
+    typer.echo(task_for(task).finetune_format(report))
 
 
 # ---- analysis ----------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """End-to-end fine-tuning of an encoder on raw audio (the unfrozen path).
 
-Entry points: :func:`finetune` (one run, returns a :class:`FinetuneReport`),
+Entry points: :func:`finetune` (one run of any registered task, see :mod:`embedstore.heads.tasks`),
 :func:`format_finetune_report` (its text summary) and :func:`load_finetuned` (read a checkpoint back).
 Sub-modules: ``data`` (crops, clips, splits), ``model`` (encoder + layer selection + pooling + MLP
-head), ``checkpoint`` (atomic run files), ``report``, ``train``.
+head), ``setup`` (shared encoder/optimiser setup), ``train`` (classification), ``caption``, ``tasks``
+(registration with the task registry), ``report``. The loop itself is :mod:`embedstore.heads.training`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 _LAZY = {
     "finetune": "embedstore.finetune.train",
+    "finetune_classification": "embedstore.finetune.train",
     "load_finetuned": "embedstore.finetune.train",
     "FinetuneConfig": "embedstore.finetune.train",
     "LoadedFinetune": "embedstore.finetune.train",

@@ -3,13 +3,14 @@
 One run::
 
     discover_dataset -> captioned train/valid/test tracks (valid held out of train when absent)
-    load_encoder (unfrozen; LayerDrop off; conv feature encoder frozen by default)
+    prepare_encoder (finetune.setup: unfrozen; LayerDrop off; conv feature encoder frozen by default)
     for each epoch: a random crop per train clip -> hidden states of every layer [B, F, D]
         -> mean over fixed blocks of ``block_seconds`` (coarse frames)  -> [B, layers, steps, D]
         -> AudioCaptioner (layer mix -> projection -> T5 inputs_embeds) -> teacher-forced cross-entropy
         -> AdamW with two groups (encoder lr, captioner + T5 lr)
-        -> validation loss on the fixed centre crop of each valid clip; best epoch kept (in memory)
-    best weights -> beam-search captions of the test centre crops -> caption_metrics
+        -> validation loss on the fixed centre crop of each valid clip
+        (the loop of heads.training.fit: best.pt = the lowest validation loss, last.pt, history.json)
+    best.pt's weights -> beam-search captions of the test centre crops -> caption_metrics
     -> a CaptionRecord (head ``t5-finetune``, model ``<model>+ft-<task>``) -> out/metrics.json
        (+ the store's results folder)
 
@@ -19,13 +20,14 @@ Only the centre ``crop_seconds`` of a valid/test clip is heard (crops are capped
 from __future__ import annotations
 
 import math
-import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
 from embedstore.errors import DatasetError, EmbedstoreError, ModelError
 from embedstore.extract.audio import DEFAULT_GAIN, check_gain
 from embedstore.extract.datasets import DatasetRequest
@@ -34,18 +36,20 @@ from embedstore.finetune.data import (
     ClipDataset,
     CropDataset,
     Item,
+    epoch_loader,
     make_loader,
     pad_batch,
 )
-from embedstore.heads.caption_metrics import DEFAULT_BERT
+from embedstore.finetune.setup import adamw, check_options, prepare_encoder
+from embedstore.heads.caption_metrics import DEFAULT_BERT, caption_metrics
 from embedstore.heads.captioner import AudioCaptioner, GenerationSettings, LayerMixMode
+from embedstore.heads.tasks import CAPTION, task_for
+from embedstore.heads.training import LoopHooks, LoopSettings, fit, seed_everything
 from embedstore.store.records import CaptionRecord, dump_record, save_record
 from torch import nn
 
-CAPTION_TASK = "caption"
 HEAD = "t5-finetune"
 METRICS = "metrics.json"
-HISTORY = "history.json"
 N_EXAMPLES = 5
 
 
@@ -146,7 +150,7 @@ def caption_split_tracks(dataset: Any, task: str, seed: int) -> tuple[dict[str, 
     from embedstore.heads.caption_probe import split_indices
 
     have = ", ".join(dataset.tasks) or "none"
-    if dataset.tasks.get(task) != CAPTION_TASK:
+    if dataset.tasks.get(task) != CAPTION:
         raise DatasetError(f"--task {task!r}: dataset {dataset.name!r} has no such caption column (tasks: {have})")
     tracks = [t for t in dataset.tracks if t.caption]
     splits = np.asarray([str(t.split) for t in tracks], dtype=object)
@@ -171,32 +175,109 @@ def _centre(items: list[Item], samples: int) -> list[Item]:
     return out
 
 
-def _check_options(*, epochs: int, lr_encoder: float, lr_head: float, batch_size: int, crop_seconds: float,
-                   block_seconds: float, patience: int | None, weight_decay: float,
-                   max_grad_norm: float | None, resume: bool) -> None:
-    """Raise :class:`EmbedstoreError` naming the first bad option."""
-    checks = [
-        (epochs >= 1, f"--epochs must be at least 1, got {epochs}"),
-        (lr_encoder >= 0, f"--lr-encoder must be >= 0, got {lr_encoder}"),
-        (lr_head >= 0, f"--lr-head must be >= 0, got {lr_head}"),
+def _check_options(*, batch_size: int, block_seconds: float, grad_accum: int, resume: bool, **shared: Any) -> None:
+    """Raise :class:`EmbedstoreError` naming the first bad option (``shared``: see
+    :func:`~embedstore.finetune.setup.check_options`)."""
+    check_options([
         (batch_size >= 1, f"--batch-size must be at least 1, got {batch_size}"),
-        (crop_seconds > 0, f"--crop-seconds must be positive, got {crop_seconds}"),
         (block_seconds > 0, f"--block-seconds must be positive, got {block_seconds}"),
-        (patience is None or patience >= 1, f"--patience must be at least 1, got {patience}"),
-        (weight_decay >= 0, f"--weight-decay must be >= 0, got {weight_decay}"),
-        (max_grad_norm is None or max_grad_norm > 0, f"--max-grad-norm must be positive, got {max_grad_norm}"),
+        (grad_accum >= 1, f"--grad-accum must be at least 1, got {grad_accum}"),
         (not resume, "--resume is not supported with --task caption (start a new run)"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise EmbedstoreError(message)
+    ], **shared)
+
+
+@dataclass
+class _CaptionRun:
+    """What the training hooks and the test decoding of a captioning run share."""
+
+    root: Path
+    tracks: dict[str, list]
+    net: CaptionFinetuneModel
+    tokenizer: Any
+    device: Any
+    batch_size: int
+    workers: int
+    crop_samples: int
+    gain: str
+    max_target_tokens: int
+    notes: list[str]
+
+    def caption(self, split: str, index: torch.Tensor) -> list[str]:
+        return [self.tracks[split][i].caption for i in index.tolist()]
+
+    def batch_loss(self, items: list[Item], split: str) -> tuple[torch.Tensor, int]:
+        """Mean teacher-forced loss per token of decoded ``items`` and their number of target tokens."""
+        from embedstore.heads.caption_train import tokenize_captions
+
+        waves, lengths, index = pad_batch(items)
+        labels = tokenize_captions(self.tokenizer, self.caption(split, index), self.max_target_tokens, self.device)
+        return self.net(waves, lengths, labels), int((labels != -100).sum())
+
+    def eval_batches(self, split: str) -> Iterator[list[Item]]:
+        """The centre crops of ``split``'s decoded clips, in batches (failures become notes)."""
+        tracks = self.tracks[split]
+        data = ClipDataset(self.root, tracks, list(range(len(tracks))), self.net.encoder.sample_rate, self.gain)
+        for items in make_loader(data, self.batch_size, self.workers):
+            for it in items:
+                note = f"{split}: {tracks[it.index].path} failed to decode ({it.error}); left out"
+                if it.wave is None and note not in self.notes:
+                    self.notes.append(note)
+            good = [it for it in items if it.wave is not None]
+            if good:
+                yield _centre(good, self.crop_samples)
+
+    @torch.no_grad()
+    def valid_loss(self) -> dict[str, float]:
+        """``{"valid_loss": mean loss per target token}`` over the validation centre crops."""
+        self.net.eval()
+        self.net.encoder.frozen = True
+        total, tokens = 0.0, 0
+        for items in self.eval_batches("valid"):
+            loss, n_tok = self.batch_loss(items, "valid")
+            total, tokens = total + float(loss) * n_tok, tokens + n_tok
+        if not tokens:
+            raise EmbedstoreError("no validation clip could be decoded")
+        return {"valid_loss": total / tokens}
+
+    def hooks(self, crops: CropDataset, seed: int) -> LoopHooks:
+        """The captioning parts of the training loop (selection: the lowest validation loss)."""
+        def batches(epoch: int) -> torch.utils.data.DataLoader:
+            self.net.encoder.frozen = False
+            return epoch_loader(crops, epoch, seed, self.batch_size, self.workers)
+
+        def loss(items: list[Item]) -> tuple[torch.Tensor | None, float, list]:
+            bad = [(it.index, it.error) for it in items if it.wave is None]
+            good = [it for it in items if it.wave is not None]
+            if not good:
+                return None, 0, bad
+            value, n_tok = self.batch_loss(good, "train")
+            return value, n_tok, bad
+
+        return LoopHooks(batches, loss, self.valid_loss, lambda v: (-v["valid_loss"],))
+
+    def generate_test(self, generation: GenerationSettings) -> list[dict[str, str]]:
+        """Beam-search captions of the test centre crops: ``[{"track_id", "generated", "reference"}]``."""
+        self.net.eval()
+        self.net.encoder.frozen = True
+        out = []
+        with torch.no_grad():
+            for items in self.eval_batches("test"):
+                waves, lengths, index = pad_batch(items)
+                x, mask = self.net.features(waves, lengths)
+                texts = self.tokenizer.batch_decode(self.net.captioner.generate(x, mask, generation),
+                                                    skip_special_tokens=True)
+                out += [{"track_id": str(self.tracks["test"][i].id), "generated": t.strip(), "reference": r}
+                        for i, t, r in zip(index.tolist(), texts, self.caption("test", index))]
+        if not out:
+            raise EmbedstoreError("no test clip could be decoded")
+        return out
 
 
 def finetune_caption(
     dataset: DatasetRequest | str | Path,
     model: EncoderRequest | str = "mert",
     *,
-    task: str = CAPTION_TASK,
+    task: str = CAPTION,
     t5: str | Path = "t5-small",
     bert: str | Path = DEFAULT_BERT,
     sentence_model: str | Path | None = None,
@@ -206,10 +287,12 @@ def finetune_caption(
     lr_head: float = 1e-4,
     weight_decay: float = 0.01,
     batch_size: int = 8,
+    grad_accum: int = 1,
     crop_seconds: float = 10.0,
     block_seconds: float = 0.5,
     freeze_feature_encoder: bool = True,
     spec_augment: bool = True,
+    gradient_checkpointing: bool = False,
     max_grad_norm: float | None = 1.0,
     max_target_tokens: int = 64,
     patience: int | None = 3,
@@ -239,10 +322,11 @@ def finetune_caption(
         epochs, patience: most epochs; stop after ``patience`` epochs without a lower validation loss.
         lr_encoder, lr_head: AdamW learning rates of the encoder and of the captioner (mix,
             projection and T5); weight_decay: both groups.
-        batch_size: clips per step. crop_seconds: random crop per train clip and epoch, and the
+        batch_size: clips per step; grad_accum: steps accumulated per update. crop_seconds: random crop per train clip and epoch, and the
             centre crop heard of valid/test clips (capped at the encoder's window).
         block_seconds: frames averaged into one T5 input step.
-        freeze_feature_encoder, spec_augment, max_grad_norm: as in :func:`~embedstore.finetune.train.finetune`.
+        freeze_feature_encoder, spec_augment, gradient_checkpointing, max_grad_norm: as in
+            :func:`~embedstore.finetune.train.finetune_classification`.
         max_target_tokens: caption tokens kept for teacher forcing.
         device: ``auto`` | ``cpu`` | ``cuda[:N]``. precision: only fp32 is run (a note says so otherwise).
         out: run folder (default ``finetune-<model>-caption``). store: a store whose results folder
@@ -258,158 +342,90 @@ def finetune_caption(
     Raises:
         EmbedstoreError (DatasetError, ModelError): bad options, dataset, task, or checkpoints.
     """
-    from embedstore.devices import resolve_device
-    from embedstore.extract.pipeline import default_workers
-    from embedstore.finetune.checkpoint import write_json
-    from embedstore.finetune.model import disable_layerdrop, set_spec_augment
-    from embedstore.finetune.model import freeze_feature_encoder as freeze_conv_features
-    from embedstore.heads.caption_metrics import caption_metrics
-    from embedstore.heads.caption_train import seed_everything, tokenize_captions
-    from embedstore.heads.captioner import load_t5
-    from embedstore.store.specs import finetuned_key
-
     _check_options(epochs=epochs, lr_encoder=lr_encoder, lr_head=lr_head, batch_size=batch_size,
-                   crop_seconds=crop_seconds, block_seconds=block_seconds, patience=patience,
+                   crop_seconds=crop_seconds, block_seconds=block_seconds, patience=patience, grad_accum=grad_accum,
                    weight_decay=weight_decay, max_grad_norm=max_grad_norm, resume=resume)
     check_gain(gain)
-    generation = generation or GenerationSettings()
-    notes: list[str] = []
     encoder_request = replace(EncoderRequest.coerce(model, seed=seed), dtype="float32")
-    model, checkpoint, weights = encoder_request.name, encoder_request.checkpoint, encoder_request.weights
     dataset = DatasetRequest.coerce(dataset, seed=seed).discover()
     tracks, split_protocol = caption_split_tracks(dataset, task, seed)
-    dev = resolve_device(device)
-    if precision not in ("auto", "fp32"):
-        notes.append(f"--precision {precision}: captioning fine-tune runs fp32")
-    workers = default_workers() if workers is None else int(workers)
-    out_dir = Path(out if out is not None else f"finetune-{model}-{CAPTION_TASK}")
+    notes = [f"--precision {precision}: captioning fine-tune runs fp32"] if precision not in ("auto", "fp32") else []
+    out_dir = Path(out if out is not None else f"finetune-{encoder_request.name}-{CAPTION}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    run = _prepare(dataset, tracks, encoder_request, t5, device=device, workers=workers, batch_size=batch_size,
+                   crop_seconds=crop_seconds, block_seconds=block_seconds, layer_mix=layer_mix,
+                   freeze_feature_encoder=freeze_feature_encoder, spec_augment=spec_augment,
+                   gradient_checkpointing=gradient_checkpointing, max_target_tokens=max_target_tokens, gain=gain,
+                   seed=seed, notes=notes)
+    crop = run.crop_samples / run.net.encoder.sample_rate
+    crops = CropDataset(dataset.root, tracks["train"], list(range(len(tracks["train"]))), run.net.encoder.sample_rate,
+                        crop, seed, gain)
+    opt = adamw(run.net.encoder, run.net.captioner, lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay)
+    fitted = fit(run.net, opt, run.hooks(crops, seed), LoopSettings(epochs=epochs, patience=patience,
+                 grad_accum=grad_accum, max_grad_norm=max_grad_norm, progress=progress), out_dir)
+    notes += fitted.notes
+    predictions = run.generate_test(generation or GenerationSettings())
+    metrics = caption_metrics([p["generated"] for p in predictions], [p["reference"] for p in predictions],
+                              bert=str(bert), sentence_model=sentence_model, device=str(run.device))
+    hparams = {"epochs": epochs, "batch_size": batch_size, "lr_encoder": lr_encoder, "lr_head": lr_head,
+               "weight_decay": weight_decay, "patience": patience, "crop_seconds": crop, "grad_accum": grad_accum,
+               "block_seconds": block_seconds, "freeze_feature_encoder": freeze_feature_encoder,
+               "spec_augment": spec_augment, "weights": encoder_request.weights, "best_epoch": fitted.best_epoch,
+               "gain": gain, **asdict(generation or GenerationSettings())}
+    record = _record(run.net, encoder_request, dataset.name, task, hparams, fitted.history,
+                     protocol={**split_protocol, "selection": f"best epoch by {task_for(CAPTION).selection} "
+                               "(centre crops)", "n": {s: len(ts) for s, ts in tracks.items()}},
+                     metrics={"test": {**metrics, "n": len(predictions)}}, predictions=predictions, notes=notes,
+                     t5=t5, bert=bert, layer_mix=layer_mix, crop=crop, seed=seed)
+    dump_record(record, out_dir / METRICS)
+    path = save_record(store, record) if store is not None else None
+    return CaptionFinetuneReport(record, fitted.history, predictions, out_dir, path, notes, run.net)
 
+
+def _prepare(dataset: Any, tracks: dict[str, list], request: EncoderRequest, t5: str | Path, *, device: str,
+             workers: int | None, batch_size: int, crop_seconds: float, block_seconds: float, layer_mix: LayerMixMode,
+             freeze_feature_encoder: bool, spec_augment: bool, gradient_checkpointing: bool, max_target_tokens: int,
+             gain: str, seed: int, notes: list[str]) -> _CaptionRun:
+    """Seed, load the encoder for training (:func:`~embedstore.finetune.setup.prepare_encoder`) and
+    T5, and build the network on the device."""
+    from embedstore.devices import resolve_device
+    from embedstore.extract.pipeline import default_workers
+    from embedstore.heads.captioner import load_t5
+
+    dev = resolve_device(device)
     seed_everything(seed)
-    encoder = encoder_request.load(dev)
-    if disable_layerdrop(encoder) > 0:
-        notes.append("LayerDrop turned off (it would drop hidden states the captioner reads)")
-    if freeze_feature_encoder and not freeze_conv_features(encoder):
-        notes.append(f"{model}: no convolutional feature encoder to freeze; every weight is trained")
-    set_spec_augment(encoder, spec_augment)
-    crop = min(float(crop_seconds), float(encoder.window_seconds))
-    if crop < crop_seconds:
-        notes.append(f"--crop-seconds {crop_seconds:g} is longer than the encoder's {crop:g} s window; using {crop:g} s")
+    ready = prepare_encoder(request, dev, crop_seconds=crop_seconds, freeze_feature_encoder=freeze_feature_encoder,
+                            spec_augment=spec_augment, gradient_checkpointing=gradient_checkpointing,
+                            reader="captioner")
+    notes += ready.notes
     t5_model, tokenizer = load_t5(t5)
-    net = CaptionFinetuneModel(encoder, t5_model, block_seconds, layer_mix).to(dev)
-    groups = [{"params": [p for p in net.encoder.parameters() if p.requires_grad], "lr": lr_encoder},
-              {"params": list(net.captioner.parameters()), "lr": lr_head}]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=weight_decay)
-    params = [p for g in opt.param_groups for p in g["params"]]
+    net = CaptionFinetuneModel(ready.encoder, t5_model, block_seconds, layer_mix).to(dev)
+    return _CaptionRun(dataset.root, tracks, net, tokenizer, dev, batch_size,
+                       default_workers() if workers is None else int(workers),
+                       round(ready.crop * ready.encoder.sample_rate), gain, max_target_tokens, notes)
 
-    sr = encoder.sample_rate
-    crop_samples = round(crop * sr)
-    captions = {s: [t.caption for t in ts] for s, ts in tracks.items()}
 
-    def batch_loss(items: list[Item], split: str) -> tuple[torch.Tensor, int]:
-        waves, lengths, index = pad_batch(items)
-        labels = tokenize_captions(tokenizer, [captions[split][i] for i in index.tolist()], max_target_tokens, dev)
-        return net(waves, lengths, labels), int((labels != -100).sum())
+def _record(net: CaptionFinetuneModel, request: EncoderRequest, dataset: str, task: str, hparams: dict[str, Any],
+            history: list[dict[str, Any]], *, protocol: dict[str, Any], metrics: dict[str, Any],
+            predictions: list[dict[str, str]], notes: list[str], t5: str | Path, bert: str | Path,
+            layer_mix: LayerMixMode, crop: float, seed: int) -> CaptionRecord:
+    """The run's :class:`~embedstore.store.records.CaptionRecord` (head ``t5-finetune``)."""
+    from embedstore.extract.encoders.registry import get_spec
+    from embedstore.store.specs import finetuned_key
 
-    def eval_batches(split: str):
-        data = ClipDataset(dataset.root, tracks[split], list(range(len(tracks[split]))), sr, gain)
-        for items in make_loader(data, batch_size, workers):
-            good = [it for it in items if it.wave is not None]
-            for it in items:
-                note = f"{split}: {tracks[split][it.index].path} failed to decode ({it.error}); left out"
-                if it.wave is None and note not in notes:
-                    notes.append(note)
-            if good:
-                yield _centre(good, crop_samples)
-
-    def valid_loss() -> float:
-        net.eval()
-        net.encoder.frozen = True
-        total, tokens = 0.0, 0
-        with torch.no_grad():
-            for items in eval_batches("valid"):
-                loss, n_tok = batch_loss(items, "valid")
-                total, tokens = total + float(loss) * n_tok, tokens + n_tok
-        if not tokens:
-            raise EmbedstoreError("no validation clip could be decoded")
-        return total / tokens
-
-    crops = CropDataset(dataset.root, tracks["train"], list(range(len(tracks["train"]))), sr, crop, seed, gain)
-    history: list[dict[str, Any]] = []
-    best_loss, best_epoch, best_state, stale = math.inf, 0, None, 0
-    for epoch in range(1, epochs + 1):
-        net.train()
-        net.encoder.frozen = False
-        crops.set_epoch(epoch)
-        order = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        start, total, tokens, skipped = time.perf_counter(), 0.0, 0, 0
-        loader = make_loader(crops, batch_size, workers, shuffle=True, generator=order)
-        for items in loader:
-            good = [it for it in items if it.wave is not None]
-            skipped += len(items) - len(good)
-            if not good:
-                continue
-            loss, n_tok = batch_loss(good, "train")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            opt.step()
-            total, tokens = total + float(loss.detach()) * n_tok, tokens + n_tok
-        if not tokens:
-            raise EmbedstoreError(f"epoch {epoch}: no training clip could be decoded")
-        vloss = valid_loss()
-        history.append({"epoch": epoch, "train_loss": total / tokens, "valid_loss": vloss,
-                        "seconds": time.perf_counter() - start, "skipped": skipped})
-        if progress:
-            print(f"epoch {epoch}/{epochs}: train loss {total / tokens:.4f}, valid loss {vloss:.4f}", flush=True)
-        if vloss < best_loss:
-            best_loss, best_epoch, stale = vloss, epoch, 0
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-        else:
-            stale += 1
-            if patience is not None and stale >= patience:
-                break
-        write_json(history, out_dir / HISTORY)
-    net.load_state_dict(best_state)
-
-    net.eval()
-    net.encoder.frozen = True
-    generated, refs, ids = [], [], []
-    for items in eval_batches("test"):
-        waves, lengths, index = pad_batch(items)
-        x, mask = net.features(waves, lengths)
-        tokens_out = net.captioner.generate(x, mask, generation)
-        generated += [t.strip() for t in tokenizer.batch_decode(tokens_out, skip_special_tokens=True)]
-        refs += [captions["test"][i] for i in index.tolist()]
-        ids += [str(tracks["test"][i].id) for i in index.tolist()]
-    if not generated:
-        raise EmbedstoreError("no test clip could be decoded")
-    metrics = caption_metrics(generated, refs, bert=str(bert), sentence_model=sentence_model, device=str(dev))
-    predictions = [{"track_id": t, "generated": g, "reference": r} for t, g, r in zip(ids, generated, refs)]
-    n_layers = encoder.num_layers
-    record = CaptionRecord(
-        task=CAPTION_TASK, dataset=dataset.name, model=finetuned_key(model, task, weights),
-        checkpoint=checkpoint or get_spec(model).default_checkpoint, layer="weighted" if n_layers > 1 else 0,
+    encoder, n_layers = net.encoder, net.encoder.num_layers
+    return CaptionRecord(
+        task=CAPTION, dataset=dataset, model=finetuned_key(request.name, task, request.weights),
+        checkpoint=request.checkpoint or get_spec(request.name).default_checkpoint,
+        layer="weighted" if n_layers > 1 else 0,
         layer_name="weighted" if n_layers > 1 else encoder.layer_names[0], layers=list(range(n_layers)),
         head=HEAD, preset="default" if layer_mix == "softmax" else layer_mix, t5=str(t5), bert=str(bert),
         inputs=f"audio crops ({crop:g} s, {net.block} frames per step)", layer_mix=layer_mix,
         layer_weights=net.captioner.mix.weights().detach().cpu().tolist() if n_layers > 1 else None,
-        hparams={"epochs": epochs, "batch_size": batch_size, "lr_encoder": lr_encoder, "lr_head": lr_head,
-                 "weight_decay": weight_decay, "patience": patience, "crop_seconds": crop,
-                 "block_seconds": block_seconds, "freeze_feature_encoder": freeze_feature_encoder,
-                 "spec_augment": spec_augment, "weights": weights, "best_epoch": best_epoch, "gain": gain,
-                 **asdict(generation)},
-        seeds=[seed],
-        protocol={**split_protocol, "selection": "best epoch by validation loss (centre crops)",
-                  "n": {s: len(ts) for s, ts in tracks.items()}},
+        hparams=hparams, seeds=[seed], protocol=protocol,
         history={"train_loss": [h["train_loss"] for h in history], "valid_loss": [h["valid_loss"] for h in history]},
-        metrics={"test": {**metrics, "n": len(generated)}}, examples=predictions[:N_EXAMPLES], notes=notes,
+        metrics=metrics, examples=predictions[:N_EXAMPLES], notes=notes,
     )
-    write_json(history, out_dir / HISTORY)
-    dump_record(record, out_dir / METRICS)
-    path = save_record(store, record) if store is not None else None
-    return CaptionFinetuneReport(record, history, predictions, out_dir, path, notes, net)
 
 
 def format_caption_finetune_report(report: CaptionFinetuneReport) -> str:

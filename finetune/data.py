@@ -252,3 +252,12 @@ def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int
         prefetch_factor=2 if workers > 0 else None,
         worker_init_fn=leave_interrupts_to_main,
     )
+
+
+def epoch_loader(crops: CropDataset, epoch: int, seed: int, batch_size: int, workers: int, *,
+                 drop_last: bool = False) -> torch.utils.data.DataLoader:
+    """The shuffled loader of epoch ``epoch``'s crops: crop positions and batch order depend only on
+    ``(seed, epoch)``, so a resumed run draws what an uninterrupted one would."""
+    crops.set_epoch(epoch)
+    order = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return make_loader(crops, batch_size, workers, shuffle=True, generator=order, drop_last=drop_last)

@@ -1,13 +1,15 @@
-"""End-to-end fine-tuning of an encoder on raw audio: the library entry point :func:`finetune`.
+"""End-to-end fine-tuning of an encoder on raw audio: the library entry point :func:`finetune`
+(dispatching through the task registry) and the classification run :func:`finetune_classification`.
 
-One run::
+One classification run::
 
     discover_dataset -> train/valid/test tracks of the task (valid held out from train if absent)
-    load_encoder (unfrozen; LayerDrop off; conv feature encoder frozen by default)
+    prepare_encoder (finetune.setup: unfrozen; LayerDrop off; conv feature encoder frozen by default)
     + FinetuneModel head (weighted layer sum or one layer -> frame mean -> MLP)
-    for each epoch: random crops of the train clips (DataLoader workers decode)
+    heads.training.fit: for each epoch random crops of the train clips (DataLoader workers decode)
         -> AdamW (encoder lr, head lr), grad accumulation, clipping, autocast (+GradScaler for fp16)
         -> validation on FULL clips (windows, frame mean per clip) -> best.pt / last.pt / history.json
+           (best: the greatest validation accuracy, then the lowest validation loss)
         -> early stop after ``patience`` epochs without validation gain
     reload best.pt -> metrics of valid/test (full splits) and train (a seeded subsample by default,
     ``train_eval``), all on full clips -> record (the probes' format, head "finetune")
@@ -27,34 +29,22 @@ that extends a finished run restarts AdamW's moments, and says so). The report g
 
 from __future__ import annotations
 
-import random
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from embedstore.errors import EmbedstoreError, ModelError
 from embedstore.extract.audio import DEFAULT_GAIN, LEGACY_GAIN, check_gain
 from embedstore.extract.datasets import DatasetRequest
 from embedstore.extract.encoders.registry import EncoderRequest
-from embedstore.finetune.checkpoint import (
-    BEST,
-    LAST,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    write_json,
-)
 from embedstore.finetune.data import (
     ClipDataset,
     CropDataset,
     TaskSplits,
+    epoch_loader,
     label_task,
     limit_splits,
     make_loader,
@@ -68,13 +58,23 @@ from embedstore.finetune.model import (
     FinetunedEncoder,
     FinetuneModel,
     disable_layerdrop,
-    enable_gradient_checkpointing,
-    set_spec_augment,
 )
-from embedstore.finetune.model import freeze_feature_encoder as freeze_conv_features
 from embedstore.finetune.report import FinetuneReport, plot_training_curve
+from embedstore.finetune.setup import adamw, check_options, prepare_encoder
+from embedstore.heads.checkpoint import load_checkpoint
 from embedstore.heads.protocol import VALID_FRACTION
+from embedstore.heads.tasks import task_for
+from embedstore.heads.training import (
+    FitResult,
+    LoopHooks,
+    LoopSettings,
+    fit,
+    seed_everything,
+)
+from embedstore.store.records import ProbeRecord, dump_record, save_record
 from embedstore.store.specs import finetuned_key
+from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 _ENCODER_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -124,27 +124,17 @@ class FinetuneConfig:
     train_eval: str = "auto"
 
 
-def _check_options(*, epochs: int, lr_encoder: float, lr_head: float, batch_size: int, grad_accum: int,
-                   crop_seconds: float, precision: str, patience: int | None, weight_decay: float,
-                   head_dropout: float, max_grad_norm: float | None, limit: int | None) -> None:
-    """Raise :class:`EmbedstoreError` naming the first bad option."""
-    checks = [
-        (epochs >= 1, f"--epochs must be at least 1, got {epochs}"),
-        (lr_encoder >= 0, f"--lr-encoder must be >= 0, got {lr_encoder}"),
-        (lr_head >= 0, f"--lr-head must be >= 0, got {lr_head}"),
+def _check_options(*, batch_size: int, grad_accum: int, precision: str, head_dropout: float, limit: int | None,
+                   **shared: Any) -> None:
+    """Raise :class:`EmbedstoreError` naming the first bad option (``shared``: see
+    :func:`~embedstore.finetune.setup.check_options`)."""
+    check_options([
         (batch_size >= 2, f"--batch-size must be at least 2 (the head's BatchNorm needs 2 clips), got {batch_size}"),
         (grad_accum >= 1, f"--grad-accum must be at least 1, got {grad_accum}"),
-        (crop_seconds > 0, f"--crop-seconds must be positive, got {crop_seconds}"),
         (precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"),
-        (patience is None or patience >= 1, f"--patience must be at least 1, got {patience}"),
-        (weight_decay >= 0, f"--weight-decay must be >= 0, got {weight_decay}"),
         (0 <= head_dropout < 1, f"--head-dropout must be in [0, 1), got {head_dropout}"),
-        (max_grad_norm is None or max_grad_norm > 0, f"--max-grad-norm must be positive, got {max_grad_norm}"),
         (limit is None or limit >= 2, f"--limit must be at least 2 clips (a training batch needs 2), got {limit}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise EmbedstoreError(message)
+    ], **shared)
 
 
 def train_eval_size(train_eval: str | int, n_train: int, n_valid: int) -> int:
@@ -181,55 +171,7 @@ def resolve_precision(precision: str, device: str) -> tuple[str, str | None]:
     return precision, None
 
 
-# ---- one epoch, one evaluation ------------------------------------------------------------------
-
-
-def _train_epoch(net: FinetuneModel, loader: torch.utils.data.DataLoader, opt: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, *, grad_accum: int, max_grad_norm: float | None,
-                 desc: str, progress: bool) -> dict[str, Any]:
-    """Train one epoch over ``loader``'s crops; returns ``train_loss`` (mean per clip),
-    ``clips``, ``clips_per_s``, ``seconds`` and ``skipped`` (``[(track index, reason)]``)."""
-    net.train()
-    net.encoder.frozen = False
-    params = [p for g in opt.param_groups for p in g["params"]]
-    device = net.device
-    total, seen, skipped = 0.0, 0, []
-    pending = False  # gradients accumulated since the last update
-    steps = len(loader)
-    start = time.perf_counter()
-    opt.zero_grad(set_to_none=True)
-    bar = tqdm(total=len(loader.dataset), desc=desc, unit="clip", disable=not progress, dynamic_ncols=True)
-    try:
-        for step, items in enumerate(loader):
-            good, bad = usable_items(items, net.encoder)
-            skipped += bad
-            if len(good) >= 2:  # the head's BatchNorm needs two clips
-                waves, lengths, codes = pad_batch(good)
-                loss = F.cross_entropy(net(waves, lengths), codes.to(device))
-                scaler.scale(loss / grad_accum).backward()
-                total += float(loss.detach()) * len(good)
-                seen += len(good)
-                pending = True
-            if pending and ((step + 1) % grad_accum == 0 or step + 1 == steps):
-                if max_grad_norm is not None:
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                scaler.step(opt)
-                scaler.update()
-                opt.zero_grad(set_to_none=True)
-                pending = False
-            bar.update(len(items))
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            if seen:
-                bar.set_postfix(loss=f"{total / seen:.4f}", clips_s=f"{seen / elapsed:.1f}")
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - start
-    if not seen:
-        raise EmbedstoreError("no training clip could be decoded in this epoch "
-                              f"(first failure: {skipped[0][1] if skipped else 'none'})")
-    return {"train_loss": total / seen, "clips": seen, "clips_per_s": seen / max(seconds, 1e-9),
-            "seconds": seconds, "skipped": skipped}
+# ---- evaluation ---------------------------------------------------------------------------------
 
 
 @torch.inference_mode()
@@ -270,10 +212,6 @@ def _valid_scores(logits: np.ndarray, ok: np.ndarray, codes: np.ndarray) -> tupl
 # ---- the run ------------------------------------------------------------------------------------
 
 
-def _state(net: FinetuneModel, config: FinetuneConfig, labels: list[str], epoch: int) -> dict[str, Any]:
-    return {"epoch": epoch, "model": net.state_dict(), "config": asdict(config), "labels": list(labels)}
-
-
 def _check_resume(state: dict[str, Any], config: FinetuneConfig, labels: list[str], path: Path) -> None:
     saved = {"gain": LEGACY_GAIN, **state.get("config", {})}  # runs before --gain peak-normalised
     for key in _RESUME_FIXED:
@@ -292,7 +230,9 @@ def _split_record_metrics(net: FinetuneModel, splits: TaskSplits, root: Path, *,
     Valid and test are read whole; train only on ``train_clips`` clips (a seeded, stratified
     subsample when fewer than the split holds).
     """
-    from embedstore.heads.protocol import split_metrics  # the probes' per-split aggregation
+    from embedstore.heads.protocol import (
+        split_metrics,  # the probes' per-split aggregation
+    )
 
     metrics: dict[str, Any] = {}
     predictions: dict[str, Any] = {}
@@ -318,7 +258,29 @@ def _split_record_metrics(net: FinetuneModel, splits: TaskSplits, root: Path, *,
     return metrics, predictions
 
 
-def finetune(
+def finetune(dataset: DatasetRequest | str | Path, model: EncoderRequest | str = "mert", *, task: str | None = None,
+             **options: Any) -> Any:
+    """Fine-tune ``model`` end to end on ``task`` of ``dataset``: the library entry point.
+
+    Dispatches through the task registry (:func:`embedstore.heads.tasks.task_for`): a class-label
+    task (or None) runs :func:`finetune_classification`, ``task="caption"`` runs
+    :func:`~embedstore.finetune.caption.finetune_caption`. ``options`` are theirs (named as the CLI's
+    options); an option that only another task takes, given a value, is an error naming it.
+
+    Returns:
+        A :class:`~embedstore.finetune.report.FinetuneReport` (classification) or a
+        :class:`~embedstore.finetune.caption.CaptionFinetuneReport` (captioning).
+    """
+    from embedstore.finetune.tasks import (
+        dispatch_finetune,  # importing it registers the fine-tune paths
+    )
+
+    seed = options.get("seed", 0)
+    return dispatch_finetune(DatasetRequest.coerce(dataset, seed=seed), EncoderRequest.coerce(model, seed=seed), task,
+                             options)
+
+
+def finetune_classification(
     dataset: DatasetRequest | str | Path,
     model: EncoderRequest | str = "mert",
     *,
@@ -407,194 +369,171 @@ def finetune(
     Raises:
         EmbedstoreError (DatasetError, ModelError, ...): bad options, dataset, task, layer or checkpoint.
     """
-    data_request = DatasetRequest.coerce(dataset, seed=seed)
-    encoder_request = EncoderRequest.coerce(model, seed=seed)
-    if task == "caption":  # the captioning fine-tune (encoder + T5), see embedstore.finetune.caption
-        from embedstore.finetune.caption import finetune_caption
-
-        return finetune_caption(
-            data_request, encoder_request, epochs=epochs, lr_encoder=lr_encoder,
-            lr_head=lr_head, weight_decay=weight_decay, batch_size=batch_size, crop_seconds=crop_seconds,
-            freeze_feature_encoder=freeze_feature_encoder, spec_augment=spec_augment, max_grad_norm=max_grad_norm,
-            patience=patience, device=device, precision=precision, out=out, store=export_to_store, resume=resume,
-            seed=seed, workers=workers, progress=progress, gain=gain)
-    from embedstore.devices import resolve_device
-    from embedstore.extract.pipeline import ExtractOptions, default_workers, extract_dataset
-    from embedstore.store.records import ProbeRecord, dump_record, save_record
-
     _check_options(epochs=epochs, lr_encoder=lr_encoder, lr_head=lr_head, batch_size=batch_size,
                    grad_accum=grad_accum, crop_seconds=crop_seconds, precision=precision, patience=patience,
                    weight_decay=weight_decay, head_dropout=head_dropout, max_grad_norm=max_grad_norm, limit=limit)
     check_gain(gain)
-    notes: list[str] = []
-    model, checkpoint, weights = encoder_request.name, encoder_request.checkpoint, encoder_request.weights
-    dataset = data_request.discover()
-    task = label_task(dataset, task)
-    splits = limit_splits(task_splits(dataset, task, seed), limit, seed)
-    train_clips = train_eval_size(train_eval, len(splits.tracks["train"]), len(splits.tracks["valid"]))
-    dev = str(resolve_device(device))
-    prec, note = resolve_precision(precision, dev)
-    notes += [note] if note else []
-    workers = default_workers() if workers is None else int(workers)
-    out_dir = Path(out if out is not None else f"finetune-{model}-{task}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    encoder = replace(encoder_request, dtype=_ENCODER_DTYPE[prec]).load(dev)
-    if disable_layerdrop(encoder) > 0:
-        notes.append("LayerDrop turned off (it would drop hidden states the head reads)")
-    if freeze_feature_encoder and not freeze_conv_features(encoder):
-        notes.append(f"{model}: no convolutional feature encoder to freeze; every weight is trained")
-    set_spec_augment(encoder, spec_augment)
-    if gradient_checkpointing and not enable_gradient_checkpointing(encoder):
-        notes.append(f"{model}: gradient checkpointing is not supported; running without it")
-    crop = float(crop_seconds)
-    if crop > encoder.window_seconds:
-        crop = encoder.window_seconds
-        notes.append(f"--crop-seconds {crop_seconds:g} is longer than the encoder's {crop:g} s window; "
-                     f"using {crop:g} s")
-    net = FinetuneModel(encoder, len(splits.labels), layer, hidden=head_hidden, dropout=head_dropout).to(dev)
-    config = FinetuneConfig(
-        model=model, checkpoint=checkpoint, weights=weights, task=task, dataset=dataset.name, layer=net.layer,
-        epochs=epochs, lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay, batch_size=batch_size,
-        grad_accum=grad_accum, crop_seconds=crop, freeze_feature_encoder=freeze_feature_encoder,
-        gradient_checkpointing=gradient_checkpointing, spec_augment=spec_augment, precision=prec,
-        patience=patience, seed=seed, head_hidden=head_hidden, head_dropout=head_dropout,
-        max_grad_norm=max_grad_norm, window_seconds=encoder.window_seconds, gain=gain, limit=limit,
-        train_eval=str(train_eval).strip().lower(),
-    )
-
-    lrs = {"encoder": lr_encoder, "head": lr_head}
-    groups = [{"params": [p for p in net.encoder.parameters() if p.requires_grad], "name": "encoder"},
-              {"params": list(net.head.parameters()), "name": "head"}]
-    groups = [dict(g, lr=lrs[g["name"]]) for g in groups if g["params"]]
-    opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
-    scaler = torch.amp.GradScaler(torch.device(dev).type, enabled=prec == "fp16")
-
-    last_path, best_path, history_path = out_dir / LAST, out_dir / BEST, out_dir / HISTORY
-    history: list[dict[str, Any]] = []
-    best_key: tuple[float, float] | None = None
-    best_epoch, since_best, stopped, start_epoch, resumed_from = 0, 0, False, 1, None
-    last_has_optimizer = False
-    if resume and last_path.exists():
-        state = load_checkpoint(last_path)  # on CPU: load_state_dict copies onto the device
-        _check_resume(state, config, splits.labels, last_path)
-        net.load_state_dict(state["model"])
-        set_rng_state(state["rng"])
-        history = list(state["history"])
-        best_key = tuple(state["best_key"]) if state["best_key"] is not None else None
-        best_epoch, since_best = int(state["best_epoch"]), int(state["since_best"])
-        stopped = patience is not None and since_best >= patience  # a larger --patience continues
-        start_epoch = resumed_from = int(state["epoch"])
-        start_epoch += 1
-        last_has_optimizer = "optimizer" in state
-        if last_has_optimizer:
-            opt.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-        elif start_epoch <= epochs and not stopped:
-            notes.append(f"--resume: {last_path} holds no optimizer state (the run had finished; --keep-optimizer "
-                         "keeps it); AdamW's moments restart from zero, so this is not the uninterrupted run")
-        for g in opt.param_groups:  # the learning rates asked for now
-            g["lr"] = lrs[g["name"]]
-    elif resume:
-        notes.append(f"--resume: {last_path} does not exist; started from scratch")
-    elif last_path.exists():
-        notes.append(f"{out_dir}: held an earlier run; its checkpoints were replaced (use --resume to continue one)")
-
-    crops = CropDataset(dataset.root, splits.tracks["train"], splits.codes("train"), encoder.sample_rate, crop, seed,
-                        gain)
-    valid_codes = splits.codes("valid")
-    valid_data = ClipDataset(dataset.root, splits.tracks["valid"], valid_codes, encoder.sample_rate, gain)
-    n_train = len(crops)
-    drop_last = n_train > batch_size and n_train % batch_size == 1  # never a lone clip for BatchNorm
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, epochs + 1):
-        if stopped:
-            break
-        crops.set_epoch(epoch)
-        order = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        loader = make_loader(crops, batch_size, workers, shuffle=True, generator=order, drop_last=drop_last)
-        stats = _train_epoch(net, loader, opt, scaler, grad_accum=grad_accum, max_grad_norm=max_grad_norm,
-                             desc=f"epoch {epoch}/{epochs}", progress=progress)
-        logits, ok, _ = predict_logits(net, valid_data, batch_size=batch_size, workers=workers)
-        acc, vloss = _valid_scores(logits, ok, valid_codes)
-        history.append({"epoch": epoch, "train_loss": stats["train_loss"], "valid_accuracy": acc,
-                        "valid_loss": vloss, "clips_per_s": stats["clips_per_s"], "seconds": stats["seconds"],
-                        "skipped": len(stats["skipped"])})
-        if stats["skipped"]:
-            i, reason = stats["skipped"][0]
-            notes.append(f"epoch {epoch}: {len(stats['skipped'])} crop(s) failed (not decoded, or too short) "
-                         f"(first: {splits.tracks['train'][i].path}: {reason})")
-        if best_key is None or (acc, -vloss) > best_key:
-            best_key, best_epoch, since_best = (acc, -vloss), epoch, 0
-            save_checkpoint({**_state(net, config, splits.labels, epoch), "valid": {"accuracy": acc, "loss": vloss}},
-                            best_path)
-        else:
-            since_best += 1
-        stopped = patience is not None and since_best >= patience and epoch < epochs
-        final = stopped or epoch == epochs  # the finished run's last.pt keeps the weights only
-        last_has_optimizer = keep_optimizer or not final
-        resumable = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict()} if last_has_optimizer else {}
-        save_checkpoint({**_state(net, config, splits.labels, epoch), **resumable,
-                         "rng": rng_state(), "best_key": best_key, "best_epoch": best_epoch,
-                         "since_best": since_best, "stopped": stopped, "history": history}, last_path)
-        write_json(history, history_path)
-    epochs_run = history[-1]["epoch"] if history else 0
-
-    best = load_checkpoint(best_path)
-    net.load_state_dict(best["model"])
-    metrics, predictions = _split_record_metrics(net, splits, dataset.root, train_clips=train_clips,
-                                                 batch_size=batch_size, workers=workers, progress=progress, seed=seed,
-                                                 gain=gain, notes=notes)
-    train_eval_rule = {"rule": config.train_eval, "clips": train_clips, "of": n_train}
-    key = finetuned_key(model, task, weights)
-    hparams = {"lr_encoder": lr_encoder, "lr_head": lr_head, "weight_decay": weight_decay, "epochs": best_epoch,
-               "batch_size": batch_size * grad_accum, "crop_seconds": crop, "precision": prec,
-               "frozen_conv": int(freeze_feature_encoder), "dropout": head_dropout}
-    run = {"config": asdict(config), "run_dir": str(out_dir.absolute()), "best_epoch": best_epoch,
-           "epochs_run": epochs_run, "stopped_early": stopped, "history": history, "train_eval": train_eval_rule,
-           "limit": limit, "checkpoint_bytes": {path.name: path.stat().st_size for path in (best_path, last_path)},
-           "last_has_optimizer": last_has_optimizer}
-    record = ProbeRecord(
-        task=task, dataset=dataset.name, model=key, checkpoint=checkpoint or _default_checkpoint(model),
-        layer=net.layer if net.layer == WEIGHTED else int(net.layer),
-        layer_name=WEIGHTED if net.layer == WEIGHTED else encoder.layer_names[int(net.layer)], layers=net.layers,
-        head=HEAD, hparams=hparams, selection_score=best_key[0] if best_key else None, seeds=[seed],
-        protocol={"splits": "train/valid/test", "valid_source": splits.valid_source,
-                  "valid_fraction": VALID_FRACTION if splits.valid_source == "inner" else None,
-                  "train_input": f"one random {crop:g} s crop per clip per epoch",
-                  "eval_input": f"full clips in {encoder.window_seconds:g} s windows, frame mean per clip",
-                  "selection": "epoch with the best validation accuracy (then loss)",
-                  "train_eval": _describe_train_eval(train_eval_rule),
-                  "limit": f"at most {limit} clips per split (seeded, stratified)" if limit else "none",
-                  "standardise": "none (end-to-end)", "confusion": "counts", "n_boot": N_BOOT},
-        metrics=metrics, layer_weights=net.layer_weights(), finetune=run,
-        runs=[{"seed": seed, "fold": "split", "hparams": hparams,
-               "valid_accuracy": best_key[0] if best_key else None, "history": history}],
-        predictions={"test": predictions},
-    )
-    sizes = run["checkpoint_bytes"]
-    record_paths = [dump_record(record, out_dir / METRICS)]
-
+    encoder_request = EncoderRequest.coerce(model, seed=seed)
+    wanted = FinetuneConfig(
+        model=encoder_request.name, checkpoint=encoder_request.checkpoint, weights=encoder_request.weights,
+        task=task or "", dataset="", layer=layer, epochs=epochs, lr_encoder=lr_encoder, lr_head=lr_head,
+        weight_decay=weight_decay, batch_size=batch_size, grad_accum=grad_accum, crop_seconds=crop_seconds,
+        freeze_feature_encoder=freeze_feature_encoder, gradient_checkpointing=gradient_checkpointing,
+        spec_augment=spec_augment, precision=precision, patience=patience, seed=seed, head_hidden=head_hidden,
+        head_dropout=head_dropout, max_grad_norm=max_grad_norm, window_seconds=0.0, gain=gain, limit=limit,
+        train_eval=str(train_eval).strip().lower())
+    run = _prepare(DatasetRequest.coerce(dataset, seed=seed), encoder_request, wanted, device=device,
+                   workers=workers, out=out)
+    cfg, net = run.config, run.net
+    opt = adamw(net.encoder, net.head, lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay)
+    settings = LoopSettings(epochs=epochs, patience=patience, grad_accum=grad_accum, max_grad_norm=max_grad_norm,
+                            fp16=cfg.precision == "fp16", keep_optimizer=keep_optimizer, progress=progress)
+    fitted = fit(net, opt, _hooks(run), settings, run.out_dir, resume=resume)
+    notes = run.notes + fitted.notes
+    for epoch, failed in fitted.skipped:
+        notes.append(f"epoch {epoch}: {len(failed)} crop(s) failed (not decoded, or too short) "
+                     f"(first: {run.splits.tracks['train'][failed[0][0]].path}: {failed[0][1]})")
+    metrics, predictions = _split_record_metrics(net, run.splits, run.dataset.root, train_clips=run.train_clips,
+                                                 batch_size=batch_size, workers=run.workers, progress=progress,
+                                                 seed=seed, gain=gain, notes=notes)
+    record = _record(run, fitted, metrics, predictions)
+    key = record["model"]
+    record_paths = [dump_record(record, run.out_dir / METRICS)]
     export = None
     if export_to_store is not None:
-        net.eval()
-        encoder.frozen = True
-        provenance = {"run_dir": str(out_dir.absolute()), "task": task, "dataset": dataset.name,
-                      "best_epoch": best_epoch, "base_checkpoint": checkpoint or _default_checkpoint(model),
-                      "config": asdict(config)}
-        export = extract_dataset(dataset, [(key, FinetunedEncoder(encoder, provenance))], export_to_store,
-                                 ExtractOptions(batch_size=batch_size, workers=workers, progress=progress, gain=gain))
+        export = _export(run, key, fitted.best_epoch, export_to_store, progress=progress)
         record_paths.append(save_record(export_to_store, record))
+    curve = plot_training_curve(fitted.history, run.out_dir, fitted.best_epoch) if fitted.history else None
+    return FinetuneReport(out_dir=run.out_dir, model_key=key, record=record, record_paths=record_paths,
+                          history=fitted.history, best_epoch=fitted.best_epoch, epochs_run=fitted.epochs_run,
+                          stopped_early=fitted.stopped, resumed_from=fitted.resumed_from, best_path=fitted.best_path,
+                          last_path=fitted.last_path, history_path=fitted.history_path, curve_path=curve,
+                          export=export, notes=notes, checkpoint_bytes=record["finetune"]["checkpoint_bytes"],
+                          last_has_optimizer=fitted.last_has_optimizer)
 
-    curve = plot_training_curve(history, out_dir, best_epoch) if history else None
-    return FinetuneReport(out_dir=out_dir, model_key=key, record=record, record_paths=record_paths, history=history,
-                          best_epoch=best_epoch, epochs_run=epochs_run, stopped_early=stopped,
-                          resumed_from=resumed_from, best_path=best_path, last_path=last_path,
-                          history_path=history_path, curve_path=curve, export=export, notes=notes,
-                          checkpoint_bytes=sizes, last_has_optimizer=last_has_optimizer)
+
+@dataclass
+class _Prepared:
+    """A classification run ready to train: the dataset and its splits, the resolved config, the
+    network on its device, the run folder, decoding workers, train clips evaluated at the end, notes."""
+
+    dataset: Any
+    splits: TaskSplits
+    config: FinetuneConfig
+    net: FinetuneModel
+    out_dir: Path
+    workers: int
+    train_clips: int
+    notes: list[str]
+
+
+def _prepare(data_request: DatasetRequest, encoder_request: EncoderRequest, wanted: FinetuneConfig, *, device: str,
+             workers: int | None, out: str | Path | None) -> _Prepared:
+    """Discover and split the dataset, load the encoder for training and build the network."""
+    from embedstore.devices import resolve_device
+    from embedstore.extract.pipeline import default_workers
+
+    dataset = data_request.discover()
+    task = label_task(dataset, wanted.task or None)
+    splits = limit_splits(task_splits(dataset, task, wanted.seed), wanted.limit, wanted.seed)
+    train_clips = train_eval_size(wanted.train_eval, len(splits.tracks["train"]), len(splits.tracks["valid"]))
+    dev = str(resolve_device(device))
+    prec, note = resolve_precision(wanted.precision, dev)
+    out_dir = Path(out if out is not None else f"finetune-{wanted.model}-{task}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(wanted.seed)
+    ready = prepare_encoder(replace(encoder_request, dtype=_ENCODER_DTYPE[prec]), dev,
+                            crop_seconds=wanted.crop_seconds, freeze_feature_encoder=wanted.freeze_feature_encoder,
+                            spec_augment=wanted.spec_augment, gradient_checkpointing=wanted.gradient_checkpointing)
+    net = FinetuneModel(ready.encoder, len(splits.labels), wanted.layer, hidden=wanted.head_hidden,
+                        dropout=wanted.head_dropout).to(dev)
+    config = replace(wanted, task=task, dataset=dataset.name, layer=net.layer, crop_seconds=ready.crop,
+                     precision=prec, window_seconds=ready.encoder.window_seconds)
+    return _Prepared(dataset, splits, config, net, out_dir, default_workers() if workers is None else int(workers),
+                     train_clips, ([note] if note else []) + ready.notes)
+
+
+def _hooks(run: _Prepared) -> LoopHooks:
+    """The classification parts of the training loop: crops of the train clips, cross-entropy,
+    validation accuracy and loss on full clips, selection by (accuracy, -loss)."""
+    net, splits, cfg = run.net, run.splits, run.config
+    sr = net.encoder.sample_rate
+    crops = CropDataset(run.dataset.root, splits.tracks["train"], splits.codes("train"), sr, cfg.crop_seconds,
+                        cfg.seed, cfg.gain)
+    valid_codes = splits.codes("valid")
+    valid = ClipDataset(run.dataset.root, splits.tracks["valid"], valid_codes, sr, cfg.gain)
+    drop_last = len(crops) > cfg.batch_size and len(crops) % cfg.batch_size == 1  # never a lone clip for BatchNorm
+
+    def batches(epoch: int) -> torch.utils.data.DataLoader:
+        net.encoder.frozen = False
+        return epoch_loader(crops, epoch, cfg.seed, cfg.batch_size, run.workers, drop_last=drop_last)
+
+    def loss(items: list) -> tuple[torch.Tensor | None, float, list]:
+        good, bad = usable_items(items, net.encoder)
+        if len(good) < 2:  # the head's BatchNorm needs two clips
+            return None, 0, bad
+        waves, lengths, codes = pad_batch(good)
+        return F.cross_entropy(net(waves, lengths), codes.to(net.device)), len(good), bad
+
+    def validate() -> dict[str, float]:
+        logits, ok, _ = predict_logits(net, valid, batch_size=cfg.batch_size, workers=run.workers)
+        acc, vloss = _valid_scores(logits, ok, valid_codes)
+        return {"valid_accuracy": acc, "valid_loss": vloss}
+
+    return LoopHooks(batches, loss, validate, lambda v: (v["valid_accuracy"], -v["valid_loss"]),
+                     {"config": asdict(cfg), "labels": list(splits.labels)},
+                     lambda state, path: _check_resume(state, cfg, splits.labels, path))
+
+
+def _record(run: _Prepared, fitted: FitResult, metrics: dict[str, Any], predictions: dict[str, Any]) -> ProbeRecord:
+    """The run's :class:`~embedstore.store.records.ProbeRecord` (head ``finetune``)."""
+    cfg, net, splits = run.config, run.net, run.splits
+    n_train = len(splits.tracks["train"])
+    rule = {"rule": cfg.train_eval, "clips": run.train_clips, "of": n_train}
+    hparams = {"lr_encoder": cfg.lr_encoder, "lr_head": cfg.lr_head, "weight_decay": cfg.weight_decay,
+               "epochs": fitted.best_epoch, "batch_size": cfg.batch_size * cfg.grad_accum,
+               "crop_seconds": cfg.crop_seconds, "precision": cfg.precision,
+               "frozen_conv": int(cfg.freeze_feature_encoder), "dropout": cfg.head_dropout}
+    finetune_run = {"config": asdict(cfg), "run_dir": str(run.out_dir.absolute()), "best_epoch": fitted.best_epoch,
+                    "epochs_run": fitted.epochs_run, "stopped_early": fitted.stopped, "history": fitted.history,
+                    "train_eval": rule, "limit": cfg.limit,
+                    "checkpoint_bytes": {p.name: p.stat().st_size for p in (fitted.best_path, fitted.last_path)},
+                    "last_has_optimizer": fitted.last_has_optimizer}
+    best_acc = fitted.best_key[0] if fitted.best_key else None
+    weighted = net.layer == WEIGHTED
+    return ProbeRecord(
+        task=cfg.task, dataset=cfg.dataset, model=finetuned_key(cfg.model, cfg.task, cfg.weights),
+        checkpoint=cfg.checkpoint or _default_checkpoint(cfg.model), layer=net.layer if weighted else int(net.layer),
+        layer_name=WEIGHTED if weighted else net.encoder.layer_names[int(net.layer)], layers=net.layers,
+        head=HEAD, hparams=hparams, selection_score=best_acc, seeds=[cfg.seed],
+        protocol={"splits": "train/valid/test", "valid_source": splits.valid_source,
+                  "valid_fraction": VALID_FRACTION if splits.valid_source == "inner" else None,
+                  "train_input": f"one random {cfg.crop_seconds:g} s crop per clip per epoch",
+                  "eval_input": f"full clips in {cfg.window_seconds:g} s windows, frame mean per clip",
+                  "selection": f"epoch with the {task_for(cfg.task).selection}",
+                  "train_eval": _describe_train_eval(rule),
+                  "limit": f"at most {cfg.limit} clips per split (seeded, stratified)" if cfg.limit else "none",
+                  "standardise": "none (end-to-end)", "confusion": "counts", "n_boot": N_BOOT},
+        metrics=metrics, layer_weights=net.layer_weights(), finetune=finetune_run,
+        runs=[{"seed": cfg.seed, "fold": "split", "hparams": hparams, "valid_accuracy": best_acc,
+               "history": fitted.history}],
+        predictions={"test": predictions},
+    )
+
+
+def _export(run: _Prepared, key: str, best_epoch: int, store: str | Path, *, progress: bool) -> Any:
+    """Extract every clip with the fine-tuned encoder into ``store`` as model entry ``key``."""
+    from embedstore.extract.pipeline import ExtractOptions, extract_dataset
+
+    cfg, encoder = run.config, run.net.encoder
+    run.net.eval()
+    encoder.frozen = True
+    provenance = {"run_dir": str(run.out_dir.absolute()), "task": cfg.task, "dataset": cfg.dataset,
+                  "best_epoch": best_epoch, "base_checkpoint": cfg.checkpoint or _default_checkpoint(cfg.model),
+                  "config": asdict(cfg)}
+    return extract_dataset(run.dataset, [(key, FinetunedEncoder(encoder, provenance))], store,
+                           ExtractOptions(batch_size=cfg.batch_size, workers=run.workers, progress=progress,
+                                          gain=cfg.gain))
 
 
 def _describe_train_eval(rule: dict[str, Any]) -> str:

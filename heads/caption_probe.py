@@ -22,14 +22,14 @@ from embedstore.heads.caption_train import (
     TrainHistory,
     TrainSettings,
     generate_captions,
-    seed_everything,
     train_captioner,
 )
 from embedstore.heads.captioner import AudioCaptioner, GenerationSettings, LayerMixMode, load_t5
+from embedstore.heads.tasks import CAPTION as CAPTION_TASK
+from embedstore.heads.training import seed_everything
 from embedstore.store.records import CaptionRecord, save_record
 from embedstore.store.specs import resolve_dataset, resolve_layers, resolve_models
 
-CAPTION_TASK = "caption"
 N_EXAMPLES = 5
 InputKind = Literal["auto", "frames", "pooled"]
 

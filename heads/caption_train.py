@@ -6,15 +6,15 @@ Works on in-memory arrays (:class:`CaptionData`), so it is independent of how th
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from embedstore.devices import resolve_device
 from embedstore.errors import ModelError
 from embedstore.heads.captioner import AudioCaptioner, GenerationSettings, frame_mask
-from embedstore.devices import resolve_device
+from embedstore.heads.training import seed_everything
 
 
 @dataclass
@@ -92,13 +92,6 @@ class TrainHistory:
     valid_loss: list[float] = field(default_factory=list)
     best_epoch: int = -1
     best_valid_loss: float = math.inf
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def tokenize_captions(tokenizer, captions: list[str], max_tokens: int, device: torch.device) -> torch.Tensor:

@@ -590,6 +590,7 @@ def test_the_cli_builds_the_requests_a_library_user_builds(tmp_path, monkeypatch
     assert [args for args, _ in discovered] == [(DatasetRequest(data, "gtzan", label_name="style",
                                                                 split_scheme="kfold", seed=2, folds=3),)] * 2
 
+    dispatch = train.finetune
     tuned = _stand_in(monkeypatch, train, "finetune")
     assert cli.run(["finetune", str(data), "-m", "mert", "--checkpoint", "ckpt/mert", "--weights", "random",
                     "--task", "genre", "--dataset-type", "gtzan", "--split-scheme", "random", "--seed", "5"]) == 1
@@ -597,7 +598,10 @@ def test_the_cli_builds_the_requests_a_library_user_builds(tmp_path, monkeypatch
     assert args == (DatasetRequest(data, "gtzan", split_scheme="random", seed=5),
                     EncoderRequest("mert", "ckpt/mert", weights="random", seed=5))
     assert kwargs["task"] == "genre" and kwargs["seed"] == 5
+    assert cli.run(["finetune", str(data), "-m", "wav2vec2", "--task", "caption"]) == 1
+    assert tuned[1][0] == (DatasetRequest(data), EncoderRequest("wav2vec2")) and tuned[1][1]["task"] == "caption"
     captioned = _stand_in(monkeypatch, caption, "finetune_caption")
+    monkeypatch.setattr(train, "finetune", dispatch)  # the one library call dispatches caption to its path
     assert cli.run(["finetune", str(data), "-m", "wav2vec2", "--task", "caption"]) == 1
     assert captioned[0][0] == (DatasetRequest(data), EncoderRequest("wav2vec2"))
     assert cli.run(["extract", str(data), "-m", "mfcc", "-m", "mert", "--as", "x", "--store", str(store)]) == 1

@@ -24,7 +24,7 @@ from embedstore.extract.pipeline import ExtractOptions, extract_dataset
 from embedstore.extract.pooling import Moments, merge_moments, pooled, window_moments
 from embedstore.extract.synthetic import render_genre
 from embedstore.finetune import finetune, format_finetune_report, load_finetuned
-from embedstore.finetune.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from embedstore.heads.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from embedstore.finetune.data import CropDataset, stratified_subset, task_splits
 from embedstore.finetune.model import FinetuneModel, enable_gradient_checkpointing, freeze_feature_encoder
 from embedstore.finetune.train import predict_logits, train_eval_size
@@ -210,10 +210,11 @@ def test_train_split_is_evaluated_on_a_seeded_subsample(run):
 
 def test_limit_caps_each_split_and_train_eval_takes_a_count(data_dir, ckpt, tmp_path, monkeypatch):
     import embedstore.finetune.train as train_module
+    import embedstore.heads.training as loop_module
 
     evaluated: list[tuple[str, list[str]]] = []  # (desc, clip paths) of every evaluation
     trained: list[int] = []  # clips offered per training epoch
-    real_predict, real_epoch = train_module.predict_logits, train_module._train_epoch
+    real_predict, real_epoch = train_module.predict_logits, loop_module.train_epoch
 
     def spy_predict(net, data, **kwargs):
         evaluated.append((kwargs.get("desc", "eval"), [t.path for t in data.tracks]))
@@ -224,7 +225,7 @@ def test_limit_caps_each_split_and_train_eval_takes_a_count(data_dir, ckpt, tmp_
         return real_epoch(net, loader, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "predict_logits", spy_predict)
-    monkeypatch.setattr(train_module, "_train_epoch", spy_epoch)
+    monkeypatch.setattr(loop_module, "train_epoch", spy_epoch)
     report = finetune(data_dir, model=w2v(ckpt), epochs=2, out=tmp_path / "lim", limit=6, train_eval=4,
                       **{**FAST, "batch_size": 4})
     assert trained == [6, 6]
@@ -303,11 +304,11 @@ def _trained_weights(ckpt: Path, n_classes: int) -> int:
 
 
 def test_interrupted_run_resumes_exactly(run, data_dir, ckpt, tmp_path, monkeypatch):
-    import embedstore.finetune.train as train_module
+    import embedstore.heads.training as loop_module
 
     report3, _ = run
     out = tmp_path / "resumed"
-    real_epoch, calls = train_module._train_epoch, []
+    real_epoch, calls = loop_module.train_epoch, []
 
     def interrupt_in_epoch_3(*args, **kwargs):
         calls.append(1)
@@ -316,7 +317,7 @@ def test_interrupted_run_resumes_exactly(run, data_dir, ckpt, tmp_path, monkeypa
         return real_epoch(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(train_module, "_train_epoch", interrupt_in_epoch_3)
+        patch.setattr(loop_module, "train_epoch", interrupt_in_epoch_3)
         with pytest.raises(KeyboardInterrupt):
             finetune(data_dir, model=w2v(ckpt), epochs=3, out=out, **FAST)
     saved, best = load_checkpoint(out / "last.pt"), load_checkpoint(out / "best.pt")

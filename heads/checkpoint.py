@@ -1,4 +1,5 @@
-"""Crash-safe run files of a fine-tuning run: ``last.pt``, ``best.pt``, ``history.json``.
+"""Crash-safe run files of a training run (:func:`embedstore.heads.training.fit`): ``last.pt``,
+``best.pt``, ``history.json``.
 
 Every file is written to a temporary name in the same folder and moved into place with
 ``os.replace``, so a run killed at any moment leaves either the old or the new file, never a torn
@@ -6,11 +7,12 @@ one. Checkpoints hold only tensors and plain Python values (the RNG states are c
 load with ``torch.load(weights_only=True)``.
 
 ``last.pt``: ``{"format", "epoch", "model" (encoder + head state dict), "optimizer", "scaler",
-"rng", "best_key", "best_epoch", "since_best", "stopped", "history", "config", "labels"}``;
+"rng", "best_key", "best_epoch", "since_best", "stopped", "history"}`` plus the run's own keys
+(fine-tuning: ``"config", "labels"``);
 ``"optimizer"``/``"scaler"`` (AdamW's two moments: about twice the trained weights) are written
 while training, so an interrupted run resumes exactly, and left out of the finished run's file
 unless ``--keep-optimizer``.
-``best.pt``: ``{"format", "epoch", "model", "config", "labels", "valid"}`` (no optimizer state).
+``best.pt``: ``{"format", "epoch", "model", "valid"}`` plus the run's own keys (no optimizer state).
 """
 
 from __future__ import annotations

@@ -1,0 +1,132 @@
+"""The task registry: what is predicted, and how each kind of task is probed and fine-tuned.
+
+A :class:`Task` ties together, for one kind of target (class labels, captions; room for tagging
+and regression), its splits and head (inside its probe and fine-tune functions), the rule that
+chooses "best" on validation, the record it writes and the report it prints. ``probe`` and
+``finetune`` (library and CLI) dispatch through :func:`task_for`; nothing else branches on the
+task's name.
+
+    task_for(None | "genre" | "label" | ...) -> CLASSIFICATION      (a class-label column)
+    task_for("caption")                       -> CAPTION            (a caption column)
+
+The fine-tune functions live in :mod:`embedstore.finetune` (which may import heads/, not the
+reverse): importing it registers them with :func:`register_finetune`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from embedstore.errors import EmbedstoreError
+
+#: the column name (and column kind) of captions in datasets and stores
+CAPTION = "caption"
+CLASSIFICATION = "classification"
+
+
+@dataclass
+class Task:
+    """One kind of task.
+
+    Attributes:
+        name: the registry name (``classification``, ``caption``).
+        column_kind: the kind of dataset/store column it reads (``label``, ``caption``).
+        selection: the rule that chooses the best epoch/hyper-parameters, always on validation
+            (written into the records' ``protocol.selection``).
+        probe: ``(store, task, **options) -> (report, text, json_text, warnings)``: train heads on
+            stored embeddings and describe the result.
+        finetune: ``(dataset_request, encoder_request, *, task, **options) -> report`` (registered
+            by :mod:`embedstore.finetune`); finetune_format: ``report -> text``.
+        finetune_unset: options of other tasks' fine-tune with the value that means "not given";
+            another value is an error naming the option.
+    """
+
+    name: str
+    column_kind: str
+    selection: str
+    probe: Callable[..., tuple[Any, str, str, list[str]]]
+    finetune: Callable[..., Any] | None = None
+    finetune_format: Callable[[Any], str] | None = None
+    finetune_unset: dict[str, Any] = field(default_factory=dict)
+
+
+def _probe_classification(store: str | Path, task: str | None, *, models: list[str] | None, dataset: str | None,
+                          layer: int | str, head: str, preset: str, seeds: int, device: str, progress: bool,
+                          table_format: str = "text", **_caption_options: Any) -> tuple[Any, str, str, list[str]]:
+    """:func:`~embedstore.heads.probe.run_probe`, its table as ``table_format`` (see
+    :func:`~embedstore.heads.tables.format_table`; the caption-only options are not used)."""
+    from embedstore.heads.probe import run_probe
+    from embedstore.heads.tables import format_table
+
+    format_table([], table_format)  # an unknown --format fails before any training
+    report = run_probe(store, task, models=models, dataset=dataset, layer=layer, head=head, preset=preset,
+                       seeds=seeds, device=device, progress=progress)
+    text = format_table(report.records, table_format)
+    if report.paths and table_format == "text":
+        text += f"\nresults: {Path(report.paths[0]).parent}"
+    return report, text, json.dumps([r.to_dict() for r in report.records], indent=2), list(report.warnings)
+
+
+def _probe_caption(store: str | Path, task: str | None, *, models: list[str] | None, dataset: str | None,
+                   layer: int | str, device: str, progress: bool, t5: str, bert: str, layer_mix: str, epochs: int,
+                   batch_size: int, lr: float, seed: int, generation: Any = None,
+                   **_label_options: Any) -> tuple[Any, str, str, list[str]]:
+    """:func:`~embedstore.heads.caption_probe.run_caption_probe` on exactly one model."""
+    from embedstore.heads.caption_probe import format_caption_report, run_caption_probe
+    from embedstore.heads.captioner import GenerationSettings
+
+    if not models or len(models) != 1:
+        raise EmbedstoreError("--task caption trains one captioner: give exactly one --model")
+    report = run_caption_probe(store, model=models[0], dataset=dataset, layers=layer, t5=t5, bert=bert,
+                               layer_mix=layer_mix, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                               device=device, generation=generation or GenerationSettings(), progress=progress)
+    return report, format_caption_report(report), json.dumps(report.record.to_dict(), indent=2), []
+
+
+_REGISTRY: dict[str, Task] = {
+    CLASSIFICATION: Task(CLASSIFICATION, "label", "best validation accuracy, then validation loss",
+                         _probe_classification),
+    CAPTION: Task(CAPTION, CAPTION, "lowest validation loss (teacher-forced, per token)", _probe_caption),
+}
+
+
+def tasks() -> dict[str, Task]:
+    """Every registered task by name."""
+    return dict(_REGISTRY)
+
+
+def task_for(task: str | None) -> Task:
+    """The :class:`Task` of a dataset/store column name: ``caption`` is captioning, any other name
+    (or None: the dataset's only class-label column) is classification."""
+    return _REGISTRY[CAPTION if task == CAPTION else CLASSIFICATION]
+
+
+def register_finetune(name: str, run: Callable[..., Any], format_report: Callable[[Any], str],
+                      unset: dict[str, Any] | None = None) -> None:
+    """Attach the fine-tune function and its report formatter to the registered task ``name``;
+    ``unset``: the options of the other tasks that this one does not take, with their "not
+    given" values."""
+    task = _REGISTRY[name]
+    task.finetune, task.finetune_format, task.finetune_unset = run, format_report, dict(unset or {})
+
+
+def dispatch_finetune(dataset: Any, model: Any, task: str | None, options: dict[str, Any]) -> Any:
+    """Run the fine-tune of ``task_for(task)`` with ``options``.
+
+    Raises:
+        EmbedstoreError: an option of another task given a value (naming it as a CLI option).
+    """
+    entry = task_for(task)
+    if entry.finetune is None:
+        raise EmbedstoreError(f"no fine-tuning registered for {entry.name} tasks (import embedstore.finetune.tasks)")
+    given = [name for name, unset in entry.finetune_unset.items() if name in options and options[name] != unset]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise EmbedstoreError(f"{flags} {'applies' if len(given) == 1 else 'apply'} to other tasks, "
+                              f"not --task {task}")
+    kept = {k: v for k, v in options.items() if k not in entry.finetune_unset}
+    return entry.finetune(dataset, model, task=task, **kept)
