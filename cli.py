@@ -465,11 +465,10 @@ def probe(
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
 ) -> None:
     """Train heads on the stored, frozen embeddings and print one comparison table across models and layers."""
-    from embedstore.heads.captioner import GenerationSettings
     from embedstore.heads.tasks import task_for
 
-    generation = GenerationSettings(num_beams=num_beams, no_repeat_ngram_size=no_repeat_ngram,
-                                    repetition_penalty=repetition_penalty)
+    # the captioner's GenerationSettings fields; built by the caption task (its module imports torch)
+    generation = dict(num_beams=num_beams, no_repeat_ngram_size=no_repeat_ngram, repetition_penalty=repetition_penalty)
     _, text, json_text, warnings = task_for(task).probe(
         _store_path(store), task, models=_split_list(model), dataset=dataset, layer=_layer_arg(layer), head=head,
         preset=preset, seeds=seeds, device=device, progress=progress, t5=t5, bert=bert, layer_mix=layer_mix,

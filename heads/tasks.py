@@ -75,7 +75,8 @@ def _probe_caption(store: str | Path, task: str | None, *, models: list[str] | N
                    layer: int | str, device: str, progress: bool, t5: str, bert: str, layer_mix: str, epochs: int,
                    batch_size: int, lr: float, seed: int, generation: Any = None,
                    **_label_options: Any) -> tuple[Any, str, str, list[str]]:
-    """:func:`~embedstore.heads.caption_probe.run_caption_probe` on exactly one model."""
+    """:func:`~embedstore.heads.caption_probe.run_caption_probe` on exactly one model; ``generation`` is a
+    :class:`~embedstore.heads.captioner.GenerationSettings` or a dict of its fields (None: defaults)."""
     from embedstore.heads.caption_probe import format_caption_report, run_caption_probe
     from embedstore.heads.captioner import GenerationSettings
 
@@ -83,7 +84,9 @@ def _probe_caption(store: str | Path, task: str | None, *, models: list[str] | N
         raise EmbedstoreError("--task caption trains one captioner: give exactly one --model")
     report = run_caption_probe(store, model=models[0], dataset=dataset, layers=layer, t5=t5, bert=bert,
                                layer_mix=layer_mix, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                               device=device, generation=generation or GenerationSettings(), progress=progress)
+                               device=device, progress=progress,
+                               generation=GenerationSettings(**generation) if isinstance(generation, dict)
+                               else generation or GenerationSettings())
     return report, format_caption_report(report), json.dumps(report.record.to_dict(), indent=2), []
 
 
