@@ -63,9 +63,10 @@ class _Window:
     samples: np.ndarray
 
 
-def _run_windows(encoder: Encoder, windows: Sequence[_Window], batch_size: int) -> None:
+def _run_windows(encoder: Encoder, windows: Sequence[_Window], batch_size: int, spread: bool = True) -> None:
     """Run ``windows`` through the encoder, ``batch_size`` consecutive ones per call (a call's windows of
-    another length than its first run as a second group), merging each window into its accumulator."""
+    another length than its first run as a second group), merging each window into its accumulator
+    (``spread``: with the frames' M2, which ``mean+std`` pooling needs)."""
     for start in range(0, len(windows), batch_size):
         batch = windows[start : start + batch_size]
         length = batch[0].samples.shape[0]
@@ -73,10 +74,10 @@ def _run_windows(encoder: Encoder, windows: Sequence[_Window], batch_size: int) 
         other = [w for w in batch if w.samples.shape[0] != length]
         for group in (same, other):
             if group:
-                _run_group(encoder, group)
+                _run_group(encoder, group, spread)
 
 
-def _run_group(encoder: Encoder, group: Sequence[_Window]) -> None:
+def _run_group(encoder: Encoder, group: Sequence[_Window], spread: bool) -> None:
     lengths = torch.tensor([w.samples.shape[0] for w in group], dtype=torch.long)
     padded = np.zeros((len(group), int(lengths.max())), dtype=np.float32)
     for j, w in enumerate(group):
@@ -89,7 +90,7 @@ def _run_group(encoder: Encoder, group: Sequence[_Window]) -> None:
         first = torch.tensor(
             [frames_to_skip(w.overlap, n) for w, n in zip(group, n_valid)], dtype=torch.long, device=hidden.device
         )
-        count, mean, m2 = window_moments(hidden, first, end)
+        count, mean, m2 = window_moments(hidden, first, end, spread)
         for j, w in enumerate(group):
             w.acc.moments[layer].merge(count[j], mean[j], m2[j])
         if group[0].acc.binners.get(layer) is not None:
@@ -172,7 +173,7 @@ def encode_clips(
     # longest windows first; a clip's windows stay in time order (stable sort)
     windows.sort(key=lambda w: -w.samples.shape[0])
     with torch.inference_mode():
-        _run_windows(encoder, windows, options.batch_size)
+        _run_windows(encoder, windows, options.batch_size, options.pooling != "mean")
     return _pooled_rows(encoder, accs, options, frame_layers, max_frames)
 
 
@@ -209,7 +210,7 @@ class ClipStream:
 
     def _run_pending(self) -> None:
         with torch.inference_mode():
-            _run_windows(self.encoder, self._pending, self._group)
+            _run_windows(self.encoder, self._pending, self._group, self.options.pooling != "mean")
         self._pending = []
 
     def push(self, block: np.ndarray) -> None:

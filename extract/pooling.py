@@ -23,29 +23,37 @@ def frame_mask(n_frames: int, first: torch.Tensor, end: torch.Tensor) -> torch.T
 
 
 def window_moments(
-    hidden: torch.Tensor, first: torch.Tensor, end: torch.Tensor
+    hidden: torch.Tensor, first: torch.Tensor, end: torch.Tensor, spread: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Count, mean and M2 of the frames ``first <= t < end`` of each window.
+
+    The mean is one batched matrix product of the frame weights ``mask / count`` with ``hidden`` (a
+    single read of the hidden states, no temporary of their size); M2 is the two-pass sum of squared
+    deviations from that mean, computed only when ``spread`` (``mean+std`` pooling needs it, ``mean``
+    does not).
 
     Args:
         hidden: ``[batch, frames, dim]`` hidden states of one layer (any float dtype, any device).
         first: ``[batch]`` first frame to count (frames before it repeat earlier audio).
         end: ``[batch]`` one past the last valid frame.
+        spread: compute M2; when False it is returned as zeros.
 
     Returns:
         ``count [batch]``, ``mean [batch, dim]`` and ``m2 [batch, dim]`` as float64 numpy arrays.
     """
     h = hidden.float()
-    mask = frame_mask(h.shape[1], first, end).unsqueeze(-1).to(h.dtype)  # [B, F, 1]
-    count = mask.sum(dim=1)  # [B, 1]
-    safe = count.clamp_min(1.0)
-    mean = (h * mask).sum(dim=1) / safe
-    m2 = (((h - mean.unsqueeze(1)) * mask) ** 2).sum(dim=1)
-    return (
-        count.squeeze(-1).double().cpu().numpy(),
-        mean.double().cpu().numpy(),
-        m2.double().cpu().numpy(),
-    )
+    mask = frame_mask(h.shape[1], first, end).to(h.dtype)  # [B, F]
+    count = mask.sum(dim=1)  # [B]
+    weights = (mask / count.clamp_min(1.0)[:, None]).unsqueeze(1)  # [B, 1, F]
+    mean = torch.bmm(weights, h).squeeze(1)  # [B, D]
+    if spread:
+        deviation = h - mean.unsqueeze(1)
+        deviation.mul_(deviation)
+        m2 = torch.bmm(mask.unsqueeze(1), deviation).squeeze(1)
+        m2_out = m2.double().cpu().numpy()
+    else:
+        m2_out = np.zeros(tuple(mean.shape), dtype=np.float64)
+    return count.double().cpu().numpy(), mean.double().cpu().numpy(), m2_out
 
 
 @dataclass
