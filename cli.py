@@ -383,7 +383,7 @@ def extract(
     frames: Annotated[Optional[float], typer.Option(help="Also store frame sequences at this hop in seconds (e.g. 0.5), for captioning.")] = None,
     frame_layers: Annotated[Optional[list[str]], typer.Option(help="Layers whose frame sequences are stored (default: all), e.g. 6,12.")] = None,
     window_seconds: Annotated[Optional[float], typer.Option(help="Window length for long clips (default: the encoder's, 10 s).")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=0, help="Decoding processes (default: CPUs - 1, at most 4; 0 = in process).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Decoding processes (default: CPUs - 1, at most 4 on the CPU; on a GPU as many as the model needs, up to CPUs - 1; 0 = in process).")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Extract at most N clips.")] = None,
     storage_dtype: Annotated[str, typer.Option(callback=_choice("--storage-dtype"), help="float32 or float16 on disk.")] = "float32",
     strict: Annotated[bool, typer.Option(help="Fail if any clip fails to decode.")] = False,

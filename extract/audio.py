@@ -57,6 +57,7 @@ __all__ = [
     "check_gain",
     "is_audio_path",
     "load_audio",
+    "load_audio_rates",
     "preprocessing_description",
     "stream_audio",
 ]
@@ -291,15 +292,33 @@ def load_audio(
         AudioError: the file is missing, empty, not audio, truncated/corrupt, has zero samples,
             contains NaN/inf, or the window is invalid (negative, empty, or past the end).
     """
+    return load_audio_rates(path, [sample_rate], offset=offset, duration=duration, gain=gain)[sample_rate]
+
+
+def load_audio_rates(
+    path: str | os.PathLike,
+    rates: Sequence[int | None],
+    *,
+    offset: float = 0.0,
+    duration: float | None = None,
+    gain: str = DEFAULT_GAIN,
+) -> dict[int | None, np.ndarray]:
+    """:func:`load_audio` at several rates from one decode of the file: ``{rate: float32 [samples]}``,
+    each equal to ``load_audio(path, rate, ...)``. Raises as :func:`load_audio`."""
     p = Path(path)
-    _check_request(p, sample_rate, offset, duration, gain)
+    for sr in rates:
+        _check_request(p, sr, offset, duration, gain)
     with _open(p) as f:
         info = _info_of(p, f)
         (mono,) = _mono_blocks(p, f, info, offset, duration, None)
-    if sample_rate is not None and int(sample_rate) != info.sample_rate:
-        mono = soxr.resample(mono, info.sample_rate, int(sample_rate), quality=RESAMPLE_QUALITY)
-    mono = np.ascontiguousarray(mono, dtype=np.float32)
-    return _apply_gain(mono, gain, float(np.max(np.abs(mono))) if gain == "peak" and mono.size else 0.0)
+    out = {}
+    for sr in rates:
+        wave = mono
+        if sr is not None and int(sr) != info.sample_rate:
+            wave = soxr.resample(mono, info.sample_rate, int(sr), quality=RESAMPLE_QUALITY)
+        wave = np.ascontiguousarray(wave, dtype=np.float32)
+        out[sr] = _apply_gain(wave, gain, float(np.max(np.abs(wave))) if gain == "peak" and wave.size else 0.0)
+    return out
 
 
 def _resampled_blocks(

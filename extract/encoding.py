@@ -89,9 +89,10 @@ def _clip_windows(rule: WindowRule, accs: Sequence[_ClipAccumulator], waves: Seq
     return windows
 
 
-def _run_windows(encoder: Encoder, windows: Sequence[_Window], batch_size: int) -> None:
+def _run_windows(encoder: Encoder, windows: Sequence[_Window], batch_size: int, spread: bool = True) -> None:
     """Run ``windows`` through the encoder, ``batch_size`` consecutive ones per call (a call's windows of
-    another length than its first run as a second group), merging each window into its accumulator."""
+    another length than its first run as a second group), merging each window into its accumulator
+    (``spread``: with the frames' M2, which ``mean+std`` pooling needs)."""
     for start in range(0, len(windows), batch_size):
         batch = windows[start : start + batch_size]
         length = batch[0].samples.shape[0]
@@ -99,7 +100,7 @@ def _run_windows(encoder: Encoder, windows: Sequence[_Window], batch_size: int) 
         other = [w for w in batch if w.samples.shape[0] != length]
         for group in (same, other):
             if group:
-                _run_group(encoder, group)
+                _run_group(encoder, group, spread)
 
 
 def window_frames(encoder: Encoder, waveforms: torch.Tensor, lengths: torch.Tensor, overlaps: Sequence[float],
@@ -128,7 +129,7 @@ def window_frames(encoder: Encoder, waveforms: torch.Tensor, lengths: torch.Tens
     return result
 
 
-def _run_group(encoder: Encoder, group: Sequence[_Window]) -> None:
+def _run_group(encoder: Encoder, group: Sequence[_Window], spread: bool = True) -> None:
     lengths = torch.tensor([w.samples.shape[0] for w in group], dtype=torch.long)
     padded = np.zeros((len(group), int(lengths.max())), dtype=np.float32)
     for j, w in enumerate(group):
@@ -138,7 +139,7 @@ def _run_group(encoder: Encoder, group: Sequence[_Window]) -> None:
     layers = list(group[0].acc.layers)
     frames = window_frames(encoder, torch.from_numpy(padded), lengths, [w.overlap for w in group], layers)
     for layer, (hidden, first, end) in zip(layers, frames):
-        parts, groups = [window_moments(hidden, first, end)], [slot]
+        parts, groups = [window_moments(hidden, first, end, spread)], [slot]
         for i, acc in enumerate(accs):  # merge with what the clips already hold
             if acc.moments[layer] is not None:
                 parts.append(acc.moments[layer])
@@ -241,7 +242,7 @@ def encode_clips(
     rule = WindowRule(encoder.window_seconds, encoder.sample_rate)
     accs = [_extraction_accumulator(encoder, options, frame_layers, max_frames) for _ in waves]
     with torch.inference_mode():
-        _run_windows(encoder, _clip_windows(rule, accs, waves), options.batch_size)
+        _run_windows(encoder, _clip_windows(rule, accs, waves), options.batch_size, options.pooling != "mean")
     return _pooled_rows(encoder, accs, options, frame_layers, max_frames)
 
 
@@ -278,7 +279,7 @@ class ClipStream:
 
     def _run_pending(self) -> None:
         with torch.inference_mode():
-            _run_windows(self.encoder, self._pending, self._group)
+            _run_windows(self.encoder, self._pending, self._group, self.options.pooling != "mean")
         self._pending = []
 
     def push(self, block: np.ndarray) -> None:

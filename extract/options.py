@@ -21,7 +21,9 @@ class ExtractOptions:
         storage_dtype: ``"float32"`` or ``"float16"`` on disk.
         frames_hop: seconds per stored frame for frame-level sequences (None: pooled only).
         frame_layers: layer indices whose frame sequences are stored (None with ``frames_hop``: all).
-        workers: decoding processes (None: ``min(4, cpus - 1)``; 0 decodes in the main process).
+        workers: decoding processes (None: :func:`~embedstore.extract.feeding.default_workers`,
+            ``min(4, cpus - 1)`` on the CPU, what the device needs up to ``cpus - 1`` on a GPU; 0 decodes
+            in the main process).
         limit: extract at most this many clips (the first ones of the track list).
         split: only clips of these splits.
         strict: any failed clip is an error.

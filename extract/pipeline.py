@@ -29,14 +29,15 @@ records failures). This module keeps the local engine: worker-process decoding a
 
 from __future__ import annotations
 
-import os
 import queue
+import shutil
 import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +46,11 @@ from torch.utils.data import DataLoader
 
 from embedstore.devices import resolve_device
 from embedstore.errors import AudioError, EmbedstoreError
-from embedstore.extract.audio import DEFAULT_GAIN, audio_info, load_audio, stream_audio
+from embedstore.extract.audio import DEFAULT_GAIN, audio_info, load_audio_rates, stream_audio
 from embedstore.extract.datasets import Dataset, DatasetRequest, Track
 from embedstore.extract.encoders import Encoder, EncoderRequest
 from embedstore.extract.encoding import ClipStream, EncodedClips, encode_clips
+from embedstore.extract.feeding import default_workers, warn_if_underfed
 from embedstore.extract.options import ExtractOptions
 from embedstore.extract.writing import ExtractionRun, ExtractSummary, format_summary, open_extraction
 
@@ -70,6 +72,8 @@ __all__ = [
     "run_extract",
 ]
 
+#: Blocks each decoding worker prepares ahead of the model.
+_PREFETCH = 4
 #: Clips longer than this (seconds, from the file's header) are decoded and encoded block by block
 #: (:func:`encode_streamed`); shorter ones are decoded whole in the worker processes.
 STREAM_SECONDS = 60.0
@@ -82,16 +86,13 @@ def leave_interrupts_to_main(_worker_id: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def default_workers() -> int:
-    """Decoding worker processes: one fewer than the CPUs (the main process runs the model), 1..4."""
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
 def decode_clip(path: Path, rates: Sequence[int], *, offset: float = 0.0, duration: float | None = None,
                 gain: str = DEFAULT_GAIN) -> dict[int, np.ndarray]:
     """Decode one clip at every sample rate in ``rates`` with the ``gain`` rule: ``{rate: float32 [samples]}``
-    (see :func:`~embedstore.extract.audio.load_audio`). Raises :class:`AudioError` naming the file."""
-    return {sr: load_audio(path, sr, offset=offset, duration=duration, gain=gain) for sr in sorted(set(rates))}
+    from one decode of the file (:func:`~embedstore.extract.audio.load_audio_rates`). Raises :class:`AudioError` naming the file."""
+    return load_audio_rates(path, sorted(set(rates)), offset=offset, duration=duration, gain=gain)
 
 
 def is_long_clip(path: Path, *, offset: float = 0.0, duration: float | None = None) -> bool:
@@ -143,8 +144,38 @@ class _ClipSource(torch.utils.data.Dataset):
         return _Decoded(row, waves)
 
 
-def _collate(items: list[_Decoded]) -> list[_Decoded]:
-    return items
+@dataclass
+class _Block:
+    """A block of decoded clips as it leaves a worker: all their waveforms joined in one tensor in shared
+    memory (it crosses to the main process as one file descriptor, where numpy arrays would be pickled
+    through a pipe and copied three times on arrival), ``spans[i][rate]`` the slice of item ``i``'s."""
+
+    items: list[_Decoded]
+    buffer: torch.Tensor | None = None
+    spans: list[dict[int, tuple[int, int]]] | None = None
+
+    def unpack(self) -> list[_Decoded]:
+        """The items, their waveforms restored as numpy views of the buffer."""
+        if self.buffer is not None:
+            flat = self.buffer.numpy()
+            for item, span in zip(self.items, self.spans):
+                item.waves = {rate: flat[a:b] for rate, (a, b) in span.items()}
+        return self.items
+
+
+def _collate(items: list[_Decoded], shared: bool = True) -> _Block:
+    parts = [w for item in items for w in item.waves.values()]
+    if not shared or torch.utils.data.get_worker_info() is None or not parts:
+        return _Block(items)  # pickled with the waveforms inside, or decoded in this process
+    buffer = torch.from_numpy(np.concatenate(parts)).share_memory_()
+    spans, at = [], 0
+    for item in items:
+        span = {}
+        for rate, wave in item.waves.items():
+            span[rate], at = (at, at + wave.shape[0]), at + wave.shape[0]
+        spans.append(span)
+        item.waves = {}
+    return _Block(items, buffer, spans)
 
 
 def extract_dataset(
@@ -168,8 +199,7 @@ def extract_dataset(
     options = options or ExtractOptions()
     with open_extraction(dataset, encoders, store_path, options) as run:
         rows = run.rows()
-        rates = [enc.sample_rate for enc in run.encoders]
-        for block in _decoded_blocks(dataset.root, [run.track(r) for r in rows], rows, rates, options):
+        for block in _decoded_blocks(dataset.root, [run.track(r) for r in rows], rows, run.encoders, options):
             _process_block(block, run, options)
     return run.finish()
 
@@ -178,24 +208,38 @@ def _decoded_blocks(
     root: Path,
     tracks: Sequence[Track],
     rows: Sequence[int],
-    rates: Sequence[int],
+    encoders: Sequence[Encoder],
     options: ExtractOptions,
 ) -> Iterator[list[_Decoded]]:
-    """Blocks of decoded clips (at each sample rate in ``rates``), decoded in worker processes ahead of the model."""
+    """Blocks of decoded clips (at each encoder's sample rate), decoded in worker processes ahead of the
+    model (as many as the encoders' device needs, see :mod:`embedstore.extract.feeding`)."""
     all_tracks: dict[int, Track] = dict(zip(rows, tracks))
-    source = _ClipSource(root, _RowView(all_tracks), rows, rates, options.gain)
-    workers = default_workers() if options.workers is None else options.workers
+    source = _ClipSource(root, _RowView(all_tracks), rows, [enc.sample_rate for enc in encoders], options.gain)
+    workers = default_workers(encoders) if options.workers is None else options.workers
+    warn_if_underfed(encoders, workers)
     loader = DataLoader(
         source,
         batch_size=options.batch_size,
         shuffle=False,
         num_workers=workers,
-        collate_fn=_collate,
-        prefetch_factor=4 if workers > 0 else None,
+        collate_fn=partial(_collate, shared=_shared_memory_fits(workers, options.batch_size, source.rates)),
+        prefetch_factor=_PREFETCH if workers > 0 else None,
         persistent_workers=False,
         worker_init_fn=leave_interrupts_to_main,
     )
-    yield from loader
+    for block in loader:
+        yield block.unpack()
+
+
+def _shared_memory_fits(workers: int, batch_size: int, rates: Sequence[int]) -> bool:
+    """True when ``/dev/shm`` can hold the decoded blocks in flight (``prefetch_factor + 1`` per worker,
+    clips up to :data:`STREAM_SECONDS`); otherwise blocks are pickled through pipes (slower, but a
+    container's small ``/dev/shm``, 64 MB under Docker by default, never kills a worker)."""
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return False
+    return free >= workers * (_PREFETCH + 1) * batch_size * STREAM_SECONDS * sum(rates) * 4
 
 
 class _RowView:

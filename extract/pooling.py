@@ -47,24 +47,36 @@ def frame_mask(n_frames: int, first: torch.Tensor, end: torch.Tensor) -> torch.T
     return (t >= first[:, None]) & (t < end[:, None])
 
 
-def window_moments(hidden: torch.Tensor, first: torch.Tensor, end: torch.Tensor) -> Moments:
+def window_moments(hidden: torch.Tensor, first: torch.Tensor, end: torch.Tensor, spread: bool = True) -> Moments:
     """Count, mean and M2 of the frames ``first <= t < end`` of each window (differentiable).
+
+    The mean is one batched matrix product of the frame weights ``mask / count`` with ``hidden`` (a
+    single read of the hidden states, no temporary of their size); M2 is the two-pass sum of squared
+    deviations from that mean, computed only when ``spread`` (``mean+std`` pooling needs it, ``mean``
+    does not).
 
     Args:
         hidden: ``[batch, frames, dim]`` hidden states of one layer (any float dtype, any device).
         first: ``[batch]`` first frame to count (frames before it repeat earlier audio).
         end: ``[batch]`` one past the last valid frame.
+        spread: compute M2; when False it is returned as zeros.
 
     Returns:
         :class:`Moments` with ``count [batch]``, ``mean`` and ``m2`` ``[batch, dim]``, float32 on
         ``hidden``'s device.
     """
     h = hidden.float()
-    mask = frame_mask(h.shape[1], first.to(h.device), end.to(h.device)).unsqueeze(-1).to(h.dtype)  # [B, F, 1]
-    count = mask.sum(dim=1)  # [B, 1]
-    mean = (h * mask).sum(dim=1) / count.clamp_min(1.0)
-    m2 = (((h - mean.unsqueeze(1)) * mask) ** 2).sum(dim=1)
-    return Moments(count.squeeze(-1), mean, m2)
+    mask = frame_mask(h.shape[1], first.to(h.device), end.to(h.device)).to(h.dtype)  # [B, F]
+    count = mask.sum(dim=1)  # [B]
+    weights = (mask / count.clamp_min(1.0)[:, None]).unsqueeze(1)  # [B, 1, F]
+    mean = torch.bmm(weights, h).squeeze(1)  # [B, D]
+    if not spread:
+        return Moments(count, mean, torch.zeros_like(mean))
+    deviation = h - mean.unsqueeze(1)
+    # squared in place when no gradient is recorded (no second temporary the size of the hidden states)
+    squared = deviation.square() if deviation.requires_grad else deviation.mul_(deviation)
+    m2 = torch.bmm(mask.unsqueeze(1), squared).squeeze(1)  # [B, D]
+    return Moments(count, mean, m2)
 
 
 def merge_moments(parts: Moments, group: torch.Tensor, n_groups: int) -> Moments:

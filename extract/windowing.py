@@ -60,8 +60,7 @@ class WindowRule:
         """
         n = waveform.shape[0]
         w = min(n, self.window)
-        idx = self.starts(n)[:, None] + np.arange(w)[None, :]
-        return waveform[idx]
+        return np.lib.stride_tricks.sliding_window_view(waveform, w)[self.starts(n)]
 
     def overlap_fraction(self, n_samples: int) -> float:
         """Fraction of the last window that repeats audio of the window before it (0 when none)."""

@@ -715,19 +715,20 @@ def test_long_clip_is_decoded_and_encoded_in_bounded_pieces(long_dir, tiny_w2v, 
         reads.append((Path(self.name).name, data.shape[0]))
         return data
 
-    def recording_load(path, *args, **kwargs):
-        whole.append(Path(path).name)
-        return load_audio(path, *args, **kwargs)
+    def recording_load(path, rates, **kwargs):
+        whole.append((Path(path).name, tuple(rates)))
+        return audio.load_audio_rates(path, rates, **kwargs)
 
     monkeypatch.setattr(sf.SoundFile, "read", recording_read)
-    monkeypatch.setattr(pipeline, "load_audio", recording_load)
+    monkeypatch.setattr(pipeline, "load_audio_rates", recording_load)
     encoders = _long_encoders(tiny_w2v)
     for key, enc in encoders:
         forward = enc.forward
         monkeypatch.setattr(enc, "forward", lambda w, n, f=forward, k=key: calls.append((k, w.shape)) or f(w, n))
     ds = discover_dataset(long_dir)
     extract_dataset(ds, encoders, tmp_path / "b.zarr", ExtractOptions(workers=0, progress=False, batch_size=4))
-    assert whole == ["short.wav", "short.wav"]  # at 16 and 22.05 kHz; the long files are never decoded whole
+    # one decode at 16 and 22.05 kHz; the long files are never decoded whole
+    assert whole == [("short.wav", (16_000, 22_050))]
     long_reads = [n for name, n in reads if name == "long.flac"]
     block = int(round(audio.STREAM_BLOCK_SECONDS * LONG_SR))
     assert max(long_reads) == block and sum(long_reads) == int(LONG_SECONDS * LONG_SR)

@@ -232,11 +232,12 @@ class Encoder(torch.nn.Module):
             )
         if bool((lengths < self.min_samples).any()):
             raise ModelError(self.too_short(int(lengths.min())))
+        padded = bool((lengths < total).any())
         waveforms = waveforms.to(device=self.device, dtype=torch.float32)
         lengths = lengths.to(self.device)
-        # Zero everything past each item's length, so stray padding values never leak in.
-        valid = torch.arange(total, device=self.device)[None, :] < lengths[:, None]
-        waveforms = waveforms * valid
+        if padded:  # zero everything past each item's length, so stray padding values never leak in
+            valid = torch.arange(total, device=self.device)[None, :] < lengths[:, None]
+            waveforms = waveforms * valid
         return waveforms, lengths
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:

@@ -38,6 +38,11 @@ class EncoderSpec:
         description: one line.
         module: module (relative to this package) whose ``load(request)`` builds the encoder.
         checkpoints: other known checkpoints the encoder accepts.
+        flops_per_second: FLOPs (2 per multiply-add) of one forward pass per second of audio, fed in
+            windows of ``window_seconds`` (counted with ``torch.utils.flop_counter`` on the full-size
+            architecture, ``benchmarks/bench_extract.py --count-flops``); 0 for no neural network.
+        layer_shapes: ``(width, frames per second)`` of each layer where layers differ (CLAP);
+            empty when every layer is ``width`` wide at ``frame_rate``.
     """
 
     name: str
@@ -50,12 +55,25 @@ class EncoderSpec:
     description: str
     module: str
     checkpoints: tuple[str, ...] = ()
+    flops_per_second: float = 0.0
+    layer_shapes: tuple[tuple[int, float], ...] = ()
+
+    @property
+    def layer_widths(self) -> tuple[int, ...]:
+        """Width of each layer's hidden states."""
+        return tuple(w for w, _ in self.layer_shapes) or (self.width,) * self.num_layers
+
+    @property
+    def layer_frame_rates(self) -> tuple[float, ...]:
+        """Frames per second of audio of each layer."""
+        return tuple(r for _, r in self.layer_shapes) or (self.frame_rate,) * self.num_layers
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (without the module path)."""
         out = asdict(self)
         out.pop("module")
         out["checkpoints"] = list(self.checkpoints)
+        out["layer_shapes"] = [list(shape) for shape in self.layer_shapes]
         return out
 
 
@@ -64,23 +82,24 @@ ENCODERS: dict[str, EncoderSpec] = {
     for spec in (
         EncoderSpec(
             name="mert", default_checkpoint="m-a-p/MERT-v1-95M", sample_rate=24_000, num_layers=13,
-            width=768, frame_rate=75.0, window_seconds=10.0, module="mert",
+            width=768, frame_rate=75.0, window_seconds=10.0, module="mert", flops_per_second=22.92e9,
             description="MERT-v1 95M music model (HuBERT-style, no remote code); conv features + 12 layers",
         ),
         EncoderSpec(
             name="mert-330m", default_checkpoint="m-a-p/MERT-v1-330M", sample_rate=24_000,
-            num_layers=25, width=1024, frame_rate=75.0, window_seconds=10.0, module="mert",
+            num_layers=25, width=1024, frame_rate=75.0, window_seconds=10.0, module="mert", flops_per_second=59.45e9,
             description="MERT-v1 330M music model (HuBERT-style, no remote code); conv features + 24 layers",
         ),
         EncoderSpec(
             name="wav2vec2", default_checkpoint="facebook/wav2vec2-base", sample_rate=16_000,
-            num_layers=13, width=768, frame_rate=50.0, window_seconds=10.0, module="wav2vec2",
+            num_layers=13, width=768, frame_rate=50.0, window_seconds=10.0, module="wav2vec2", flops_per_second=14.81e9,
             description="wav2vec 2.0 base speech model; conv features + 12 layers",
         ),
         EncoderSpec(
             name="clap", default_checkpoint="laion/larger_clap_music", sample_rate=48_000,
-            num_layers=6, width=512, frame_rate=25.6, window_seconds=10.0, module="clap",
+            num_layers=6, width=512, frame_rate=25.6, window_seconds=10.0, module="clap", flops_per_second=3.07e9,
             checkpoints=("laion/clap-htsat-unfused",),
+            layer_shapes=((128, 25.6), (128, 25.6), (256, 12.8), (512, 6.4), (1024, 3.2), (512, 0.1)),
             description="CLAP audio tower: patch embed + 4 HTSAT stages (128-1024 wide), "
                         "then the 512-d projection",
         ),
@@ -258,7 +277,8 @@ def load_encoder(
 def format_encoder_table(specs: list[EncoderSpec] | None = None) -> str:
     """Plain-text table of the encoders for ``embedstore models``."""
     specs = list_encoders() if specs is None else specs
-    header = ("name", "default checkpoint", "rate", "layers", "width", "frames/s", "window", "description")
+    header = ("name", "default checkpoint", "rate", "layers", "width", "frames/s", "window", "GFLOP/audio-s",
+              "description")
     rows = [
         (
             s.name,
@@ -268,6 +288,7 @@ def format_encoder_table(specs: list[EncoderSpec] | None = None) -> str:
             str(s.width),
             f"{s.frame_rate:.4g}",
             f"{s.window_seconds:g} s",
+            f"{s.flops_per_second / 1e9:.1f}" if s.flops_per_second else "-",
             s.description,
         )
         for s in specs
