@@ -40,11 +40,11 @@ from embedstore.finetune.data import (
     make_loader,
     pad_batch,
 )
-from embedstore.finetune.setup import adamw, check_options, prepare_encoder
+from embedstore.finetune.setup import check_options, prepare_encoder, run_folder, train
 from embedstore.heads.caption_metrics import DEFAULT_BERT, caption_metrics
 from embedstore.heads.captioner import AudioCaptioner, GenerationSettings, LayerMixMode
 from embedstore.heads.tasks import CAPTION, task_for
-from embedstore.heads.training import LoopHooks, LoopSettings, fit, seed_everything
+from embedstore.heads.training import FitResult, LoopHooks, LoopSettings, seed_everything
 from embedstore.store.records import CaptionRecord, dump_record, save_record
 from torch import nn
 
@@ -188,7 +188,8 @@ def _check_options(*, batch_size: int, block_seconds: float, grad_accum: int, re
 
 @dataclass
 class _CaptionRun:
-    """What the training hooks and the test decoding of a captioning run share."""
+    """What the training hooks, the test decoding and the record of a captioning run share
+    (``dataset``: its name; ``protocol``: how the splits were made, see :func:`caption_split_tracks`)."""
 
     root: Path
     tracks: dict[str, list]
@@ -201,6 +202,21 @@ class _CaptionRun:
     gain: str
     max_target_tokens: int
     notes: list[str]
+    out_dir: Path
+    request: EncoderRequest
+    dataset: str
+    protocol: dict[str, Any]
+
+    @property
+    def crop_seconds(self) -> float:
+        """The crop heard per clip, in seconds (capped at the encoder's window)."""
+        return self.crop_samples / self.net.encoder.sample_rate
+
+    def train_crops(self, seed: int) -> CropDataset:
+        """One random crop of ``crop_seconds`` per train clip and epoch (positions fixed by ``seed``)."""
+        train = self.tracks["train"]
+        return CropDataset(self.root, train, list(range(len(train))), self.net.encoder.sample_rate,
+                           self.crop_seconds, seed, self.gain)
 
     def caption(self, split: str, index: torch.Tensor) -> list[str]:
         return [self.tracks[split][i].caption for i in index.tolist()]
@@ -311,30 +327,22 @@ def finetune_caption(
 
     Args:
         dataset: the dataset with captions (MusicCaps CSV, or a manifest with a caption column): a
-            :class:`~embedstore.extract.datasets.DatasetRequest`, or a folder (then
-            ``DatasetRequest(folder, seed=seed)``).
-        model: the encoder to start from: an :class:`~embedstore.extract.encoders.EncoderRequest`
-            (its dtype is float32 here, its ``key`` unused), or a registry name (then
-            ``EncoderRequest(name, seed=seed)``).
-        task: the caption task of the dataset (``caption``).
-        t5, bert, sentence_model: T5 checkpoint (trained), BERT and sentence model (metrics only).
-        layer_mix: ``softmax`` or ``conv1x1`` mix of all encoder layers.
-        epochs, patience: most epochs; stop after ``patience`` epochs without a lower validation loss.
-        lr_encoder, lr_head: AdamW learning rates of the encoder and of the captioner (mix,
-            projection and T5); weight_decay: both groups.
-        batch_size: clips per step; grad_accum: steps accumulated per update. crop_seconds: random crop per train clip and epoch, and the
-            centre crop heard of valid/test clips (capped at the encoder's window).
-        block_seconds: frames averaged into one T5 input step.
-        freeze_feature_encoder, spec_augment, gradient_checkpointing, max_grad_norm: as in
-            :func:`~embedstore.finetune.train.finetune_classification`.
-        max_target_tokens: caption tokens kept for teacher forcing.
-        device: ``auto`` | ``cpu`` | ``cuda[:N]``. precision: only fp32 is run (a note says so otherwise).
-        out: run folder (default ``finetune-<model>-caption``). store: a store whose results folder
-            also receives the record. resume: not supported (an error).
-        seed: seeds initialisation, crops, batch order and the held-out validation split.
+            :class:`~embedstore.extract.datasets.DatasetRequest`, or a folder (``DatasetRequest(folder, seed=seed)``).
+        model: the encoder to start from: an :class:`~embedstore.extract.encoders.EncoderRequest` (run in
+            float32, its ``key`` unused), or a registry name (``EncoderRequest(name, seed=seed)``).
+        task: the caption task of the dataset (``caption``). t5, bert, sentence_model: T5 checkpoint
+            (trained), BERT and sentence model (metrics only). layer_mix: ``softmax`` or ``conv1x1``.
+        epochs, lr_encoder, weight_decay, batch_size, grad_accum, freeze_feature_encoder, spec_augment,
+            gradient_checkpointing, max_grad_norm, device, workers, progress, gain: as the fields of
+            :class:`~embedstore.finetune.train.FinetuneConfig`; lr_head: the captioner's (mix,
+            projection and T5); patience: epochs without a lower validation loss before stopping.
+        crop_seconds: the random crop per train clip and epoch, and the centre crop heard of valid/test
+            clips (capped at the encoder's window). block_seconds: frames averaged into one T5 step.
+        max_target_tokens: caption tokens kept for teacher forcing. precision: only fp32 is run (a
+            note says so otherwise). resume: not supported (an error).
+        out: run folder (default ``finetune-<model>-caption``); store: a store whose results folder
+            also receives the record. seed: initialisation, crops, batch order, the validation carve-out.
         generation: beam-search settings for the test captions (None: the defaults).
-        workers: decoding processes (None: as extraction).
-        gain: the gain rule of decoding, as extraction's ``--gain`` (``"none"`` or ``"peak"``).
 
     Returns:
         A :class:`CaptionFinetuneReport` (print it with :func:`format_caption_finetune_report`).
@@ -346,52 +354,64 @@ def finetune_caption(
                    crop_seconds=crop_seconds, block_seconds=block_seconds, patience=patience, grad_accum=grad_accum,
                    weight_decay=weight_decay, max_grad_norm=max_grad_norm, resume=resume)
     check_gain(gain)
-    encoder_request = replace(EncoderRequest.coerce(model, seed=seed), dtype="float32")
-    dataset = DatasetRequest.coerce(dataset, seed=seed).discover()
-    tracks, split_protocol = caption_split_tracks(dataset, task, seed)
-    notes = [f"--precision {precision}: captioning fine-tune runs fp32"] if precision not in ("auto", "fp32") else []
-    out_dir = Path(out if out is not None else f"finetune-{encoder_request.name}-{CAPTION}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run = _prepare(dataset, tracks, encoder_request, t5, device=device, workers=workers, batch_size=batch_size,
+    run = _prepare(dataset, model, task, t5, device=device, workers=workers, batch_size=batch_size,
                    crop_seconds=crop_seconds, block_seconds=block_seconds, layer_mix=layer_mix,
                    freeze_feature_encoder=freeze_feature_encoder, spec_augment=spec_augment,
                    gradient_checkpointing=gradient_checkpointing, max_target_tokens=max_target_tokens, gain=gain,
-                   seed=seed, notes=notes)
-    crop = run.crop_samples / run.net.encoder.sample_rate
-    crops = CropDataset(dataset.root, tracks["train"], list(range(len(tracks["train"]))), run.net.encoder.sample_rate,
-                        crop, seed, gain)
-    opt = adamw(run.net.encoder, run.net.captioner, lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay)
-    fitted = fit(run.net, opt, run.hooks(crops, seed), LoopSettings(epochs=epochs, patience=patience,
-                 grad_accum=grad_accum, max_grad_norm=max_grad_norm, progress=progress), out_dir)
+                   seed=seed, precision=precision, out=out)
+    fitted = train(run.net, run.net.captioner, run.hooks(run.train_crops(seed), seed), LoopSettings(
+        epochs=epochs, patience=patience, grad_accum=grad_accum, max_grad_norm=max_grad_norm, progress=progress),
+        run.out_dir, lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay)
+    options = {"epochs": epochs, "batch_size": batch_size, "lr_encoder": lr_encoder, "lr_head": lr_head,
+               "weight_decay": weight_decay, "patience": patience, "crop_seconds": run.crop_seconds,
+               "grad_accum": grad_accum, "block_seconds": block_seconds,
+               "freeze_feature_encoder": freeze_feature_encoder, "spec_augment": spec_augment,
+               "weights": run.request.weights}
+    return _evaluate(run, fitted, task, options, generation or GenerationSettings(), store, t5=t5, bert=bert,
+                     sentence_model=sentence_model, layer_mix=layer_mix, seed=seed)
+
+
+def _evaluate(run: _CaptionRun, fitted: FitResult, task: str, options: dict[str, Any],
+              generation: GenerationSettings, store: str | Path | None, *, t5: str | Path, bert: str | Path,
+              sentence_model: str | Path | None, layer_mix: LayerMixMode, seed: int) -> CaptionFinetuneReport:
+    """Caption the test centre crops with the trained network, score them, and write the record
+    (``metrics.json`` in the run folder, and the results folder of ``store`` when given).
+
+    ``options``: the run's training options, recorded as the hparams with the best epoch, the gain
+    rule and the ``generation`` settings.
+    """
+    out_dir, notes = run.out_dir, run.notes
     notes += fitted.notes
-    predictions = run.generate_test(generation or GenerationSettings())
+    hparams = {**options, "best_epoch": fitted.best_epoch, "gain": run.gain, **asdict(generation)}
+    predictions = run.generate_test(generation)
     metrics = caption_metrics([p["generated"] for p in predictions], [p["reference"] for p in predictions],
                               bert=str(bert), sentence_model=sentence_model, device=str(run.device))
-    hparams = {"epochs": epochs, "batch_size": batch_size, "lr_encoder": lr_encoder, "lr_head": lr_head,
-               "weight_decay": weight_decay, "patience": patience, "crop_seconds": crop, "grad_accum": grad_accum,
-               "block_seconds": block_seconds, "freeze_feature_encoder": freeze_feature_encoder,
-               "spec_augment": spec_augment, "weights": encoder_request.weights, "best_epoch": fitted.best_epoch,
-               "gain": gain, **asdict(generation or GenerationSettings())}
-    record = _record(run.net, encoder_request, dataset.name, task, hparams, fitted.history,
-                     protocol={**split_protocol, "selection": f"best epoch by {task_for(CAPTION).selection} "
-                               "(centre crops)", "n": {s: len(ts) for s, ts in tracks.items()}},
+    protocol = {**run.protocol, "selection": f"best epoch by {task_for(CAPTION).selection} (centre crops)",
+                "n": {s: len(ts) for s, ts in run.tracks.items()}}
+    record = _record(run.net, run.request, run.dataset, task, hparams, fitted.history, protocol=protocol,
                      metrics={"test": {**metrics, "n": len(predictions)}}, predictions=predictions, notes=notes,
-                     t5=t5, bert=bert, layer_mix=layer_mix, crop=crop, seed=seed)
+                     t5=t5, bert=bert, layer_mix=layer_mix, crop=run.crop_seconds, seed=seed)
     dump_record(record, out_dir / METRICS)
     path = save_record(store, record) if store is not None else None
     return CaptionFinetuneReport(record, fitted.history, predictions, out_dir, path, notes, run.net)
 
 
-def _prepare(dataset: Any, tracks: dict[str, list], request: EncoderRequest, t5: str | Path, *, device: str,
-             workers: int | None, batch_size: int, crop_seconds: float, block_seconds: float, layer_mix: LayerMixMode,
-             freeze_feature_encoder: bool, spec_augment: bool, gradient_checkpointing: bool, max_target_tokens: int,
-             gain: str, seed: int, notes: list[str]) -> _CaptionRun:
-    """Seed, load the encoder for training (:func:`~embedstore.finetune.setup.prepare_encoder`) and
-    T5, and build the network on the device."""
+def _prepare(dataset: DatasetRequest | str | Path, model: EncoderRequest | str, task: str, t5: str | Path, *,
+             device: str, workers: int | None, batch_size: int, crop_seconds: float, block_seconds: float,
+             layer_mix: LayerMixMode, freeze_feature_encoder: bool, spec_augment: bool, gradient_checkpointing: bool,
+             max_target_tokens: int, gain: str, seed: int, precision: str, out: str | Path | None) -> _CaptionRun:
+    """Discover and split the dataset (:func:`caption_split_tracks`), make the run folder, seed, load
+    the encoder for training (:func:`~embedstore.finetune.setup.prepare_encoder`, float32) and T5,
+    and build the network on the device."""
     from embedstore.devices import resolve_device
     from embedstore.extract.pipeline import default_workers
     from embedstore.heads.captioner import load_t5
 
+    request = replace(EncoderRequest.coerce(model, seed=seed), dtype="float32")
+    found = DatasetRequest.coerce(dataset, seed=seed).discover()
+    tracks, protocol = caption_split_tracks(found, task, seed)
+    notes = [f"--precision {precision}: captioning fine-tune runs fp32"] if precision not in ("auto", "fp32") else []
+    out_dir = run_folder(out, request.name, CAPTION)
     dev = resolve_device(device)
     seed_everything(seed)
     ready = prepare_encoder(request, dev, crop_seconds=crop_seconds, freeze_feature_encoder=freeze_feature_encoder,
@@ -400,9 +420,10 @@ def _prepare(dataset: Any, tracks: dict[str, list], request: EncoderRequest, t5:
     notes += ready.notes
     t5_model, tokenizer = load_t5(t5)
     net = CaptionFinetuneModel(ready.encoder, t5_model, block_seconds, layer_mix).to(dev)
-    return _CaptionRun(dataset.root, tracks, net, tokenizer, dev, batch_size,
+    return _CaptionRun(found.root, tracks, net, tokenizer, dev, batch_size,
                        default_workers() if workers is None else int(workers),
-                       round(ready.crop * ready.encoder.sample_rate), gain, max_target_tokens, notes)
+                       round(ready.crop * ready.encoder.sample_rate), gain, max_target_tokens, notes, out_dir,
+                       request, found.name, protocol)
 
 
 def _record(net: CaptionFinetuneModel, request: EncoderRequest, dataset: str, task: str, hparams: dict[str, Any],

@@ -4,13 +4,13 @@
     -> seed_everything (heads.training) -> prepare_encoder (load unfrozen; LayerDrop off; conv feature encoder
        frozen; SpecAugment on/off; gradient checkpointing; crop capped at the encoder's window)
     -> adamw (one group for the encoder, one for the head, each with its learning rate)
-
-The training itself is :func:`embedstore.heads.training.fit`.
+    run_folder (the run's folder) and train (adamw, then the loop of :func:`embedstore.heads.training.fit`)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +23,7 @@ from embedstore.finetune.model import (
     set_spec_augment,
 )
 from embedstore.finetune.model import freeze_feature_encoder as freeze_conv_features
+from embedstore.heads.training import FitResult, LoopHooks, LoopSettings, fit
 
 
 def check_options(checks: list[tuple[bool, str]], *, epochs: int, lr_encoder: float, lr_head: float,
@@ -89,3 +90,18 @@ def adamw(encoder: torch.nn.Module, head: torch.nn.Module, *, lr_encoder: float,
     groups = [{"params": [p for p in encoder.parameters() if p.requires_grad], "name": "encoder", "lr": lr_encoder},
               {"params": list(head.parameters()), "name": "head", "lr": lr_head}]
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=weight_decay)
+
+
+def run_folder(out: str | Path | None, model: str, task: str) -> Path:
+    """The run folder ``out`` (default ``finetune-<model>-<task>``), created if missing."""
+    out_dir = Path(out if out is not None else f"finetune-{model}-{task}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def train(net: torch.nn.Module, head: torch.nn.Module, hooks: LoopHooks, settings: LoopSettings, out_dir: Path, *,
+          lr_encoder: float, lr_head: float, weight_decay: float, resume: bool = False) -> FitResult:
+    """Train ``net`` (its ``encoder`` and ``head`` are the two :func:`adamw` groups) with the shared
+    loop :func:`~embedstore.heads.training.fit` in ``out_dir``, and return what it did."""
+    opt = adamw(net.encoder, head, lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay)
+    return fit(net, opt, hooks, settings, out_dir, resume=resume)

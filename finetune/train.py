@@ -60,7 +60,7 @@ from embedstore.finetune.model import (
     disable_layerdrop,
 )
 from embedstore.finetune.report import FinetuneReport, plot_training_curve
-from embedstore.finetune.setup import adamw, check_options, prepare_encoder
+from embedstore.finetune.setup import check_options, prepare_encoder, run_folder, train
 from embedstore.heads.checkpoint import load_checkpoint
 from embedstore.heads.protocol import VALID_FRACTION
 from embedstore.heads.tasks import task_for
@@ -68,7 +68,6 @@ from embedstore.heads.training import (
     FitResult,
     LoopHooks,
     LoopSettings,
-    fit,
     seed_everything,
 )
 from embedstore.store.records import ProbeRecord, dump_record, save_record
@@ -90,10 +89,38 @@ _RESUME_FIXED = ("model", "checkpoint", "weights", "task", "dataset", "layer", "
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """The hyper-parameters of a run (saved in the checkpoints and the record).
+    """The hyper-parameters of a run (saved in the checkpoints and the record); each field is the
+    option of :func:`finetune_classification` of that name.
 
-    See :func:`finetune` for the meaning of each field; ``precision`` is the resolved one
-    (``bf16``/``fp16``/``fp32``) and ``crop_seconds`` the crop actually used.
+    Attributes:
+        model, checkpoint, weights: the encoder's registry name, checkpoint and ``pretrained``/``random``
+            weights. task: the class-label task; dataset: the dataset's name.
+        layer: ``"weighted"`` (learned softmax-weighted sum of all layers) or a layer index/name.
+        epochs: the most epochs to train (in total, counting epochs done before a resume).
+        lr_encoder, lr_head: AdamW learning rates of the encoder and of the head (layer weights + MLP);
+            weight_decay: AdamW weight decay (both groups).
+        batch_size: clips per step (>= 2); grad_accum: steps accumulated per update (effective batch
+            ``batch_size * grad_accum``).
+        crop_seconds: the random training crop per clip per epoch (the one used: capped at the
+            encoder's window).
+        freeze_feature_encoder: keep the convolutional feature encoder frozen (recommended).
+        gradient_checkpointing: recompute transformer activations in the backward pass (memory).
+        spec_augment: keep the checkpoint's SpecAugment time/feature masking while training (off:
+            no masking; short crops lose most of their frames to the minimum of 2 masks).
+        precision: asked ``auto`` | ``bf16`` | ``fp16`` | ``fp32`` (autocast on CUDA; fp16 adds a
+            GradScaler; CPU runs fp32); in a saved config the resolved one.
+        patience: stop after this many epochs without a validation gain (None: never).
+        seed: seeds the head's initialisation, crops, batch order, dropout and the inner validation split.
+        head_hidden, head_dropout: the MLP head's hidden width and dropout.
+        max_grad_norm: clip the gradient norm (None: no clipping).
+        window_seconds: the encoder's window (full clips are evaluated in such windows).
+        gain: the gain rule of decoding, as extraction's ``--gain`` (``"none"``: the decoded amplitude;
+            ``"peak"``: peak-normalised); training, evaluation and the export all use it.
+        limit: use at most this many clips of each split (seeded, stratified when the labels allow;
+            a quick run; None: all). Recorded, and fixed across ``--resume``.
+        train_eval: the training split's final evaluation: ``"auto"`` (a seeded, stratified
+            subsample as large as the validation split, at most 64 clips), ``"full"``, or a number of
+            clips. Validation and test are always evaluated whole, on full clips.
     """
 
     model: str
@@ -317,54 +344,25 @@ def finetune_classification(
 
     Args:
         dataset: which dataset and how to split it (GTZAN, class folders, manifest): a
-            :class:`~embedstore.extract.datasets.DatasetRequest`, or a folder (then
-            ``DatasetRequest(folder, seed=seed)``).
-        model: the encoder to start from: an :class:`~embedstore.extract.encoders.EncoderRequest`
-            (name, checkpoint, ``pretrained``/``random`` weights, seed of a random init, window,
-            trust_remote_code; its dtype follows ``precision``, and its ``key`` is not used: the
-            fine-tuned entry is ``<model>+ft-<task>``), or a registry name (then
-            ``EncoderRequest(name, seed=seed)``).
+            :class:`~embedstore.extract.datasets.DatasetRequest`, or a folder (``DatasetRequest(folder, seed=seed)``).
+        model: the encoder to start from: an :class:`~embedstore.extract.encoders.EncoderRequest` (dtype follows
+            ``precision``; ``key`` unused: the entry is ``<model>+ft-<task>``), or a registry name (``seed`` seeds it).
         task: a class-label task of the dataset (``genre`` for GTZAN, ``label`` for folders/manifests);
-            None = the dataset's only class-label task (several: the error lists them).
-        epochs: the most epochs to train (in total, counting epochs done before a resume).
-        lr_encoder, lr_head: AdamW learning rates of the encoder and of the head (layer weights + MLP).
-        weight_decay: AdamW weight decay (both groups).
-        batch_size: clips per step (>= 2); grad_accum: steps accumulated per update (effective batch
-            ``batch_size * grad_accum``).
-        crop_seconds: length of the random training crop per clip per epoch (capped at the encoder's
-            window).
-        freeze_feature_encoder: keep the convolutional feature encoder frozen (recommended).
-        layer: ``"weighted"`` (learned softmax-weighted sum of all layers) or a layer index/name.
-        device: ``auto`` | ``cpu`` | ``cuda[:N]``. precision: ``auto`` | ``bf16`` | ``fp16`` | ``fp32``
-            (autocast on CUDA; fp16 adds a GradScaler; CPU runs fp32).
-        out: run folder for ``last.pt``, ``best.pt``, ``history.json``, ``metrics.json`` and
-            ``training_curve.png`` (default ``finetune-<model>-<task>``).
-        resume: continue from ``out/last.pt`` at its next epoch (the network options must match).
-        patience: stop after this many epochs without a validation gain (None: never).
-        seed: seeds the head's initialisation, crops, batch order, dropout and the inner validation split.
+            None = the dataset's only one (several: the error lists them).
+        epochs, lr_encoder, lr_head, weight_decay, batch_size, grad_accum, crop_seconds, freeze_feature_encoder,
+            layer, precision, patience, seed, gradient_checkpointing, spec_augment, head_hidden, head_dropout,
+            max_grad_norm, gain, limit, train_eval: the run's :class:`FinetuneConfig` (see its fields).
+        device: ``auto`` | ``cpu`` | ``cuda[:N]``. progress: tqdm bars. workers: decoding processes
+            (None: as extraction, ``min(4, cpus - 1)``; 0: in-process).
+        out: run folder of ``last.pt``, ``best.pt``, ``history.json``, ``metrics.json``, ``training_curve.png``
+            (default ``finetune-<model>-<task>``). resume: continue from ``out/last.pt`` at its next epoch.
         export_to_store: a store path: extract every clip with the fine-tuned encoder into it as
             model entry ``<model>+ft-<task>``, and save the record in its results folder.
-        gradient_checkpointing: recompute transformer activations in the backward pass (memory).
-        spec_augment: keep the checkpoint's SpecAugment time/feature masking while training (off:
-            no masking; short crops lose most of their frames to the minimum of 2 masks).
-        head_hidden, head_dropout: the MLP head's hidden width and dropout.
-        max_grad_norm: clip the gradient norm (None: no clipping).
-        workers: decoding processes (None: as extraction, ``min(4, cpus - 1)``; 0: in-process).
-        progress: tqdm bars.
-        gain: the gain rule of decoding, as extraction's ``--gain`` (``"none"``: the decoded amplitude;
-            ``"peak"``: peak-normalised); training, evaluation and the export all use it.
-        limit: use at most this many clips of each split (seeded, stratified when the labels allow;
-            a quick run; None: all). Recorded, and fixed across ``--resume``.
-        train_eval: the training split's final evaluation: ``"auto"`` (a seeded, stratified
-            subsample as large as the validation split, at most 64 clips), ``"full"``, or a number of
-            clips. Validation and test are always evaluated whole, on full clips.
-        keep_optimizer: keep the AdamW state in the final ``last.pt`` (about twice the weights' size),
-            so that a later ``--resume`` with more epochs continues exactly; without it only an
-            interrupted run resumes exactly.
+        keep_optimizer: keep the AdamW state in the final ``last.pt`` (about twice the weights' size), so that
+            a later ``--resume`` with more epochs continues exactly (else only an interrupted run does).
 
     Returns:
-        A :class:`~embedstore.finetune.report.FinetuneReport` (print it with
-        :func:`~embedstore.finetune.report.format_finetune_report`).
+        A :class:`~embedstore.finetune.report.FinetuneReport` (print it with ``format_finetune_report``).
 
     Raises:
         EmbedstoreError (DatasetError, ModelError, ...): bad options, dataset, task, layer or checkpoint.
@@ -384,18 +382,26 @@ def finetune_classification(
         train_eval=str(train_eval).strip().lower())
     run = _prepare(DatasetRequest.coerce(dataset, seed=seed), encoder_request, wanted, device=device,
                    workers=workers, out=out)
-    cfg, net = run.config, run.net
-    opt = adamw(net.encoder, net.head, lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay)
     settings = LoopSettings(epochs=epochs, patience=patience, grad_accum=grad_accum, max_grad_norm=max_grad_norm,
-                            fp16=cfg.precision == "fp16", keep_optimizer=keep_optimizer, progress=progress)
-    fitted = fit(net, opt, _hooks(run), settings, run.out_dir, resume=resume)
+                            fp16=run.config.precision == "fp16", keep_optimizer=keep_optimizer, progress=progress)
+    fitted = train(run.net, run.net.head, _hooks(run), settings, run.out_dir, lr_encoder=lr_encoder, lr_head=lr_head,
+                   weight_decay=weight_decay, resume=resume)
+    return _finish(run, fitted, export_to_store, progress=progress)
+
+
+def _finish(run: _Prepared, fitted: FitResult, export_to_store: str | Path | None, *,
+            progress: bool) -> FinetuneReport:
+    """Evaluate the trained network on every split (full clips), write the record (``metrics.json``
+    in the run folder, and the store's results folder when exporting), export the fine-tuned
+    encoder to ``export_to_store`` when given, draw the training curve, and report."""
+    cfg, net = run.config, run.net
     notes = run.notes + fitted.notes
     for epoch, failed in fitted.skipped:
         notes.append(f"epoch {epoch}: {len(failed)} crop(s) failed (not decoded, or too short) "
                      f"(first: {run.splits.tracks['train'][failed[0][0]].path}: {failed[0][1]})")
     metrics, predictions = _split_record_metrics(net, run.splits, run.dataset.root, train_clips=run.train_clips,
-                                                 batch_size=batch_size, workers=run.workers, progress=progress,
-                                                 seed=seed, gain=gain, notes=notes)
+                                                 batch_size=cfg.batch_size, workers=run.workers, progress=progress,
+                                                 seed=cfg.seed, gain=cfg.gain, notes=notes)
     record = _record(run, fitted, metrics, predictions)
     key = record["model"]
     record_paths = [dump_record(record, run.out_dir / METRICS)]
@@ -439,8 +445,7 @@ def _prepare(data_request: DatasetRequest, encoder_request: EncoderRequest, want
     train_clips = train_eval_size(wanted.train_eval, len(splits.tracks["train"]), len(splits.tracks["valid"]))
     dev = str(resolve_device(device))
     prec, note = resolve_precision(wanted.precision, dev)
-    out_dir = Path(out if out is not None else f"finetune-{wanted.model}-{task}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = run_folder(out, wanted.model, task)
     seed_everything(wanted.seed)
     ready = prepare_encoder(replace(encoder_request, dtype=_ENCODER_DTYPE[prec]), dev,
                             crop_seconds=wanted.crop_seconds, freeze_feature_encoder=wanted.freeze_feature_encoder,

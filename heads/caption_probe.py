@@ -207,25 +207,36 @@ def run_caption_probe(
     metrics = caption_metrics(generated, test.captions, bert=bert, sentence_model=sentence_model, device=device)
     predictions = [{"track_id": t, "generated": g, "reference": r}
                    for t, g, r in zip(test.track_ids, generated, test.captions)]
-    record = CaptionRecord(
+    protocol = {**split_protocol, "selection": "best epoch by validation loss",
+                "n": {"train": len(train_idx), "valid": len(valid_idx), "test": len(test_idx)}}
+    record = _record(model, info, captioner, history, protocol, {"test": {**metrics, "n": len(test_idx)}},
+                     predictions, t5=t5, bert=bert, layer_mix=layer_mix, seed=seed, generation=generation,
+                     hparams={"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience})
+    path = save_record(store_path, record) if save else None
+    if out is not None:
+        _write_run(Path(out), captioner, tokenizer, layer_mix, info["layers"], predictions)
+    return CaptionReport(record=record, path=path, history=history, predictions=predictions)
+
+
+def _record(model: str, info: dict[str, Any], captioner: AudioCaptioner, history: TrainHistory,
+            protocol: dict[str, Any], metrics: dict[str, Any], predictions: list[dict[str, str]], *,
+            t5: str | Path, bert: str | Path, layer_mix: LayerMixMode, seed: int, generation: GenerationSettings,
+            hparams: dict[str, Any]) -> CaptionRecord:
+    """The probe's :class:`~embedstore.store.records.CaptionRecord` (head ``t5``): ``info`` is what
+    :func:`load_caption_data` read, ``history`` the training's losses per epoch, ``hparams`` the
+    training options (recorded with the best epoch and the ``generation`` settings)."""
+    return CaptionRecord(
         task=CAPTION_TASK, dataset=info["dataset"], model=model, checkpoint=info["checkpoint"],
         layer=_layer_field(info["layers"], info["n_model_layers"]),
         layer_name=info["layer_names"][0] if len(info["layers"]) == 1 else "weighted", layers=info["layers"],
         head="t5", preset="default" if layer_mix == "softmax" else layer_mix, t5=str(t5), bert=str(bert),
         inputs=info["inputs"], layer_mix=layer_mix,
         layer_weights=captioner.mix.weights().detach().cpu().tolist() if len(info["layers"]) > 1 else None,
-        hparams={"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
-                 "best_epoch": history.best_epoch, **asdict(generation)},
-        seeds=[seed],
-        protocol={**split_protocol, "selection": "best epoch by validation loss",
-                  "n": {"train": len(train_idx), "valid": len(valid_idx), "test": len(test_idx)}},
+        hparams={**hparams, "best_epoch": history.best_epoch, **asdict(generation)},
+        seeds=[seed], protocol=protocol,
         history={"train_loss": history.train_loss, "valid_loss": history.valid_loss},
-        metrics={"test": {**metrics, "n": len(test_idx)}}, examples=predictions[:N_EXAMPLES],
+        metrics=metrics, examples=predictions[:N_EXAMPLES],
     )
-    path = save_record(store_path, record) if save else None
-    if out is not None:
-        _write_run(Path(out), captioner, tokenizer, layer_mix, info["layers"], predictions)
-    return CaptionReport(record=record, path=path, history=history, predictions=predictions)
 
 
 def _write_run(out: Path, captioner: AudioCaptioner, tokenizer: Any, layer_mix: str, layers: list[int],

@@ -286,43 +286,11 @@ def probe_arrays(
         ModelError: unknown head, or ``logreg`` on ``[n, layers, dim]``.
         DatasetError: no labelled rows or no usable splits.
     """
-    if head not in HEADS:
-        raise ModelError(f"--head {head!r}: unknown; choose one of {', '.join(HEADS)}")
-    X = np.asarray(X)
-    if X.dtype != np.float64:
-        X = X.astype(np.float32, copy=False)  # float16 stores are probed in float32
-    if X.ndim == 3 and head != "mlp":
-        raise ModelError("--layer weighted: needs --head mlp (the learned layer weights feed the MLP)")
-    lab = np.array([None if v is None or v == "" else v for v in labels], dtype=object)
-    keep = np.flatnonzero(lab != None)  # noqa: E711 - elementwise comparison on an object array
-    if not len(keep):
-        raise DatasetError("labels: no labelled rows to probe")
-    X = X[keep]
-    lab = lab[keep]
-    ids = np.asarray(track_ids, dtype=object)[keep] if track_ids is not None else keep
-    classes = sorted(set(lab.tolist()), key=str)
-    code_of = {c: i for i, c in enumerate(classes)}
-    y = np.array([code_of[v] for v in lab], dtype=np.int64)
-    split_values = np.array(["" if v is None else str(v) for v in np.asarray(list(splits), dtype=object)[keep]],
-                            dtype=object)
+    X, y, classes, ids, split_values = _labelled_rows(X, labels, splits, track_ids, head)
     folds = make_folds(split_values)
     roles, valid_source = _partition(folds, y, head, seed)
     seed_list = [seed + s for s in range(seeds)]
-    preds = {role: np.zeros((seeds, sum(map(len, rows))), dtype=np.int64) for role, rows in roles.items()}
-    runs: list[dict[str, Any]] = []
-    fold_acc = np.zeros((seeds, len(folds)))
-    for si, s in enumerate(seed_list):
-        offsets = dict.fromkeys(roles, 0)
-        for fi, f in enumerate(folds):
-            idx = {role: rows[fi] for role, rows in roles.items()}
-            fitted, fold_preds = _run_fold(head, preset, X, y, idx, len(classes), s, device)
-            for role, p in fold_preds.items():
-                preds[role][si, offsets[role] : offsets[role] + len(p)] = p
-                offsets[role] += len(p)
-            fold_acc[si, fi] = np.mean(fold_preds["test"] == y[idx["test"]])
-            runs.append({"seed": s, "fold": f.name, "hparams": fitted.hparams, "search": fitted.search,
-                         "valid_accuracy": fitted.valid_score, "layer_weights": fitted.layer_weights})
-
+    preds, runs, fold_acc = _fit_all(head, preset, X, y, folds, roles, len(classes), seed_list, device)
     metrics = {}
     for role, idx in roles.items():
         rows = np.concatenate(idx)
@@ -361,6 +329,69 @@ def probe_arrays(
             "y_pred": preds["test"].tolist(),
         },
     )
+
+
+def _labelled_rows(X: Any, labels: Sequence[Any], splits: Sequence[Any], track_ids: Sequence[Any] | None,
+                   head: str) -> tuple[np.ndarray, np.ndarray, list[Any], np.ndarray, np.ndarray]:
+    """The labelled rows of :func:`probe_arrays`' inputs (rows whose label is None or "" dropped).
+
+    Returns:
+        ``X [m, dim]`` or ``[m, layers, dim]`` (float32 unless float64), class codes ``y [m]`` (int64),
+        the sorted class values, row ids ``[m]`` (``track_ids`` or the kept row indices) and the
+        split names ``[m]`` (str, "" for None).
+
+    Raises:
+        ModelError: unknown head, or a head other than ``mlp`` on ``[n, layers, dim]``.
+        DatasetError: no labelled rows.
+    """
+    if head not in HEADS:
+        raise ModelError(f"--head {head!r}: unknown; choose one of {', '.join(HEADS)}")
+    X = np.asarray(X)
+    if X.dtype != np.float64:
+        X = X.astype(np.float32, copy=False)  # float16 stores are probed in float32
+    if X.ndim == 3 and head != "mlp":
+        raise ModelError("--layer weighted: needs --head mlp (the learned layer weights feed the MLP)")
+    lab = np.array([None if v is None or v == "" else v for v in labels], dtype=object)
+    keep = np.flatnonzero(lab != None)  # noqa: E711 - elementwise comparison on an object array
+    if not len(keep):
+        raise DatasetError("labels: no labelled rows to probe")
+    lab = lab[keep]
+    ids = np.asarray(track_ids, dtype=object)[keep] if track_ids is not None else keep
+    classes = sorted(set(lab.tolist()), key=str)
+    code_of = {c: i for i, c in enumerate(classes)}
+    y = np.array([code_of[v] for v in lab], dtype=np.int64)
+    split_values = np.array(["" if v is None else str(v) for v in np.asarray(list(splits), dtype=object)[keep]],
+                            dtype=object)
+    return X[keep], y, classes, ids, split_values
+
+
+def _fit_all(head: str, preset: str, X: np.ndarray, y: np.ndarray, folds: list[Fold], roles: dict[str, list],
+             n_classes: int, seed_list: list[int], device: str) -> tuple[dict[str, np.ndarray], list[dict], np.ndarray]:
+    """Train and predict one probe per (seed, fold).
+
+    ``roles``: row indices per role (``train``/``valid``/``test``) and fold, as from :func:`_partition`.
+
+    Returns:
+        The predicted codes per role ``[seeds, rows of the role over all folds]`` (int64, folds in
+        order), one run dict per (seed, fold) (``seed, fold, hparams, search, valid_accuracy,
+        layer_weights``), and the test accuracy per seed and fold ``[seeds, folds]``.
+    """
+    seeds = len(seed_list)
+    preds = {role: np.zeros((seeds, sum(map(len, rows))), dtype=np.int64) for role, rows in roles.items()}
+    runs: list[dict[str, Any]] = []
+    fold_acc = np.zeros((seeds, len(folds)))
+    for si, s in enumerate(seed_list):
+        offsets = dict.fromkeys(roles, 0)
+        for fi, f in enumerate(folds):
+            idx = {role: rows[fi] for role, rows in roles.items()}
+            fitted, fold_preds = _run_fold(head, preset, X, y, idx, n_classes, s, device)
+            for role, p in fold_preds.items():
+                preds[role][si, offsets[role] : offsets[role] + len(p)] = p
+                offsets[role] += len(p)
+            fold_acc[si, fi] = np.mean(fold_preds["test"] == y[idx["test"]])
+            runs.append({"seed": s, "fold": f.name, "hparams": fitted.hparams, "search": fitted.search,
+                         "valid_accuracy": fitted.valid_score, "layer_weights": fitted.layer_weights})
+    return preds, runs, fold_acc
 
 
 def _plain(v: Any) -> Any:
