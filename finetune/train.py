@@ -578,10 +578,15 @@ def load_finetuned(path: str | Path, device: str = "cpu") -> LoadedFinetune:
     offline); the weights all come from the file.
 
     Raises:
-        ModelError: unreadable checkpoint or unavailable base model.
+        ModelError: unreadable checkpoint or unavailable base model, or a ``hear:`` model (its module
+            would be imported because a file names it; embedstore imports only modules named on the
+            command line).
     """
     state = load_checkpoint(path)
     cfg = state["config"]
+    if str(cfg["model"]).startswith("hear:"):
+        raise ModelError(f"{path}: names the HEAR module {cfg['model'][5:]!r}; embedstore imports a module only "
+                         f"when you name it with --model, never from a file")
     request = EncoderRequest(cfg["model"], cfg["checkpoint"], weights=cfg["weights"], seed=cfg["seed"],
                              dtype=_ENCODER_DTYPE.get(cfg["precision"], "auto"), window_seconds=cfg["window_seconds"])
     try:  # the architecture alone: no need to read the base weights

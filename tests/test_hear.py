@@ -223,3 +223,19 @@ def test_a_module_without_the_api_or_with_random_weights_is_refused(hear_dir):
         EncoderRequest(NAME, weights="random").load("cpu")
     with pytest.raises(ModelError, match="load_model with --checkpoint .*missing.txt failed"):
         EncoderRequest(NAME, "/nonexistent/missing.txt").load("cpu")
+
+
+def test_a_finetune_checkpoint_naming_a_hear_module_never_imports_it(tmp_path, monkeypatch):
+    """Only a name given to --model is imported: a checkpoint file that names a module is refused first."""
+    import sys
+
+    from embedstore.finetune.train import load_finetuned
+    from embedstore.heads.checkpoint import save_checkpoint
+
+    (tmp_path / "embedstore_planted.py").write_text("raise SystemExit('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = save_checkpoint({"config": {"model": "hear:embedstore_planted", "checkpoint": None}, "model": {}},
+                           tmp_path / "best.pt")
+    with pytest.raises(ModelError, match="names the HEAR module 'embedstore_planted'.*--model"):
+        load_finetuned(path)
+    assert "embedstore_planted" not in sys.modules
