@@ -569,7 +569,7 @@ def test_finetune_skips_clips_too_short_for_the_encoder(model, short_data_dir, c
     # training (SpecAugment on) refuses all three short crops; evaluation only those under the receptive field
     assert report.history[0]["skipped"] == 3
     notes = " | ".join(report.notes)
-    assert f"epoch 1: 3 crop(s) failed" in notes and f"too short for {model}" in notes
+    assert "epoch 1: 3 crop(s) failed" in notes and f"too short for {model}" in notes
     assert "train: 2 clip(s) failed" in notes and "test: 1 clip(s) failed" in notes
     assert "t100" not in report.record["predictions"]["test"]["track_ids"]
     assert report.record["metrics"]["test"]["n"] == 2 * len(GENRES)
