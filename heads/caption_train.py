@@ -1,4 +1,5 @@
-"""Training and decoding loops of the captioning head (teacher forcing, AdamW, early stopping).
+"""Training (in the one loop, heads/training.fit) and decoding of the captioning head (teacher forcing,
+AdamW, early stopping).
 
 Works on in-memory arrays (:class:`CaptionData`), so it is independent of how the store is read.
 """
@@ -14,7 +15,7 @@ import torch
 from embedstore.devices import resolve_device
 from embedstore.errors import ModelError
 from embedstore.heads.captioner import AudioCaptioner, GenerationSettings, frame_mask
-from embedstore.heads.training import seed_everything
+from embedstore.heads.training import LoopHooks, LoopSettings, fit, seed_everything
 
 
 @dataclass
@@ -122,59 +123,54 @@ def evaluate_loss(model: AudioCaptioner, tokenizer, data: CaptionData, *, batch_
     return total / max(tokens, 1)
 
 
+def _caption_hooks(model: AudioCaptioner, tokenizer, train: CaptionData, valid: CaptionData | None,
+                   settings: TrainSettings, dev: torch.device) -> LoopHooks:
+    """The captioner's parts of :func:`~embedstore.heads.training.fit`: seeded shuffled batches,
+    teacher-forced cross-entropy weighted by target tokens, and selection by the lowest validation
+    loss (the training loss when ``valid`` is empty)."""
+    rng = np.random.default_rng(settings.seed)
+
+    def batches(epoch: int) -> list[np.ndarray]:
+        return _batches(len(train), settings.batch_size, rng)
+
+    def loss(index: np.ndarray) -> tuple[torch.Tensor, float, list]:
+        x, mask = train.batch(index, dev)
+        labels = tokenize_captions(tokenizer, [train.captions[i] for i in index], settings.max_target_tokens, dev)
+        return model(x, mask, labels).loss, int((labels != -100).sum()), []
+
+    if valid is None or not len(valid):
+        return LoopHooks(batches, loss, dict, lambda row: (-row["train_loss"],))
+
+    def validate() -> dict[str, float]:
+        return {"valid_loss": evaluate_loss(model, tokenizer, valid, batch_size=settings.batch_size,
+                                            max_target_tokens=settings.max_target_tokens, device=dev)}
+
+    return LoopHooks(batches, loss, validate, lambda row: (-row["valid_loss"],))
+
+
 def train_captioner(model: AudioCaptioner, tokenizer, train: CaptionData, valid: CaptionData | None,
                     settings: TrainSettings = TrainSettings(), *, device: str | torch.device = "auto",
                     progress: bool = False) -> TrainHistory:
-    """Fit ``model`` in place with teacher-forced cross-entropy and AdamW.
+    """Fit ``model`` in place with teacher-forced cross-entropy and AdamW, in the one training loop
+    (:func:`~embedstore.heads.training.fit`, no files).
 
     After each epoch the validation loss is measured (the training loss when ``valid`` is empty);
     the best weights are kept and restored at the end; training stops after ``settings.patience``
-    epochs without improvement. Returns the per-epoch history.
+    epochs without improvement. Returns the per-epoch history (``best_epoch`` counts from 0).
     """
     dev = resolve_device(device)
     seed_everything(settings.seed)
     model.to(dev)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr,
                                   weight_decay=settings.weight_decay)
-    rng = np.random.default_rng(settings.seed)
-    history = TrainHistory()
-    best_state: dict[str, torch.Tensor] | None = None
-    stale = 0
-    epochs = range(settings.epochs)
-    if progress:
-        from tqdm.auto import tqdm
-        epochs = tqdm(epochs, desc="caption", unit="epoch")
-    for epoch in epochs:
-        model.train()
-        total, tokens = 0.0, 0
-        for index in _batches(len(train), settings.batch_size, rng):
-            x, mask = train.batch(index, dev)
-            labels = tokenize_captions(tokenizer, [train.captions[i] for i in index], settings.max_target_tokens, dev)
-            loss = model(x, mask, labels).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n_tok = int((labels != -100).sum())
-            total += float(loss.detach()) * n_tok
-            tokens += n_tok
-        history.train_loss.append(total / max(tokens, 1))
-        if valid is not None and len(valid):
-            monitored = evaluate_loss(model, tokenizer, valid, batch_size=settings.batch_size,
-                                      max_target_tokens=settings.max_target_tokens, device=dev)
-            history.valid_loss.append(monitored)
-        else:
-            monitored = history.train_loss[-1]
-        if monitored < history.best_valid_loss:
-            history.best_valid_loss, history.best_epoch, stale = monitored, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= settings.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    hooks = _caption_hooks(model, tokenizer, train, valid, settings, dev)
+    result = fit(model, optimizer, hooks, LoopSettings(epochs=settings.epochs, patience=settings.patience,
+                                                       progress=progress), None)
     model.eval()
-    return history
+    return TrainHistory(train_loss=[row["train_loss"] for row in result.history],
+                        valid_loss=[row["valid_loss"] for row in result.history if "valid_loss" in row],
+                        best_epoch=result.best_epoch - 1,
+                        best_valid_loss=-result.best_key[0] if result.best_key is not None else math.inf)
 
 
 def generate_captions(model: AudioCaptioner, tokenizer, data: CaptionData, *,

@@ -1,4 +1,4 @@
-"""The MLP probe head (the reference study's architecture) and its seeded training loop.
+"""The MLP probe head (the reference study's architecture), trained by the one loop (heads/training.fit).
 
 ``MLPHead`` is ``Linear(dim, 512) -> ReLU -> BatchNorm1d(512) -> [Dropout] -> Linear(512, classes)``,
 trained with cross-entropy and Adam. ``LayerWeighting`` is the SUPERB/MARBLE learnable
@@ -30,6 +30,7 @@ from torch import nn
 from embedstore.devices import resolve_device
 from embedstore.errors import ModelError
 from embedstore.heads.base import FittedHead
+from embedstore.heads.training import LoopHooks, LoopSettings, fit
 
 
 class MLPHead(nn.Module):
@@ -167,6 +168,30 @@ def _batches(n: int, batch_size: int | None, gen: torch.Generator) -> list[torch
     return out
 
 
+def _mlp_hooks(model: nn.Module, X_train: torch.Tensor, y_train: torch.Tensor, X_valid: torch.Tensor,
+               y_valid: torch.Tensor, config: MLPConfig, seed: int) -> LoopHooks:
+    """The MLP probe's parts of :func:`~embedstore.heads.training.fit`: seeded shuffled batches of row
+    indices, cross-entropy, validation (accuracy, loss) and selection by (accuracy, -loss) with
+    patience on accuracy alone; without ``config.patience`` no validation and the last epoch is kept."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def batches(epoch: int) -> list[torch.Tensor]:
+        return [idx.to(X_train.device) for idx in _batches(len(X_train), config.batch_size, gen)]
+
+    def loss(idx: torch.Tensor) -> tuple[torch.Tensor, float, list]:
+        return nn.functional.cross_entropy(model(X_train[idx]), y_train[idx]), len(idx), []
+
+    if config.patience is None:  # the paper recipe: train max_epochs, keep the last epoch
+        return LoopHooks(batches, loss, dict, lambda row: (row["epoch"],))
+
+    def validate() -> dict[str, float]:
+        acc, valid_loss = _evaluate(model, X_valid, y_valid)
+        return {"valid_accuracy": acc, "valid_loss": valid_loss}
+
+    return LoopHooks(batches, loss, validate, lambda row: (row["valid_accuracy"], -row["valid_loss"]),
+                     patience_key=lambda row: (row["valid_accuracy"],))
+
+
 def train_mlp(
     model: nn.Module,
     X_train: torch.Tensor,
@@ -179,8 +204,8 @@ def train_mlp(
     config: MLPConfig,
     seed: int,
 ) -> dict[str, Any]:
-    """Train ``model`` in place with Adam + cross-entropy; keeps the best validation epoch when
-    early stopping (``config.patience``) is on, else the last epoch.
+    """Train ``model`` in place with Adam + cross-entropy in the one training loop (no files); keeps
+    the best validation epoch when early stopping (``config.patience``) is on, else the last epoch.
 
     Args:
         X_train ``[n, ...]``, y_train ``[n]`` (long), X_valid, y_valid: tensors on the model's device.
@@ -196,35 +221,10 @@ def train_mlp(
     if layer_params:
         groups.append({"params": layer_params, "weight_decay": 0.0, "lr": config.layer_lr or lr})
     opt = torch.optim.Adam(groups, lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    best_acc, best_key = -1.0, (-1.0, 0.0)
-    best_state, best_epoch, since = None, 0, 0
-    epoch = 0
-    for epoch in range(1, config.max_epochs + 1):
-        model.train()
-        for idx in _batches(len(X_train), config.batch_size, gen):
-            idx = idx.to(X_train.device)
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(X_train[idx]), y_train[idx]).backward()
-            opt.step()
-        if config.patience is None:
-            continue
-        acc, loss = _evaluate(model, X_valid, y_valid)
-        if (acc, -loss) > best_key:  # keep the best (accuracy, then loss) state seen so far
-            best_key, best_epoch = (acc, -loss), epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if acc > best_acc:  # ... but only an accuracy gain resets the patience
-            best_acc, since = acc, 0
-        else:
-            since += 1
-            if since >= config.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        best_epoch = epoch
+    hooks = _mlp_hooks(model, X_train, y_train, X_valid, y_valid, config, seed)
+    result = fit(model, opt, hooks, LoopSettings(epochs=config.max_epochs, patience=config.patience), None)
     acc, loss = _evaluate(model, X_valid, y_valid)
-    return {"epochs": best_epoch, "epochs_run": epoch, "valid_accuracy": acc, "valid_loss": loss}
+    return {"epochs": result.best_epoch, "epochs_run": result.epochs_run, "valid_accuracy": acc, "valid_loss": loss}
 
 
 def fit_mlp(

@@ -6,11 +6,14 @@ One run::
     for each epoch:  hooks.batches(epoch) -> train_epoch (loss -> GradScaler -> accumulate
                      ``grad_accum`` steps -> clip -> step; tqdm bar with loss and items/s)
                   -> hooks.validate() -> the epoch's validation numbers
-                  -> hooks.select(numbers): a key; the epoch with the greatest key is "best"
-                     (chosen on validation, never test) -> best.pt
+                  -> hooks.select(row): a key of the epoch's history row; the epoch with the greatest
+                     key is "best" (chosen on validation, never test) -> best.pt
                   -> last.pt (with AdamW/GradScaler while training) -> history.json
-                  -> stop after ``patience`` epochs without a greater key
+                  -> stop after ``patience`` epochs without a greater key (hooks.patience_key's, if set)
     reload best.pt into the network
+
+Without a run folder (``run_dir=None``, the probe heads) nothing is written: the best epoch's weights
+are kept in memory and loaded back at the end, and there is no resume.
 
 What is trained, how a batch becomes a loss and what "better on validation" means belong to the
 task (:class:`LoopHooks`); the bookkeeping above is the same for all.
@@ -80,17 +83,21 @@ class LoopHooks:
             network in its training state.
         loss: see :data:`LossFn`.
         validate: ``() -> {"valid_<name>": float}`` the epoch's validation numbers (history columns).
-        select: ``numbers -> key`` (a tuple; greater is better): the selection rule.
+        select: ``row -> key`` (a tuple; greater is better): the selection rule, given the epoch's
+            history row (``epoch``, ``train_loss`` and the validation numbers).
         meta: extra keys written into both checkpoints (the run's config, class labels).
         check_resume: ``(last.pt state, path) -> None``, raising when the saved run cannot continue.
+        patience_key: ``row -> key``: only a greater one resets the patience counter (None: the
+            selection key; the MLP probe keeps the best (accuracy, -loss) but waits on accuracy).
     """
 
     batches: Callable[[int], Iterable[list]]
     loss: LossFn
     validate: Callable[[], dict[str, float]]
-    select: Callable[[dict[str, float]], tuple[float, ...]]
+    select: Callable[[dict[str, Any]], tuple[float, ...]]
     meta: dict[str, Any] = field(default_factory=dict)
     check_resume: Callable[[dict[str, Any], Path], None] | None = None
+    patience_key: Callable[[dict[str, Any]], tuple[float, ...]] | None = None
 
 
 @dataclass
@@ -100,6 +107,7 @@ class FitResult:
     ``history``: one dict per epoch (``epoch, train_loss, valid_*, items_per_s, seconds, skipped``);
     ``best_key``/``best_epoch``: the selection key and epoch of ``best.pt`` (None/0 when no epoch
     ran); ``skipped``: ``[(epoch, [(index, reason)])]`` of this call's epochs with failed items.
+    The three paths are None for a run without a folder.
     """
 
     history: list[dict[str, Any]]
@@ -108,9 +116,9 @@ class FitResult:
     stopped: bool
     resumed_from: int | None
     last_has_optimizer: bool
-    best_path: Path
-    last_path: Path
-    history_path: Path
+    best_path: Path | None
+    last_path: Path | None
+    history_path: Path | None
     notes: list[str] = field(default_factory=list)
     skipped: list[tuple[int, list]] = field(default_factory=list)
 
@@ -179,10 +187,12 @@ class _Progress:
     best_key: tuple[float, ...] | None = None
     best_epoch: int = 0
     since_best: int = 0
+    patience_best: tuple[float, ...] | None = None
     stopped: bool = False
     start_epoch: int = 1
     resumed_from: int | None = None
     has_optimizer: bool = False
+    best_state: dict[str, torch.Tensor] | None = None  # the best weights of a run without a folder
 
 
 def _resume(net: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, hooks: LoopHooks,
@@ -196,9 +206,11 @@ def _resume(net: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.
     key = tuple(state["best_key"]) if state["best_key"] is not None else None
     since = int(state["since_best"])
     done = int(state["epoch"])
+    waited = state.get("patience_key", key)  # runs saved before patience_key existed waited on the selection key
     run = _Progress(list(state["history"]), key, int(state["best_epoch"]), since,
-                    settings.patience is not None and since >= settings.patience,  # a larger --patience continues
-                    done + 1, done, "optimizer" in state)
+                    patience_best=tuple(waited) if waited is not None else None,
+                    stopped=settings.patience is not None and since >= settings.patience,  # a larger --patience continues
+                    start_epoch=done + 1, resumed_from=done, has_optimizer="optimizer" in state)
     lrs = [g["lr"] for g in opt.param_groups]  # the learning rates asked for now
     if run.has_optimizer:
         opt.load_state_dict(state["optimizer"])
@@ -212,20 +224,23 @@ def _resume(net: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.
 
 
 def fit(net: torch.nn.Module, opt: torch.optim.Optimizer, hooks: LoopHooks, settings: LoopSettings,
-        run_dir: str | Path, *, resume: bool = False) -> FitResult:
+        run_dir: str | Path | None, *, resume: bool = False) -> FitResult:
     """Train ``net`` with ``opt`` under ``settings``, keep the epoch chosen on validation, and load
     its weights back into ``net``.
 
     Files in ``run_dir``: ``best.pt`` (weights of the best epoch + ``{"valid": numbers}``),
     ``last.pt`` (the latest epoch, resumable) and ``history.json``. ``resume`` continues from
-    ``last.pt`` at its next epoch.
+    ``last.pt`` at its next epoch. ``run_dir=None`` writes nothing: the best weights are kept in memory.
 
     Raises:
-        EmbedstoreError: a training epoch with no usable batch, or ``hooks.check_resume``'s error.
+        EmbedstoreError: a training epoch with no usable batch, ``hooks.check_resume``'s error, or
+            ``resume`` without a run folder.
         ModelError: an unreadable ``last.pt``.
     """
-    run_dir = Path(run_dir)
-    last_path, best_path, history_path = run_dir / LAST, run_dir / BEST, run_dir / HISTORY
+    if run_dir is None and resume:
+        raise EmbedstoreError("--resume needs a run folder; this training run keeps no files")
+    paths = (None, None, None) if run_dir is None else (Path(run_dir) / LAST, Path(run_dir) / BEST, Path(run_dir) / HISTORY)
+    last_path, best_path, history_path = paths
     device_type = next(net.parameters()).device.type
     scaler = torch.amp.GradScaler(device_type, enabled=settings.fp16)
     notes: list[str] = []
@@ -235,7 +250,7 @@ def fit(net: torch.nn.Module, opt: torch.optim.Optimizer, hooks: LoopHooks, sett
         run = _Progress()
         if resume:
             notes.append(f"--resume: {last_path} does not exist; started from scratch")
-        elif last_path.exists():
+        elif last_path is not None and last_path.exists():
             notes.append(f"{run_dir}: held an earlier run; its checkpoints were replaced (use --resume to continue one)")
     skipped = []
     for epoch in range(run.start_epoch, settings.epochs + 1):
@@ -250,28 +265,41 @@ def fit(net: torch.nn.Module, opt: torch.optim.Optimizer, hooks: LoopHooks, sett
                             "skipped": len(stats["skipped"])})
         if stats["skipped"]:
             skipped.append((epoch, stats["skipped"]))
-        _end_epoch(net, opt, scaler, hooks, settings, run, epoch, valid, best_path, last_path)
-        write_json(run.history, history_path)
-    if best_path.exists():
+        _end_epoch(net, opt, scaler, hooks, settings, run, valid, best_path, last_path)
+        if history_path is not None:
+            write_json(run.history, history_path)
+    if run.best_state is not None:
+        net.load_state_dict(run.best_state)
+    elif best_path is not None and best_path.exists():
         net.load_state_dict(load_checkpoint(best_path)["model"])
     return FitResult(run.history, run.best_epoch, run.best_key, run.stopped, run.resumed_from, run.has_optimizer,
                      best_path, last_path, history_path, notes, skipped)
 
 
 def _end_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, hooks: LoopHooks,
-               settings: LoopSettings, run: _Progress, epoch: int, valid: dict[str, float], best_path: Path,
-               last_path: Path) -> None:
-    """Selection, early stopping and the checkpoints of one finished epoch."""
-    key = tuple(hooks.select(valid))
+               settings: LoopSettings, run: _Progress, valid: dict[str, float], best_path: Path | None,
+               last_path: Path | None) -> None:
+    """Selection, early stopping and the checkpoints (in memory without a folder) of the epoch
+    that ``run.history[-1]`` describes."""
+    row = run.history[-1]
+    epoch, key = row["epoch"], tuple(hooks.select(row))
     if run.best_key is None or key > run.best_key:
-        run.best_key, run.best_epoch, run.since_best = key, epoch, 0
-        save_checkpoint({"epoch": epoch, "model": net.state_dict(), **hooks.meta, "valid": dict(valid)}, best_path)
+        run.best_key, run.best_epoch = key, epoch
+        if best_path is None:
+            run.best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            save_checkpoint({"epoch": epoch, "model": net.state_dict(), **hooks.meta, "valid": dict(valid)}, best_path)
+    waited = tuple(hooks.patience_key(row)) if hooks.patience_key is not None else key
+    if run.patience_best is None or waited > run.patience_best:
+        run.patience_best, run.since_best = waited, 0
     else:
         run.since_best += 1
     run.stopped = settings.patience is not None and run.since_best >= settings.patience and epoch < settings.epochs
     final = run.stopped or epoch == settings.epochs  # the finished run's last.pt keeps the weights only
     run.has_optimizer = settings.keep_optimizer or not final
+    if last_path is None:
+        return
     resumable = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict()} if run.has_optimizer else {}
     save_checkpoint({"epoch": epoch, "model": net.state_dict(), **hooks.meta, **resumable, "rng": rng_state(),
                      "best_key": run.best_key, "best_epoch": run.best_epoch, "since_best": run.since_best,
-                     "stopped": run.stopped, "history": run.history}, last_path)
+                     "patience_key": run.patience_best, "stopped": run.stopped, "history": run.history}, last_path)

@@ -88,6 +88,51 @@ def test_best_is_the_greatest_validation_key_and_patience_stops(tmp_path: Path):
     assert not torch.equal(seen[2], seen[4])
 
 
+def test_without_a_run_folder_the_best_weights_come_back_from_memory_and_nothing_is_written(tmp_path: Path,
+                                                                                               monkeypatch):
+    import embedstore.heads.training as loop_module
+
+    def no_files(*args, **kwargs):
+        raise AssertionError("a run without a folder wrote a file")
+
+    monkeypatch.setattr(loop_module, "save_checkpoint", no_files)
+    monkeypatch.setattr(loop_module, "write_json", no_files)
+    monkeypatch.chdir(tmp_path)
+    net, seen = _toy(), {}
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    result = fit(net, opt, _scripted(net, [0.9, 0.4, 0.5, 0.4, 0.1], seen), LoopSettings(epochs=5, patience=2), None)
+    assert result.best_epoch == 2 and result.stopped and result.epochs_run == 4 and result.best_key == (-0.4,)
+    assert result.best_path is result.last_path is result.history_path is None
+    torch.testing.assert_close(net.weight.detach(), seen[2])  # epoch 2's weights, not the last epoch's
+    assert not torch.equal(seen[2], seen[4]) and list(tmp_path.iterdir()) == []
+    with pytest.raises(EmbedstoreError, match="--resume needs a run folder"):
+        fit(net, opt, _scripted(net, [0.1], {}), LoopSettings(epochs=1), None, resume=True)
+
+
+def test_a_patience_key_resets_the_counter_apart_from_the_selection_key():
+    """Selection by (accuracy, -loss), patience on accuracy alone (the MLP probe's rule)."""
+    net, seen = _toy(), {}
+    rows = iter([(0.5, 1.0), (0.5, 0.8), (0.5, 0.7), (0.6, 0.9), (0.6, 0.95), (0.6, 0.99), (0.9, 0.1)])
+
+    def validate():
+        seen[len(seen) + 1] = net.weight.detach().clone()
+        acc, loss = next(rows)
+        return {"valid_accuracy": acc, "valid_loss": loss}
+
+    hooks = LoopHooks(lambda epoch: [[0, 1, 2, 3]], _mse(net), validate,
+                      lambda r: (r["valid_accuracy"], -r["valid_loss"]), patience_key=lambda r: (r["valid_accuracy"],))
+    result = fit(net, torch.optim.SGD(net.parameters(), lr=0.05), hooks, LoopSettings(epochs=7, patience=2), None)
+    # epochs 2 and 3 raise the key (lower loss) but not the accuracy: the counter reaches 2 at epoch 3 -> stop;
+    assert result.stopped and result.epochs_run == 3 and result.best_epoch == 3
+    torch.testing.assert_close(net.weight.detach(), seen[3])
+    net2, seen = _toy(), {}
+    rows = iter([(0.5, 1.0), (0.5, 0.8), (0.5, 0.7), (0.6, 0.9), (0.6, 0.95), (0.6, 0.99), (0.9, 0.1)])
+    plain = LoopHooks(lambda epoch: [[0, 1, 2, 3]], _mse(net2), validate, hooks.select)
+    result = fit(net2, torch.optim.SGD(net2.parameters(), lr=0.05), plain, LoopSettings(epochs=7, patience=2), None)
+    # the selection key as the patience key: epochs 2-4 reset the counter, 5 and 6 do not -> stop after 6
+    assert result.epochs_run == 6 and result.best_epoch == 4
+
+
 def _shuffled(net: torch.nn.Module) -> LoopHooks:
     """Hooks that draw the batch order from torch's global RNG (so a resume must restore it)."""
     def batches(epoch):
