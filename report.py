@@ -93,9 +93,11 @@ def model_section(store: Path) -> Section | None:
     for ds in store_info(store)["datasets"]:
         for m in ds["models"]:
             meta, pre = m["metadata"], m["preprocessing"]
-            weights = str(meta.get("weights_sha256") or meta.get("weights_hash") or "-")
+            digest = meta.get("weights_sha256") or meta.get("weights_hash") or "-"
+            if isinstance(digest, dict):  # {weights file or "state_dict": sha256}
+                digest = ", ".join(f"{name}: {value[:12]}" for name, value in digest.items())
             steps = ", ".join(f"{k} {v}" for k, v in pre.items() if v not in (None, "", False) and k != "gain_recorded")
-            rows.append([ds["name"], m["name"], meta.get("checkpoint") or meta.get("encoder") or meta.get("model_name") or "-", weights[:16],
+            rows.append([ds["name"], m["name"], meta.get("checkpoint") or meta.get("encoder") or meta.get("model_name") or "-", str(digest),
                          f"{m['layers']} x {max(m['layer_widths'])} {m['storage_dtype']}",
                          f"{m['done']}/{ds['tracks']}", steps,
                          ", ".join(f"{k} {v}" for k, v in m["versions"].items())])
@@ -125,10 +127,12 @@ def comparison_section(records: list[Any]) -> Section | None:
 
 
 def layer_curve_svg(records: list[Any]) -> list[Figure]:
-    """Validation (the rows each record was selected on) and test accuracy per layer, one line pair per
-    model/head with an integer-layer record; drawn from the records, nothing retrained."""
-    from matplotlib.figure import Figure as MplFigure
-    from matplotlib.ticker import MaxNLocator
+    """Selection-split and test accuracy per layer, one marker pair per model/head with an integer-layer
+    record, drawn from the records (nothing retrained). Layers follow the analysis figures' axis rule
+    (:func:`~embedstore.analysis.plotting.layer_axis_groups`): depth-ordered layers share a numeric,
+    joined axis; named layers (MFCC's groups, CLAP's stages) are categories, one panel per set of names."""
+    from embedstore.analysis.plotting import layer_axis_groups, plot_layers, set_layer_axis
+    from embedstore.figures import new_figure
 
     series: dict[tuple[str, str, str, str], list[Any]] = {}
     for r in records:
@@ -136,25 +140,30 @@ def layer_curve_svg(records: list[Any]) -> list[Figure]:
             series.setdefault((r.task, r.dataset, r.model, r.head), []).append(r)
     out = []
     for (task, dataset), keys in _by_group(series).items():
-        fig = MplFigure(figsize=(6.4, 3.6))
-        ax = fig.add_subplot()
-        chosen = set()
-        for key in keys:
-            recs = sorted(series[key], key=lambda r: r.layer)
-            layers = [r.layer for r in recs]
-            line, = ax.plot(layers, [100 * r.metrics["test"]["accuracy"] for r in recs], marker="o",
-                            label=f"{key[2]}/{key[3]} test")
-            scored = [r for r in recs if r.selection_score is not None]
-            ax.plot([r.layer for r in scored], [100 * r.selection_score for r in scored], "--", color=line.get_color(),
-                    marker="s", label=f"{key[2]}/{key[3]} {scored[0].selected_on if scored else 'valid'}")
-            chosen |= {r.selected_on for r in scored}
-        ax.set(xlabel="layer", ylabel="accuracy %", title=f"{task} / {dataset}")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=7)
+        recs_of = {key: sorted(series[key], key=lambda r: r.layer) for key in keys}
+        names_of = {key: [str(r.layer_name) for r in recs] for key, recs in recs_of.items()}
+        groups = layer_axis_groups(names_of)
+        fig, axes = new_figure(len(groups), panel_size=(5.2, 3.6))
+        chosen: set[str] = set()
+        for ax, (names, group) in zip(axes, groups):
+            for key in group:
+                recs = recs_of[key]
+                scored = [r for r in recs if r.selection_score is not None]
+                plot_layers(ax, names, [r.layer for r in recs], [100 * r.metrics["test"]["accuracy"] for r in recs],
+                            marker="o", label=f"{key[2]}/{key[3]} test")
+                color = ax.get_lines()[-1].get_color()
+                plot_layers(ax, names, [r.layer for r in scored], [100 * r.selection_score for r in scored],
+                            linestyle="--", marker="s", markerfacecolor="none", color=color,
+                            label=f"{key[2]}/{key[3]} {scored[0].selected_on if scored else 'valid'}")
+                chosen |= {r.selected_on for r in scored}
+            set_layer_axis(ax, names)
+            ax.set(ylabel="accuracy %", title=f"{task} / {dataset}")
+            ax.legend(fontsize=7)
         buf = io.StringIO()
         fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
-        out.append(Figure(f"Accuracy per layer, {task}/{dataset}: solid = test split, dashed = the rows that "
-                          f"select ({', '.join(sorted(chosen)) or 'none'}).", svg=buf.getvalue()))
+        out.append(Figure(f"Accuracy per layer, {task}/{dataset}: filled = test split, open = the rows that "
+                          f"select ({', '.join(sorted(chosen)) or 'none'}); named layers are categories, "
+                          "numbered layers are joined in depth order.", svg=buf.getvalue()))
     return out
 
 
