@@ -397,6 +397,8 @@ def extract(
     num_gpus_per_worker: Annotated[Optional[float], typer.Option(help="ray: GPUs per encoder actor (default 1 when the cluster has GPUs, else 0).")] = None,
     num_cpus_per_worker: Annotated[float, typer.Option(help="ray: CPUs per encoder actor.")] = 1.0,
     gain: GainOption = "none",
+    tag_separator: Annotated[str, typer.Option(help="manifest: what separates the tags of one clip in a tagging column.")] = ";",
+    column_kind: Annotated[Optional[list[str]], typer.Option("--task-kind", help="manifest: COLUMN=tag|regress|classify states a column's task kind instead of inferring it (numbers: regress; values holding the tag separator: tag); repeatable.")] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Run encoders over a dataset and store the pooled embeddings of EVERY layer (resumable)."""
@@ -405,7 +407,8 @@ def extract(
     from embedstore.extract.pipeline import ExtractOptions, format_summary, run_extract
 
     dataset = DatasetRequest(dataset_dir, dataset_type, name=dataset_name, label_name=label_name,
-                             split_scheme=split_scheme, split_dir=split_dir, seed=seed)
+                             split_scheme=split_scheme, split_dir=split_dir, seed=seed, tag_separator=tag_separator,
+                             task_kinds=_column_kinds(column_kind))
     encoders = EncoderRequest.for_models(
         _split_list(model) or [], checkpoint=checkpoint, key=as_name, weights=weights, dtype=dtype, seed=seed,
         trust_remote_code=trust_remote_code, window_seconds=window_seconds,
@@ -433,6 +436,22 @@ def extract(
                                  num_cpus_per_worker=num_cpus_per_worker)
         summary = run_extract_ray(dataset, encoders, _store_path(store), options=options, ray_options=ray_options)
     typer.echo(format_summary(summary, verbose=verbose))
+
+
+#: ``probe --task-kind`` (the library home: heads.tasks.TASK_KINDS)
+TASK_KIND_CHOICES = ("classify", "tag", "regress")
+
+
+def _column_kinds(values: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """``--task-kind COLUMN=KIND`` values (comma lists allowed) as ``((column, kind), ...)``."""
+    out = []
+    for item in _split_list(values) or []:
+        column, _, kind = item.partition("=")
+        if not column or kind not in TASK_KIND_CHOICES:
+            raise typer.BadParameter(f"{item!r}: use COLUMN=tag, COLUMN=regress or COLUMN=classify",
+                                     param_hint="--task-kind")
+        out.append((column.strip(), kind))
+    return tuple(out)
 
 
 # ---- probing -----------------------------------------------------------------------------------
@@ -463,16 +482,18 @@ def probe(
     no_repeat_ngram: Annotated[int, typer.Option(help="caption: block repeated n-grams of this size (0: off).")] = 3,
     repetition_penalty: Annotated[float, typer.Option(help="caption: repetition penalty (1: off).")] = 1.2,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    task_kind: Annotated[Optional[str], typer.Option(callback=_choice("--task-kind", TASK_KIND_CHOICES), help="classify, tag or regress (default: from the stored column: tags -> tag, numbers -> regress, else classify). For tag/regress --head logreg is the linear head (one-vs-rest logistic regression, ridge).")] = None,
 ) -> None:
     """Train heads on the stored, frozen embeddings and print one comparison table across models and layers."""
     from embedstore.heads.tasks import task_for
 
     # the captioner's GenerationSettings fields; built by the caption task (its module imports torch)
     generation = dict(num_beams=num_beams, no_repeat_ngram_size=no_repeat_ngram, repetition_penalty=repetition_penalty)
-    _, text, json_text, warnings = task_for(task).probe(
+    _, text, json_text, warnings = task_for(task, task_kind, _store_path(store)).probe(
         _store_path(store), task, models=_split_list(model), dataset=dataset, layer=_layer_arg(layer), head=head,
         preset=preset, seeds=seeds, device=device, progress=progress, t5=t5, bert=bert, layer_mix=layer_mix,
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, generation=generation, table_format=table_format)
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, generation=generation, table_format=table_format,
+        kind=task_kind if task_kind != "classify" else None)
     typer.echo(json_text if as_json else text)
     for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)

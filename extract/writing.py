@@ -397,6 +397,7 @@ def open_extraction(
                 "kind": dataset.kind,
                 "root": str(dataset.root),
                 "tasks": dict(dataset.tasks),
+                **({"targets": dataset.targets} if dataset.targets else {}),
                 "split_scheme": dataset.split_scheme,
                 "skipped": [list(item) for item in dataset.skipped],
             },

@@ -192,3 +192,69 @@ def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[
         return {"b": b, "c": c, "p_value": 1.0}
     tail = sum(comb(n, i) for i in range(min(b, c) + 1)) / 2**n
     return {"b": b, "c": c, "p_value": float(min(1.0, 2 * tail))}
+
+
+# ---- tagging and regression --------------------------------------------------------------------
+
+
+def _ci(stat: Any, n: int, n_boot: int, seed: int) -> list[float] | None:
+    """95% percentile bootstrap interval of ``stat(idx)`` over clips resampled with replacement
+    (resamples where the statistic is undefined are dropped); None without any defined resample."""
+    values = [stat(idx) for idx in _resample_indices(n, n_boot, seed)] if n_boot and n else []
+    values = [v for v in values if np.isfinite(v)]
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if values else None
+
+
+def tagging_metrics(Y: np.ndarray, scores: np.ndarray, tags: Sequence[str], *, n_boot: int = 1000,
+                    seed: int = 0) -> dict[str, Any]:
+    """Macro ROC-AUC and macro average precision (scikit-learn's) of tag scores.
+
+    Args:
+        Y: ``[n, tags]`` 0/1 truth; scores: ``[n, tags]`` predicted probabilities; tags: their names.
+
+    Returns:
+        ``{"macro_auc", "macro_ap", "per_tag_auc": {tag: auc or None}, "excluded": [tags], "n",
+        "ci95": {"macro_auc": [lo, hi], "macro_ap": [lo, hi]}}``; a tag with no positive (or no
+        negative) clip here has no AUC and is left out of both macro averages (``excluded``).
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    Y = np.asarray(Y).astype(int)
+    scores = np.asarray(scores, dtype=np.float64)
+    positives = Y.sum(axis=0)
+    usable = (positives > 0) & (positives < len(Y))
+    per_tag = {str(t): (float(roc_auc_score(Y[:, k], scores[:, k])) if usable[k] else None) for k, t in enumerate(tags)}
+
+    def macro(metric: Any, idx: np.ndarray) -> float:
+        y, s = Y[idx], scores[idx]
+        pos = y.sum(axis=0)
+        ok = usable & (pos > 0) & (pos < len(idx))
+        return float(metric(y[:, ok], s[:, ok], average="macro")) if ok.any() else float("nan")
+
+    every = np.arange(len(Y))
+    return {
+        "macro_auc": macro(roc_auc_score, every), "macro_ap": macro(average_precision_score, every),
+        "per_tag_auc": per_tag, "excluded": [str(t) for t, ok in zip(tags, usable) if not ok], "n": int(len(Y)),
+        "ci95": {"macro_auc": _ci(lambda i: macro(roc_auc_score, i), len(Y), n_boot, seed),
+                 "macro_ap": _ci(lambda i: macro(average_precision_score, i), len(Y), n_boot, seed)},
+    }
+
+
+def regression_metrics(y: np.ndarray, pred: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """R² and MAE (scikit-learn's) and Pearson r (SciPy's) of predictions ``[n]`` against targets ``[n]``,
+    each with a 95% bootstrap interval over clips: ``{"r2", "mae", "pearson_r", "n", "ci95": {...}}``."""
+    from scipy.stats import pearsonr
+    from sklearn.metrics import mean_absolute_error, r2_score
+
+    y = np.asarray(y, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64)
+
+    def r(idx: np.ndarray) -> float:
+        a, b = y[idx], pred[idx]
+        return float(pearsonr(a, b)[0]) if len(idx) > 1 and a.std() > 0 and b.std() > 0 else float("nan")
+
+    stats = {"r2": lambda i: float(r2_score(y[i], pred[i])) if len(i) > 1 else float("nan"),
+             "mae": lambda i: float(mean_absolute_error(y[i], pred[i])), "pearson_r": r}
+    every = np.arange(len(y))
+    return {**{k: f(every) for k, f in stats.items()}, "n": int(len(y)),
+            "ci95": {k: _ci(f, len(y), n_boot, seed) for k, f in stats.items()}}

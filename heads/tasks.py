@@ -8,6 +8,9 @@ task's name.
 
     task_for(None | "genre" | "label" | ...) -> CLASSIFICATION      (a class-label column)
     task_for("caption")                       -> CAPTION            (a caption column)
+    task_for("tags", store=path)              -> TAG                (a stored tagging column)
+    task_for("valence", store=path)           -> REGRESS            (a stored numeric column)
+    task_for(name, kind="classify"|"tag"|"regress")                 (``--task-kind``: stated)
 
 The fine-tune functions live in :mod:`embedstore.finetune` (which may import heads/, not the
 reverse): importing it registers them with :func:`register_finetune`.
@@ -26,6 +29,10 @@ from embedstore.errors import EmbedstoreError
 #: the column name (and column kind) of captions in datasets and stores
 CAPTION = "caption"
 CLASSIFICATION = "classification"
+TAG = "tag"
+REGRESS = "regress"
+#: ``--task-kind`` values -> registry names
+TASK_KINDS = {"classify": CLASSIFICATION, "tag": TAG, "regress": REGRESS}
 
 
 @dataclass
@@ -90,10 +97,27 @@ def _probe_caption(store: str | Path, task: str | None, *, models: list[str] | N
     return report, format_caption_report(report), json.dumps(report.record.to_dict(), indent=2), []
 
 
+def _probe_target(store: str | Path, task: str | None, *, models: list[str] | None, dataset: str | None,
+                  layer: int | str, head: str, preset: str, seeds: int, device: str, kind: str | None = None,
+                  **_other_options: Any) -> tuple[Any, str, str, list[str]]:
+    """:func:`~embedstore.heads.target_probe.run_target_probe` (tagging or regression, ``kind`` or the
+    column's stored kind) and its table."""
+    from embedstore.heads.target_probe import format_target_table, run_target_probe
+
+    if task is None:
+        raise EmbedstoreError("--task: name the tagging or regression column to probe")
+    records, paths, notes = run_target_probe(store, task, kind=kind, models=models, dataset=dataset, layer=layer,
+                                             head=head, preset=preset, seeds=seeds, device=device)
+    text = format_target_table(records) + (f"\nresults: {Path(paths[0]).parent}" if paths else "")
+    return records, text, json.dumps([r.to_dict() for r in records], indent=2), notes
+
+
 _REGISTRY: dict[str, Task] = {
     CLASSIFICATION: Task(CLASSIFICATION, "label", "best validation accuracy, then validation loss",
                          _probe_classification),
     CAPTION: Task(CAPTION, CAPTION, "lowest validation loss (teacher-forced, per token)", _probe_caption),
+    TAG: Task(TAG, "tags", "best validation macro ROC-AUC (MLP: lowest validation BCE)", _probe_target),
+    REGRESS: Task(REGRESS, "number", "best validation R² (MLP: lowest validation MSE)", _probe_target),
 }
 
 
@@ -102,10 +126,31 @@ def tasks() -> dict[str, Task]:
     return dict(_REGISTRY)
 
 
-def task_for(task: str | None) -> Task:
-    """The :class:`Task` of a dataset/store column name: ``caption`` is captioning, any other name
-    (or None: the dataset's only class-label column) is classification."""
-    return _REGISTRY[CAPTION if task == CAPTION else CLASSIFICATION]
+def task_for(task: str | None, kind: str | None = None, store: str | Path | None = None) -> Task:
+    """The :class:`Task` of a dataset/store column name: ``kind`` (``--task-kind``: ``classify``,
+    ``tag``, ``regress``) when stated; else ``caption`` is captioning, a column stored as tags or
+    numbers in ``store`` (its datasets' ``tasks``) is tagging or regression, and any other name (or
+    None: the dataset's only class-label column) is classification.
+
+    Raises:
+        EmbedstoreError: an unknown ``kind`` (named as ``--task-kind``).
+    """
+    if kind is not None:
+        if kind not in TASK_KINDS:
+            raise EmbedstoreError(f"--task-kind {kind!r}: choose one of {', '.join(TASK_KINDS)}")
+        return _REGISTRY[TASK_KINDS[kind]]
+    if task == CAPTION:
+        return _REGISTRY[CAPTION]
+    if task is not None and store is not None and Path(store).exists():
+        from embedstore.store import open_store
+        from embedstore.store.specs import dataset_tasks
+
+        with open_store(store, mode="r") as st:
+            columns = {dataset_tasks(st, ds).get(task) for ds in st.datasets()}
+        for name in (TAG, REGRESS):
+            if _REGISTRY[name].column_kind in columns:
+                return _REGISTRY[name]
+    return _REGISTRY[CLASSIFICATION]
 
 
 def register_finetune(name: str, run: Callable[..., Any], format_report: Callable[[Any], str],

@@ -30,6 +30,9 @@ Fields every record has (:class:`Record`):
 ``predictions`` (``{"test": {"track_ids", "y_true", "y_pred" [seeds][n]}}``, codes into
 ``metrics[split]["labels"]``) and ``layer_selection`` (``--layer best``: every layer's score).
 :class:`CaptionRecord` adds ``t5, bert, inputs, layer_mix, history, examples``.
+:class:`TagRecord` (``embedstore.tag/1``) adds ``tags``, :class:`RegressRecord` (``embedstore.regress/1``)
+``target_scaling``; both add ``runs`` and ``layer_selection``, and their ``selection_score`` is the
+validation macro ROC-AUC and R² respectively.
 
 Records written before the schema tag are read as well: a file whose ``metrics["test"]`` has an
 ``accuracy`` is a probe record, any other a caption record. Keys this version does not know are kept
@@ -55,6 +58,8 @@ from embedstore.errors import StoreError
 
 PROBE_SCHEMA = "embedstore.probe/1"
 CAPTION_SCHEMA = "embedstore.caption/1"
+TAG_SCHEMA = "embedstore.tag/1"
+REGRESS_SCHEMA = "embedstore.regress/1"
 RESULTS_SUFFIX = ".results"
 #: ``selected_on`` values: the rows whose accuracy chose the hyper-parameters and ranks the record for
 #: every "best". The test split is never one of them.
@@ -209,7 +214,35 @@ class CaptionRecord(Record):
         return (*super().key(), t5, kind)
 
 
-SCHEMAS: dict[str, type[Record]] = {PROBE_SCHEMA: ProbeRecord, CAPTION_SCHEMA: CaptionRecord}
+@dataclass(eq=True)
+class TagRecord(Record):
+    """A tagging record (``mlp`` with sigmoid outputs, ``linear`` one-vs-rest logistic regression).
+    ``metrics[split]``: ``macro_auc, macro_ap, per_tag_auc {tag: auc}, excluded`` (tags without a
+    positive or a negative clip in the split, out of the macro averages), ``n``, ``ci95``,
+    ``per_seed``; ``selection_score`` is the validation macro ROC-AUC. ``tags``: the tag names."""
+
+    SCHEMA: ClassVar[str] = TAG_SCHEMA
+
+    tags: list[str] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    layer_selection: dict[str, Any] | None = None
+
+
+@dataclass(eq=True)
+class RegressRecord(Record):
+    """A regression record (``mlp`` with a linear output, ``ridge``). ``metrics[split]``: ``r2, mae,
+    pearson_r, n, ci95, per_seed`` in the target's own units; ``selection_score`` is the validation
+    R². ``target_scaling``: the training mean and std the targets were standardised with."""
+
+    SCHEMA: ClassVar[str] = REGRESS_SCHEMA
+
+    target_scaling: dict[str, float] = field(default_factory=dict)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    layer_selection: dict[str, Any] | None = None
+
+
+SCHEMAS: dict[str, type[Record]] = {PROBE_SCHEMA: ProbeRecord, CAPTION_SCHEMA: CaptionRecord,
+                                    TAG_SCHEMA: TagRecord, REGRESS_SCHEMA: RegressRecord}
 
 
 def _legacy_schema(data: Mapping[str, Any]) -> str:

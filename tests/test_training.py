@@ -171,9 +171,9 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path: Path)
 
 
 def test_task_for_maps_column_names_to_tasks():
-    from embedstore.heads.tasks import CAPTION, CLASSIFICATION, task_for, tasks
+    from embedstore.heads.tasks import CAPTION, CLASSIFICATION, REGRESS, TAG, task_for, tasks
 
-    assert set(tasks()) == {CLASSIFICATION, CAPTION}
+    assert set(tasks()) == {CLASSIFICATION, CAPTION, TAG, REGRESS}
     assert task_for("caption").column_kind == "caption"
     assert task_for("genre").name == task_for(None).name == task_for("label").name == CLASSIFICATION
     assert all(t.selection for t in tasks().values())

@@ -34,7 +34,9 @@ class Dataset:
     ``auto`` looked for split lists, ...). ``layout`` is JSON-able facts on how the folder was read:
     ``genre_root``, ``genres``, ``missing_standard_genres``, ``extra_genres`` (GTZAN);
     ``class_root`` (relative to the folder given, after wrapper folders), ``classes``,
-    ``split_folders`` (class folders).
+    ``split_folders`` (class folders). ``targets`` (manifests): per tagging/regression task
+    ``{"kind": "tag" | "regress", "separator": ";", "values": {track id: raw text}}``; such tasks map
+    to the column kind ``tags`` or ``number`` in ``tasks``.
     """
 
     name: str
@@ -47,6 +49,7 @@ class Dataset:
     split_options: dict = field(default_factory=dict)
     split_reason: str = ""
     layout: dict = field(default_factory=dict)
+    targets: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.tracks)

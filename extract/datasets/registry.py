@@ -110,6 +110,9 @@ class DatasetRequest:
         split_dir: folder holding GTZAN's ``{train,valid,test}_filtered.txt``.
         seed: seed of the random and k-fold splits (same seed, same files -> same splits).
         folds: number of folds for ``kfold``.
+        tag_separator: what separates the tags of one clip in a manifest's tagging column.
+        task_kinds: ``((column, kind), ...)`` stating a manifest column's kind (``tag``, ``regress``)
+            instead of inferring it.
     """
 
     root: Path
@@ -120,6 +123,8 @@ class DatasetRequest:
     split_dir: Path | None = None
     seed: int = 0
     folds: int = 5
+    tag_separator: str = ";"
+    task_kinds: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
