@@ -38,21 +38,19 @@ def memcpy_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
 def matmul_flops(n: int = 2048, repeats: int = 5, library: str = "torch") -> float:
     """float32 FLOP/s (``2 n^3`` per product) of an ``n x n`` matrix product with ``library``'s
     default threads: ``"torch"`` (what the MLP head runs on) or ``"numpy"`` (the BLAS sklearn uses)."""
-    if library == "torch":
+    if library == "torch":  # the package's own measurement (extract/feeding.py), on the CPU in float32
         import torch
 
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        out = torch.empty(n, n)
-        product = lambda: torch.matmul(a, b, out=out)  # noqa: E731
-    else:
-        import numpy as np
+        from embedstore.extract.feeding import matmul_flops_per_second
 
-        rng = np.random.default_rng(0)
-        a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
-        out = np.empty((n, n), dtype=np.float32)
-        product = lambda: np.matmul(a, b, out=out)  # noqa: E731
-    product()
-    return 2 * n**3 / best_of(repeats, product)
+        return matmul_flops_per_second("cpu", torch.float32, n, repeats)
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), dtype=np.float32)
+    np.matmul(a, b, out=out)  # warm-up
+    return 2 * n**3 / best_of(repeats, lambda: np.matmul(a, b, out=out))
 
 
 def percent_of_limit(bound_s: float, measured_s: float) -> str:
