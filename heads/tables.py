@@ -76,6 +76,13 @@ def table_rows(records: Sequence[Any]) -> list[TableRow]:
     return out
 
 
+def check_table_format(fmt: str) -> str:
+    """``fmt`` if it is one of :data:`TABLE_FORMATS`, else :class:`ModelError` naming ``--format``."""
+    if fmt not in TABLE_FORMATS:
+        raise ModelError(not_one_of("--format", fmt, TABLE_FORMATS, "table format"))
+    return fmt
+
+
 def format_table(records: Sequence[Any], fmt: str = "text") -> str:
     """The comparison table of ``records`` as ``fmt`` (one of :data:`TABLE_FORMATS`).
 
@@ -86,9 +93,7 @@ def format_table(records: Sequence[Any], fmt: str = "text") -> str:
         "text": format_comparison, "markdown": lambda recs: to_markdown(table_rows(recs)),
         "latex": lambda recs: to_latex(table_rows(recs)), "csv": lambda recs: to_csv(table_rows(recs)),
         "json": lambda recs: json.dumps([asdict(r) for r in table_rows(recs)], indent=1)}
-    if fmt not in renderers:
-        raise ModelError(not_one_of("--format", fmt, TABLE_FORMATS, "table format"))
-    return renderers[fmt](list(records))
+    return renderers[check_table_format(fmt)](list(records))
 
 
 # ---- cells shared by the Markdown and LaTeX tables ---------------------------------------------

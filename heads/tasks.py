@@ -67,9 +67,9 @@ def _probe_classification(store: str | Path, task: str | None, *, models: list[s
     """:func:`~embedstore.heads.probe.run_probe`, its table as ``table_format`` (see
     :func:`~embedstore.heads.tables.format_table`; the caption-only options are not used)."""
     from embedstore.heads.probe import run_probe
-    from embedstore.heads.tables import format_table
+    from embedstore.heads.tables import check_table_format, format_table
 
-    format_table([], table_format)  # an unknown --format fails before any training
+    check_table_format(table_format)  # fail before any training
     report = run_probe(store, task, models=models, dataset=dataset, layer=layer, head=head, preset=preset,
                        seeds=seeds, device=device, progress=progress)
     text = format_table(report.records, table_format)
